@@ -1,0 +1,392 @@
+"""Typed, validated configuration.
+
+Every YAML key under ``configs/`` maps one-to-one onto an attribute of a dataclass here (same name). Unknown
+keys and bad values raise :class:`ConfigError` whose message is one line naming the key; the CLI turns it into
+exit status 2. Command-line overrides use the same dotted names: ``--set encoder.d_model=64``.
+
+Each field carries its help text in ``metadata["help"]`` (shown by ``coea config --config C --explain``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message is one line that names the offending key."""
+
+
+def opt(default: Any, help: str, *, min: float | None = None, max: float | None = None) -> Any:  # noqa: A002
+    """A config field with help text and optional numeric bounds (inclusive)."""
+    meta = {"help": help, "min": min, "max": max}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------------------------------- sections
+
+
+@dataclass
+class RunConfig:
+    name: str = opt("demo", "Run name; used for the W&B group together with the workdir.")
+    seed: int = opt(0, "Global seed (torch, numpy, python, sampling).", min=0)
+    device: str = opt("auto", "Torch device: auto | cpu | cuda | cuda:N.")
+    num_threads: int = opt(0, "torch.set_num_threads; 0 keeps the library default.", min=0)
+
+
+@dataclass
+class DataConfig:
+    source: Literal["synthetic", "movielens-100k", "movielens-1m", "parquet"] = opt(
+        "synthetic", "Where events come from. synthetic = the embedded demo world."
+    )
+    path: str = opt("", "Directory of the data set (MovieLens layout or events/items/users Parquet).")
+    click_min_rating: float = opt(4.0, "MovieLens: a rating >= this is a click; lower ratings are exposures.")
+    tau: int = opt(5, "Long-term filter threshold (Eq. 3): minimum click frequency.", min=1)
+    long_filter: Literal["category", "item"] = opt(
+        "category",
+        "Level the tau filter applies at. 'category' keeps a click when the user clicked its category >= tau "
+        "times (for data where a user meets an item once, e.g. MovieLens); 'item' is Eq. 3 literally.",
+    )
+    short_k: int = opt(10, "K: the short-term window I_short is the user's last K clicks.", min=1)
+    max_long_len: int = opt(200, "Keep the most recent N items of I_long for the encoder.", min=1)
+    bootstrap_fraction: float = opt(
+        0.7, "Share of the timeline (by time) that round 0 trains on; later events are replayed by the cycle.",
+        min=0.05, max=1.0,
+    )
+    validation_fraction: float = opt(
+        0.1, "Share of round-0 users' next windows held out for bootstrap validation.", min=0.0, max=0.5
+    )
+
+
+@dataclass
+class SyntheticConfig:
+    n_users: int = opt(600, "Users in the synthetic world.", min=1)
+    n_groups: int = opt(8, "Latent user groups (long-term taste archetypes).", min=1)
+    n_categories: int = opt(24, "Catalogue categories.", min=2)
+    items_per_category: int = opt(15, "Items per category.", min=1)
+    n_days: int = opt(40, "Days of simulated activity.", min=2)
+    sessions_per_day: float = opt(1.0, "Mean sessions per user and day (Poisson).", min=0.0)
+    exposures_per_session: int = opt(6, "Items exposed per session.", min=1)
+    categories_per_group: int = opt(4, "Core categories of each group's long-term taste.", min=1)
+    latent_per_user: int = opt(2, "Latent unexplored interests per user (ground truth for novelty).", min=0)
+    drift: float = opt(0.3, "Probability that a session follows the user's short-term drift.", min=0.0, max=1.0)
+    discover_prob: float = opt(
+        0.1, "Per-day probability that a user starts clicking one of their latent interests.", min=0.0, max=1.0
+    )
+    user_features: int = opt(3, "Sparse features per user (each a small categorical).", min=0)
+
+
+@dataclass
+class EncoderConfig:
+    d_model: int = opt(128, "d: width of the causal self-attention encoder.", min=8)
+    n_layers: int = opt(4, "L: transformer layers.", min=1)
+    n_heads: int = opt(4, "Attention heads.", min=1)
+    dropout: float = opt(0.1, "Dropout.", min=0.0, max=0.9)
+    epochs: int = opt(10, "Training epochs (next-item prediction over I_long).", min=1)
+    batch_size: int = opt(64, "Batch size.", min=1)
+    lr: float = opt(1e-3, "Learning rate (AdamW).", min=0.0)
+
+
+@dataclass
+class QuantizerConfig:
+    levels: int = opt(4, "l: RQ-VAE levels (CSID length).", min=1)
+    codebook_size: int = opt(16, "Codebook size per level.", min=2)
+    code_dim: int = opt(32, "Latent dimension of the RQ-VAE.", min=2)
+    max_groups: int = opt(50, "M_N: cap on the number of groups; smaller groups are merged (docs/dsie.md).", min=1)
+    min_group_size: int = opt(1, "Groups smaller than this are merged into their nearest group.", min=1)
+    epochs: int = opt(50, "RQ-VAE training epochs.", min=1)
+    batch_size: int = opt(256, "Batch size.", min=1)
+    lr: float = opt(1e-3, "Learning rate.", min=0.0)
+    commitment_weight: float = opt(0.25, "Commitment loss weight.", min=0.0)
+    kmeans_init: bool = opt(True, "Initialise codebooks with k-means.")
+    threshold_ema_dead_code: int = opt(2, "Replace codes used fewer times than this (EMA) with batch samples.", min=0)
+
+
+@dataclass
+class ProfileConfig:
+    backend: Literal["statistical", "llm"] = opt(
+        "statistical", "Portrait writer: 'llm' (native generation, no fine-tuning) or 'statistical'."
+    )
+    k_representatives: int = opt(8, "k: representative users nearest each group centroid (Eq. 7).", min=1)
+    top_categories: int = opt(5, "Statistical backend: distinctive categories named in a portrait.", min=1)
+    model: str = opt("", "llm backend: Hugging Face path or hub id of the Profile LLM ('' = backbone.name).")
+    prompt: str = opt(
+        "Here are the long-term interests of {k} similar users:\n{users}\n"
+        "Describe this group's interests in two sentences.",
+        "llm backend: prompt template; {k} and {users} (one line per representative user) are filled in.",
+    )
+    max_new_tokens: int = opt(96, "llm backend: tokens generated per portrait.", min=1)
+
+
+@dataclass
+class BackboneConfig:
+    name: str = opt("embedded", "'embedded' or a Hugging Face path / hub id (e.g. Qwen/Qwen2.5-7B-Instruct).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt("auto", "Model dtype.")
+    attn_implementation: str = opt("sdpa", "Attention implementation: eager | sdpa | flash_attention_2.")
+    use_chat_template: bool = opt(False, "Wrap prompts in the tokenizer's chat template when it has one.")
+    hidden_size: int = opt(64, "embedded: hidden size.", min=8)
+    num_layers: int = opt(2, "embedded: transformer layers.", min=1)
+    num_heads: int = opt(4, "embedded: attention heads.", min=1)
+    intermediate_size: int = opt(128, "embedded: MLP width.", min=8)
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = opt(True, "Train LoRA adapters (peft) instead of full weights.")
+    r: int = opt(8, "LoRA rank.", min=1)
+    alpha: int = opt(16, "LoRA alpha.", min=1)
+    dropout: float = opt(0.05, "LoRA dropout.", min=0.0, max=0.9)
+    target_modules: str = opt("all-linear", "peft target_modules ('all-linear' or comma-separated names).")
+
+
+@dataclass
+class PromptConfig:
+    novelty_train: str = opt(
+        "Group portrait: {portrait}\nRecent categories: {recent}\nNext category:",
+        "P_ft-nov (Eq. 8): {portrait} = D_s, {recent} = S_short(t-2:t-1); the completion is S_short(t).",
+    )
+    novelty_infer: str = opt(
+        "Group portrait: {portrait}\nRecent categories: {recent}\n"
+        "Suggest a category this user has not explored lately.\nNext category:",
+        "P_infer-nov: {portrait} = D_s, {recent} = C'_short; the last line is the novelty trigger.",
+    )
+    relevance: str = opt(
+        "Group portrait: {portrait}\nRecent categories: {recent}\nCandidate category: {candidate}",
+        "P_ft-rel / P_infer-rel (Eq. 11): scored by the Relevance LLM.",
+    )
+    recent_separator: str = opt(", ", "Separator between category names in {recent}.")
+
+
+@dataclass
+class NoveltyConfig:
+    sft_epochs: float = opt(3.0, "SFT epochs (round 0).", min=0.0)
+    sft_lr: float = opt(1e-4, "SFT learning rate.", min=0.0)
+    per_device_batch_size: int = opt(2, "Per-device train batch size.", min=1)
+    gradient_accumulation_steps: int = opt(2, "Gradient accumulation steps.", min=1)
+    max_train_examples: int = opt(0, "Cap on SFT examples (0 = all).", min=0)
+    num_candidates: int = opt(5, "M: candidate categories per key.", min=1)
+    generation_mode: Literal["score", "sample", "beam"] = opt(
+        "score", "score = closed-vocabulary log-probabilities; sample / beam = trie-constrained decoding."
+    )
+    temperature: float = opt(1.0, "Sampling temperature (sample mode).", min=0.0)
+    exclude_recent: bool = opt(True, "Never propose a category already in C'_short.")
+    inference_batch_size: int = opt(32, "Keys per inference batch.", min=1)
+
+
+@dataclass
+class RelevanceConfig:
+    epochs: float = opt(3.0, "Reward-model epochs (round 0).", min=0.0)
+    lr: float = opt(1e-4, "Learning rate.", min=0.0)
+    per_device_batch_size: int = opt(8, "Per-device train batch size.", min=1)
+    gradient_accumulation_steps: int = opt(1, "Gradient accumulation steps.", min=1)
+    max_train_pairs: int = opt(0, "Cap on preference pairs (0 = all).", min=0)
+    negatives_per_positive: int = opt(1, "Negatives drawn per clicked category.", min=1)
+    tau_align: float = opt(0.5, "Keep candidates whose normalised score s_i > tau_align.", min=0.0, max=1.0)
+    update_epochs: float = opt(1.0, "Epochs of the per-round update on new clicks.", min=0.0)
+
+
+@dataclass
+class PcoConfig:
+    sample_fraction: float = opt(0.01, "Uniform sample of D_k used for DPO (N = floor(f * |D_k|), >= 1).",
+                                 min=0.0, max=1.0)
+    loss_type: Literal["sigmoid", "ipo"] = opt("sigmoid", "sigmoid = DPO (Eq. 16); ipo = IPO + alpha * SFT (SERAL).")
+    beta: float = opt(0.1, "DPO beta.", min=0.0)
+    alpha: float = opt(0.4, "Weight of the KL term (Eq. 17); for ipo, of the SFT term.", min=0.0)
+    anchor: Literal["previous", "round0"] = opt("previous", "Reference model: previous round or round 0.")
+    lr: float = opt(5e-6, "DPO learning rate.", min=0.0)
+    epochs: float = opt(1.0, "DPO epochs per round.", min=0.0)
+    per_device_batch_size: int = opt(2, "Per-device train batch size.", min=1)
+    gradient_accumulation_steps: int = opt(8, "Gradient accumulation steps.", min=1)
+
+
+@dataclass
+class CycleConfig:
+    replay_days: float = opt(1.0, "Static data sets: each round reveals the next this-many days of events.",
+                             min=0.0)
+    dsie_refresh_every: int = opt(0, "Re-run DSIE every N rounds (0 = only in round 0).", min=0)
+    keep_rounds: int = opt(5, "KV versions kept on disk (older rounds expire whole).", min=1)
+    guardrail_margin: float = opt(0.05, "Do not promote when validation C-H@1 drops more than this (absolute).",
+                                  min=0.0)
+    deepspeed: str = opt("", "Path of a DeepSpeed config (e.g. configs/deepspeed/zero2.json) for GPU training.")
+
+
+@dataclass
+class TrackingConfig:
+    backend: Literal["wandb", "local", "none"] = opt("wandb", "Metrics sink; wandb also writes local files.")
+    mode: Literal["offline", "online"] = opt("offline", "W&B mode; offline never needs a network.")
+    project: str = opt("coea", "W&B project.")
+    init_timeout_s: float = opt(60.0, "Give up on W&B init after this long and continue without tracking.",
+                                min=1.0)
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    novelty: NoveltyConfig = field(default_factory=NoveltyConfig)
+    relevance: RelevanceConfig = field(default_factory=RelevanceConfig)
+    pco: PcoConfig = field(default_factory=PcoConfig)
+    cycle: CycleConfig = field(default_factory=CycleConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Stable hash of the resolved config (recorded in state.json)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+# ----------------------------------------------------------------------------------------------------- loading
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}: must be one of {', '.join(map(str, choices))}; got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false; got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer; got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number; got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string; got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - guards new field types
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping; got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            where = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(f"{where}: unknown key (known: {', '.join(fields)})")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, raw.get(name), key)
+            continue
+        if name not in raw:
+            continue
+        value = _coerce(raw[name], tp, key)
+        lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        if lo is not None and value < lo:
+            raise ConfigError(f"{key}: must be >= {lo}; got {value!r}")
+        if hi is not None and value > hi:
+            raise ConfigError(f"{key}: must be <= {hi}; got {value!r}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value) if value.strip() else ""
+
+
+def _check_cross_fields(cfg: Config) -> None:
+    if cfg.encoder.d_model % cfg.encoder.n_heads:
+        raise ConfigError(f"encoder.n_heads: must divide encoder.d_model ({cfg.encoder.d_model}); "
+                          f"got {cfg.encoder.n_heads}")
+    if cfg.backbone.hidden_size % cfg.backbone.num_heads:
+        raise ConfigError(f"backbone.num_heads: must divide backbone.hidden_size ({cfg.backbone.hidden_size}); "
+                          f"got {cfg.backbone.num_heads}")
+    if cfg.data.source in ("movielens-100k", "movielens-1m", "parquet") and not cfg.data.path:
+        raise ConfigError(f"data.path: required when data.source is {cfg.data.source!r}")
+    if cfg.synthetic.categories_per_group > cfg.synthetic.n_categories:
+        raise ConfigError("synthetic.categories_per_group: must be <= synthetic.n_categories")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML config, apply ``key=value`` overrides, validate, and return a :class:`Config`.
+
+    Relative ``data.path`` values are resolved against the directory of the YAML file's parent when they
+    do not exist relative to the current directory (so ``configs/ml-100k.yaml`` works from the repo root).
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config: file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config: {p} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config: {p} must hold a mapping at top level")
+    for text in overrides:
+        keys, value = _parse_override(text)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text}: {k} is not a section")
+        node[keys[-1]] = value
+    cfg = _build(Config, raw, "")
+    if cfg.data.path and path is not None and not Path(cfg.data.path).exists():
+        alt = (Path(path).resolve().parent.parent / cfg.data.path).resolve()
+        if alt.exists():
+            cfg.data.path = str(alt)
+    _check_cross_fields(cfg)
+    return cfg
+
+
+def explain(cls: type = Config, prefix: str = "") -> list[str]:
+    """One line per field: ``key (type, default): help``."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(hints[f.name]):
+            lines += explain(hints[f.name], key)
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"{key} = {default!r}: {f.metadata.get('help', '')}")
+    return lines

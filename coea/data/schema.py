@@ -1,0 +1,86 @@
+"""In-memory data contracts. Column names here are the documented schema (docs/data.md).
+
+Events (Parquet ``events.parquet`` or any loader's output), one row per interaction:
+    user_id: str, item_id: str, timestamp: int64 (unix seconds), event: "click" | "exposure",
+    rating: float64 (optional, NaN when absent)
+Items (``items.parquet``): item_id: str, category: str, title: str (optional)
+Users (``users.parquet``): user_id: str, then one string column per sparse feature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+EVENT_COLUMNS = ("user_id", "item_id", "timestamp", "event", "rating")
+ITEM_COLUMNS = ("item_id", "category", "title")
+EVENT_KINDS = ("click", "exposure")
+
+
+@dataclass
+class RejectReport:
+    """Counts of rejected input rows by reason, and the rejected rows themselves (for the rejects file)."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    rows: list[dict] = field(default_factory=list)  # each: {"source": ..., "reason": ..., "row": str}
+
+    def add(self, source: str, reason: str, row: object) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        self.rows.append({"source": source, "reason": reason, "row": str(row)[:500]})
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass
+class Interactions:
+    """A cleaned data set.
+
+    Attributes:
+        events: columns EVENT_COLUMNS, sorted by (timestamp, user_id, item_id); only valid rows.
+        items: columns ITEM_COLUMNS, one row per item that has a category.
+        users: user_id + sparse feature columns (str); every user in ``events`` has a row (missing -> "unk").
+        categories: sorted catalogue category names.
+        rejects: what was rejected while loading, and why.
+        ground_truth: synthetic world only: user_id, latent_group (int), latent_interests (list[str]).
+    """
+
+    events: pd.DataFrame
+    items: pd.DataFrame
+    users: pd.DataFrame
+    categories: list[str]
+    rejects: RejectReport = field(default_factory=RejectReport)
+    ground_truth: pd.DataFrame | None = None
+
+    @property
+    def item_category(self) -> dict[str, str]:
+        return dict(zip(self.items["item_id"], self.items["category"]))
+
+
+@dataclass
+class Sequences:
+    """Per-user sequences at a cut-off time; row i of every field is user ``user_ids[i]``.
+
+    Attributes:
+        user_ids: (N,) user ids.
+        item_vocab: item ids; item index j (1-based, 0 = padding) is item_vocab[j - 1].
+        long_items: (N,) lists of item indices, I_long after the tau filter, chronological, most recent
+            ``max_long_len`` kept. May be empty (cold-start user).
+        short_categories: (N,) lists of category names of the last K clicks, chronological (S_short).
+        c_short: (N,) canonical C'_short (storage.keys.canonical_recent of short_categories).
+        features: (N, F) int64 codes of the sparse features, 0 = unknown.
+        feature_cardinalities: (F,) number of codes per feature including 0.
+        cutoff: events with timestamp < cutoff were used.
+    """
+
+    user_ids: list[str]
+    item_vocab: list[str]
+    long_items: list[list[int]]
+    short_categories: list[list[str]]
+    c_short: list[tuple[str, ...]]
+    features: np.ndarray
+    feature_cardinalities: list[int]
+    cutoff: int

@@ -1,0 +1,162 @@
+"""Work-directory layout, restartable stages, manifests and run plumbing shared by every stage.
+
+Layout (docs/design.md)::
+
+    WORKDIR/
+      state.json          promoted round, history of rounds, config fingerprint
+      rounds/NNN/<stage>/ everything round NNN produced, one folder per stage
+      current -> rounds/NNN
+
+A stage writes into ``rounds/NNN/.<stage>.tmp`` and renames it to ``rounds/NNN/<stage>`` when it succeeds, so
+a finished stage is exactly "its folder exists" and a rerun after a crash redoes only the unfinished one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("coea")
+
+TRACKED_LIBRARIES = (
+    "torch", "transformers", "trl", "peft", "accelerate", "lightning", "vector-quantize-pytorch", "rocksdict",
+    "pyarrow", "pandas", "numpy", "wandb", "pyspark", "deepspeed",
+)
+
+
+def round_dir(workdir: str | Path, k: int) -> Path:
+    return Path(workdir) / "rounds" / f"{k:03d}"
+
+
+def stage_done(round_path: Path, stage: str) -> bool:
+    return (Path(round_path) / stage).is_dir()
+
+
+@contextlib.contextmanager
+def stage(round_path: str | Path, name: str) -> Iterator[Path]:
+    """Give a temp directory for stage ``name``; rename it to ``round_path/name`` only if the body succeeds.
+
+    A leftover temp directory from a crashed run is removed first. Callers check :func:`stage_done` to skip a
+    finished stage.
+    """
+    round_path = Path(round_path)
+    round_path.mkdir(parents=True, exist_ok=True)
+    final = round_path / name
+    if final.exists():
+        raise FileExistsError(f"stage {name} already finished in {round_path}")
+    tmp = round_path / f".{name}.tmp"
+    if tmp.exists():
+        log.info("removing leftover %s from an interrupted run", tmp)
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    fault_point(f"{name}:start")
+    yield tmp
+    fault_point(f"{name}:before_commit")
+    os.replace(tmp, final)
+
+
+class InjectedFault(RuntimeError):
+    """Raised by :func:`fault_point` when COEA_FAULT names the current point (crash-safety tests)."""
+
+
+def fault_point(name: str) -> None:
+    """Crash on purpose when the environment variable ``COEA_FAULT`` equals ``name``.
+
+    ``COEA_FAULT_MODE=exit`` kills the process with ``os._exit(137)`` (as a SIGKILL would) instead of raising.
+    """
+    if os.environ.get("COEA_FAULT") == name:
+        if os.environ.get("COEA_FAULT_MODE") == "exit":
+            os._exit(137)
+        raise InjectedFault(f"injected fault at {name}")
+
+
+def library_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for lib in TRACKED_LIBRARIES:
+        try:
+            out[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            out[lib] = None
+    return out
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default))
+    os.replace(tmp, path)
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_manifest(stage_path: Path, cfg: Any, extra: dict[str, Any] | None = None) -> None:
+    """Record the resolved config, library versions and host facts next to a stage's outputs."""
+    cfg.save(stage_path / "config.yaml")
+    write_json(stage_path / "manifest.json", {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config_fingerprint": cfg.fingerprint(),
+        "versions": library_versions(),
+        "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        **(extra or {}),
+    })
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def setup_run(cfg: Any) -> str:
+    """Seed, thread count and device for a run; returns the torch device string."""
+    import torch
+
+    seed_everything(cfg.run.seed)
+    if cfg.run.num_threads:
+        torch.set_num_threads(cfg.run.num_threads)
+    return resolve_device(cfg.run.device)
+
+
+def progress(**kwargs: Any):
+    """A rich progress bar that degrades to nothing when stderr is not a terminal (CI, cron)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    transient=True, **kwargs)
