@@ -81,3 +81,15 @@ def test_cli_config_error_exits_2_with_one_line(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "data.tau" in proc.stderr
+
+
+def test_deepspeed_zero2_has_paper_settings():
+    import json
+
+    ds = json.loads((Path(__file__).resolve().parent.parent / "configs" / "deepspeed" / "zero2.json").read_text())
+    assert ds["zero_optimization"]["stage"] == 2
+    assert ds["zero_optimization"]["allgather_bucket_size"] == ds["zero_optimization"]["reduce_bucket_size"] == 5e8
+    assert ds["zero_optimization"]["overlap_comm"] and ds["zero_optimization"]["contiguous_gradients"]
+    assert (ds["fp16"]["initial_scale_power"], ds["fp16"]["loss_scale_window"], ds["fp16"]["min_loss_scale"]) == (
+        16, 1000, 1)
+    assert ds["bf16"]["enabled"] == "auto"
