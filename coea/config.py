@@ -110,6 +110,8 @@ class QuantizerConfig:
     commitment_weight: float = opt(0.25, "Commitment loss weight.", min=0.0)
     kmeans_init: bool = opt(True, "Initialise codebooks with k-means.")
     threshold_ema_dead_code: int = opt(2, "Replace codes used fewer times than this (EMA) with batch samples.", min=0)
+    hidden_dim: int = opt(64, "Width of the RQ-VAE's MLP encoder and decoder.", min=2)
+    ema_decay: float = opt(0.8, "EMA decay of the codebook updates (vector-quantize-pytorch 'decay').", min=0.0, max=1.0)
 
 
 @dataclass
@@ -126,6 +128,9 @@ class ProfileConfig:
         "llm backend: prompt template; {k} and {users} (one line per representative user) are filled in.",
     )
     max_new_tokens: int = opt(96, "llm backend: tokens generated per portrait.", min=1)
+    categories_per_user: int = opt(
+        10, "llm backend: a representative user's most clicked long-term categories listed in {users}.", min=1
+    )
 
 
 @dataclass

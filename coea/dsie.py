@@ -1,0 +1,247 @@
+"""Dual-Stable Interest Exploration, long-term side: users -> u_long -> CSID groups -> portraits D_s.
+
+One entry, :func:`run_dsie`, tells the story (docs/dsie.md)::
+
+    encoder   train the causal self-attention encoder on I_long (next-item prediction)   coea/encoder.py
+    embed     u_long for every user (cold-start users: sparse features only)
+    rqvae     train the RQ-VAE on warm users' u_long; code tuples (i_1..i_l)           quantizer/rqvae.py
+    csid      cap groups at M_N by merging; cold-start users -> DEFAULT_CSID             quantizer/csid.py
+    portraits k representatives per group (Eq. 7) -> statistical or llm portrait        coea/groups.py
+    report    code utilisation, group sizes, reconstruction error, Figure-3 check, purity / NMI
+
+Later rounds assign new users with :func:`assign_csids` (saved encoder + RQ-VAE + merge map).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from coea.config import Config
+from coea.data.schema import Interactions, Sequences
+from coea.encoder import UserEncoder, encode_users, load_encoder, save_encoder, train_encoder
+from coea.groups import GroupPortrait, PortraitCache, build_portraits, category_counts
+from coea.workdir import progress, read_json, setup_run, stage, stage_done, write_json, write_manifest
+from quantizer import RQVAE, CsidMap, build_csid_map, train_rqvae
+from storage.keys import DEFAULT_CSID
+
+log = logging.getLogger("coea")
+
+STAGE = "dsie"
+FILES = {
+    "users": "users.parquet", "groups": "groups.jsonl", "encoder": "encoder.pt", "rqvae": "rqvae.pt",
+    "csid_map": "csid_map.json", "u_long": "u_long.npy", "report": "report.json", "cache": "portrait_cache.json",
+}
+
+
+@dataclass
+class DsieResult:
+    """What :func:`run_dsie` produced: the stage directory and headline numbers (the rest is in report.json)."""
+
+    path: Path
+    n_users: int
+    n_groups: int  # surviving CSID groups, not counting "default"
+    n_cold: int
+    report: dict[str, Any]
+
+
+@dataclass
+class DsieArtifacts:
+    """Everything in a finished dsie directory, loaded (see :func:`load_dsie`)."""
+
+    path: Path
+    encoder: UserEncoder
+    rqvae: RQVAE | None  # None when no user had a long-term history
+    csid_map: CsidMap
+    users: pd.DataFrame  # user_id, csid
+    groups: list[GroupPortrait]
+    u_long: np.ndarray  # (N, d) in users.parquet row order
+
+    @property
+    def portraits(self) -> dict[str, str]:
+        return {g.csid: g.portrait for g in self.groups}
+
+
+# ------------------------------------------------------------------------------------------------ entry
+
+
+def run_dsie(cfg: Config, round_path: Path, inter: Interactions, seqs: Sequences) -> DsieResult:
+    """Train encoder and RQ-VAE, assign every user a CSID, write portraits and a report to round_path/dsie.
+
+    Idempotent: when the stage already finished it is not recomputed; its result is read back.
+    """
+    round_path = Path(round_path)
+    if stage_done(round_path, STAGE):
+        log.info("dsie already finished in %s; reading it back", round_path)
+        return _result_from_dir(round_path / STAGE)
+    device = setup_run(cfg)
+    times: dict[str, float] = {}
+    cache = PortraitCache.load(_previous_cache(round_path))
+    with stage(round_path, STAGE) as out:
+        t = time.perf_counter()
+        encoder, enc_metrics = train_encoder(seqs, cfg.encoder, out_dir=out, max_len=cfg.data.max_long_len,
+                                             device=device, seed=cfg.run.seed)
+        save_encoder(encoder, out / FILES["encoder"])
+        times["encoder"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        u_long = encode_users(encoder, seqs, batch_size=cfg.encoder.batch_size, device=device)  # (N, d)
+        np.save(out / FILES["u_long"], u_long)
+        warm = np.array([len(s) > 0 for s in seqs.long_items], dtype=bool)  # (N,)
+        times["embed"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        rq_report: dict[str, Any] = {"reconstruction_error": None, "code_utilisation": [], "epoch_losses": []}
+        indices = np.zeros((0, cfg.quantizer.levels), dtype=np.int64)
+        if warm.any():
+            q = cfg.quantizer
+            torch.manual_seed(cfg.run.seed)
+            rqvae = RQVAE(input_dim=u_long.shape[1], code_dim=q.code_dim, levels=q.levels,
+                          codebook_size=q.codebook_size, hidden_dim=q.hidden_dim,
+                          commitment_weight=q.commitment_weight, kmeans_init=q.kmeans_init,
+                          threshold_ema_dead_code=q.threshold_ema_dead_code, decay=q.ema_decay)
+            with progress() as bar:
+                res = train_rqvae(rqvae, torch.from_numpy(u_long[warm]), epochs=q.epochs, batch_size=q.batch_size,
+                                  lr=q.lr, seed=cfg.run.seed, device=device, progress=bar)
+            rqvae.cpu().save(out / FILES["rqvae"])
+            indices = rqvae.encode(torch.from_numpy(u_long[warm])).numpy()  # (N_warm, l)
+            rq_report = {"reconstruction_error": res.reconstruction_error, "code_utilisation": res.utilisation,
+                         "epoch_losses": res.epoch_losses}
+        times["rqvae"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        csid_map = build_csid_map(indices, u_long[warm], max_groups=cfg.quantizer.max_groups,
+                                  min_group_size=cfg.quantizer.min_group_size)
+        csid_map.save(out / FILES["csid_map"])
+        csids = np.full(len(seqs.user_ids), DEFAULT_CSID, dtype=object)
+        csids[warm] = csid_map.assign(indices)
+        pd.DataFrame({"user_id": list(seqs.user_ids), "csid": csids.astype(str)}).to_parquet(
+            out / FILES["users"], index=False)
+        times["csid"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        counts = category_counts(seqs, inter.item_category, inter.categories)  # (N, C)
+        groups = build_portraits(csids=list(csids), embeddings=u_long, user_ids=list(seqs.user_ids), counts=counts,
+                                 categories=list(inter.categories), profile=cfg.profile, backbone=cfg.backbone,
+                                 default_csid=DEFAULT_CSID, cache=cache, device=device)
+        (out / FILES["groups"]).write_text("".join(json.dumps(asdict(g)) + "\n" for g in groups))
+        cache.save(out / FILES["cache"])
+        times["portraits"] = time.perf_counter() - t
+
+        report = {
+            "n_users": len(seqs.user_ids), "n_warm": int(warm.sum()), "n_cold": int((~warm).sum()),
+            "n_groups": len(csid_map.survivors), "n_code_tuples": len(csid_map.merge),
+            "encoder": enc_metrics, **rq_report,
+            "group_sizes": group_size_stats(csid_map.sizes),
+            "figure3": intra_inter_similarity(u_long[warm], list(csids[warm]), seed=cfg.run.seed),
+            "ground_truth": ground_truth_agreement(list(seqs.user_ids), list(csids), inter.ground_truth),
+            "portrait_cache_hits": cache.hits, "wall_time_s": times,
+        }
+        write_json(out / FILES["report"], report)
+        write_manifest(out, cfg, {"stage": STAGE, "files": FILES})
+    return DsieResult(round_path / STAGE, len(seqs.user_ids), len(csid_map.survivors), int((~warm).sum()), report)
+
+
+def _result_from_dir(path: Path) -> DsieResult:
+    report = read_json(path / FILES["report"])
+    return DsieResult(path, report["n_users"], report["n_groups"], report["n_cold"], report)
+
+
+def _previous_cache(round_path: Path) -> Path | None:
+    """The newest earlier round's portrait cache (rounds are sibling folders named by number)."""
+    earlier = sorted(p for p in round_path.parent.glob("*/" + STAGE + "/" + FILES["cache"])
+                     if p.parent.parent.name < round_path.name)
+    return earlier[-1] if earlier else None
+
+
+# -------------------------------------------------------------------------------------------- report parts
+
+
+def group_size_stats(sizes: list[int], bins: int = 10) -> dict[str, Any]:
+    """count, min / median / max and a histogram (``bins`` equal-width bins over [min, max]) of group sizes."""
+    if not sizes:
+        return {"count": 0, "min": None, "median": None, "max": None, "histogram": {"counts": [], "edges": []}}
+    counts, edges = np.histogram(sizes, bins=min(bins, max(len(set(sizes)), 1)))
+    return {"count": len(sizes), "min": int(min(sizes)), "median": float(np.median(sizes)), "max": int(max(sizes)),
+            "histogram": {"counts": counts.tolist(), "edges": edges.tolist()}}
+
+
+def intra_inter_similarity(embeddings: np.ndarray, csids: list[str], *, n_groups: int = 10, n_users: int = 30,
+                           seed: int = 0) -> dict[str, Any]:
+    """Figure-3 check: mean cosine of u_long within vs between groups.
+
+    Takes the ``n_groups`` largest groups (ties by csid) and up to ``n_users`` random members of each; intra =
+    mean over groups of the mean pairwise cosine among a group's sampled members (groups with one sampled member
+    are skipped), inter = mean cosine over pairs of sampled users from different groups.
+    """
+    rng = np.random.default_rng(seed)
+    arr = np.asarray(csids, dtype=object)
+    names, sizes = np.unique(arr, return_counts=True) if len(arr) else (np.array([]), np.array([]))
+    chosen = [names[i] for i in sorted(range(len(names)), key=lambda i: (-sizes[i], names[i]))[:n_groups]]
+    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    samples = [rng.permutation(np.flatnonzero(arr == g))[:n_users] for g in chosen]
+    intra = []
+    for rows in samples:
+        if len(rows) > 1:
+            s = unit[rows] @ unit[rows].T  # (n, n)
+            intra.append((s.sum() - np.trace(s)) / (len(rows) * (len(rows) - 1)))
+    if len(samples) > 1:
+        rows = np.concatenate(samples)
+        label = np.concatenate([[g] * len(r) for g, r in enumerate(samples)])
+        s = unit[rows] @ unit[rows].T
+        inter = float(s[label[:, None] != label[None, :]].mean())
+    else:
+        inter = None
+    return {"groups": len(chosen), "users_per_group": [int(len(r)) for r in samples],
+            "intra": float(np.mean(intra)) if intra else None, "inter": inter}
+
+
+def ground_truth_agreement(user_ids: list[str], csids: list[str], truth: pd.DataFrame | None) -> dict | None:
+    """Purity and NMI of CSIDs vs the synthetic world's latent_group (None without ground truth)."""
+    if truth is None or "latent_group" not in truth:
+        return None
+    from sklearn.metrics import normalized_mutual_info_score
+
+    df = pd.DataFrame({"user_id": user_ids, "csid": csids}).merge(truth[["user_id", "latent_group"]], on="user_id")
+    if df.empty:
+        return None
+    purity = df.groupby("csid")["latent_group"].agg(lambda s: s.value_counts().iloc[0]).sum() / len(df)
+    return {"users": len(df), "purity": float(purity),
+            "nmi": float(normalized_mutual_info_score(df["latent_group"], df["csid"]))}
+
+
+# ------------------------------------------------------------------------------------------ later rounds
+
+
+def load_dsie(dsie_dir: str | Path) -> DsieArtifacts:
+    """Load a finished dsie directory (round_path/dsie)."""
+    path = Path(dsie_dir)
+    rq = path / FILES["rqvae"]
+    groups = [GroupPortrait(**json.loads(line)) for line in (path / FILES["groups"]).read_text().splitlines()
+              if line.strip()]
+    return DsieArtifacts(path=path, encoder=load_encoder(path / FILES["encoder"]),
+                         rqvae=RQVAE.load(rq) if rq.exists() else None, csid_map=CsidMap.load(path / FILES["csid_map"]),
+                         users=pd.read_parquet(path / FILES["users"]), groups=groups,
+                         u_long=np.load(path / FILES["u_long"]))
+
+
+def assign_csids(dsie_dir: str | Path | DsieArtifacts, seqs: Sequences, batch_size: int = 256) -> dict[str, str]:
+    """CSID of every user of ``seqs`` under a saved DSIE (new and known users alike; the encoding is recomputed
+    from the user's current I_long). Empty I_long -> DEFAULT_CSID; unseen code tuples -> nearest surviving
+    centroid in u_long space (quantizer/csid.py)."""
+    art = dsie_dir if isinstance(dsie_dir, DsieArtifacts) else load_dsie(dsie_dir)
+    u_long = encode_users(art.encoder, seqs, batch_size=batch_size)  # (N, d)
+    warm = np.array([len(s) > 0 for s in seqs.long_items], dtype=bool)
+    csids = np.full(len(seqs.user_ids), DEFAULT_CSID, dtype=object)
+    if warm.any() and art.rqvae is not None and art.csid_map.survivors:
+        indices = art.rqvae.encode(torch.from_numpy(u_long[warm])).numpy()  # (N_warm, l)
+        csids[warm] = art.csid_map.assign(indices, embeddings=u_long[warm])
+    return dict(zip(seqs.user_ids, csids.tolist()))
