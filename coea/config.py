@@ -66,6 +66,9 @@ class DataConfig:
     validation_fraction: float = opt(
         0.1, "Share of round-0 users' next windows held out for bootstrap validation.", min=0.0, max=0.5
     )
+    max_reject_rows: int = opt(
+        10000, "Rejected rows kept per reason for the rejects file (counts are always exact); 0 keeps all.", min=0
+    )
 
 
 @dataclass

@@ -17,6 +17,27 @@ import pandas as pd
 EVENT_COLUMNS = ("user_id", "item_id", "timestamp", "event", "rating")
 ITEM_COLUMNS = ("item_id", "category", "title")
 EVENT_KINDS = ("click", "exposure")
+UNKNOWN_FEATURE = "unk"  # value of a sparse feature that is missing (and of every feature of an unlisted user)
+
+# Reasons a row can be rejected (docs/data.md). Rows noted with a reason in KEPT_REASONS stay in the data.
+REJECT_REASONS = (
+    "malformed_row",           # event line/row: wrong field count, unparseable id / timestamp / rating, wrong type
+    "bad_event_kind",          # event kind other than EVENT_KINDS
+    "unknown_item",            # event on an item missing from the items table or rejected there
+    "duplicate_event",         # exact duplicate of an earlier event row (all of EVENT_COLUMNS equal)
+    "malformed_item",          # items table row that cannot be parsed
+    "duplicate_item",          # second row for an item id (the first is kept)
+    "item_without_category",   # item with no category (MovieLens: only the "unknown" genre)
+    "malformed_user",          # users table row that cannot be parsed
+    "duplicate_user",          # second row for a user id (the first is kept)
+)
+KEPT_REASONS = (
+    "out_of_order_timestamp",  # timestamp earlier than the previous line of the same user: kept, events are sorted
+)
+
+
+class DataError(ValueError):
+    """A data file is missing or has the wrong format; the message is one line naming the file."""
 
 
 @dataclass
@@ -25,10 +46,26 @@ class RejectReport:
 
     counts: dict[str, int] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)  # each: {"source": ..., "reason": ..., "row": str}
+    kept: dict[str, int] = field(default_factory=dict)  # rows noted but kept (KEPT_REASONS); not in ``counts``
+    max_rows_per_reason: int = 0  # cap on ``rows`` stored per reason (0 = all); counts stay exact
 
-    def add(self, source: str, reason: str, row: object) -> None:
-        self.counts[reason] = self.counts.get(reason, 0) + 1
-        self.rows.append({"source": source, "reason": reason, "row": str(row)[:500]})
+    def add(self, source: str, reason: str, row: object, *, line: int | None = None, kept: bool = False) -> None:
+        """Count one row under ``reason`` and keep it for the rejects file (up to ``max_rows_per_reason``).
+
+        ``kept=True`` notes a row that stays in the data (e.g. an out-of-order timestamp): it is counted in
+        ``kept`` instead of ``counts``, so ``total`` is exactly the number of rows dropped.
+        """
+        tally = self.kept if kept else self.counts
+        n = tally.get(reason, 0)
+        tally[reason] = n + 1
+        if self.max_rows_per_reason and n >= self.max_rows_per_reason:
+            return
+        entry = {"source": source, "reason": reason, "row": str(row)[:500]}
+        if line is not None:
+            entry["line"] = int(line)
+        if kept:
+            entry["kept"] = True
+        self.rows.append(entry)
 
     @property
     def total(self) -> int:
@@ -73,7 +110,8 @@ class Sequences:
         c_short: (N,) canonical C'_short (storage.keys.canonical_recent of short_categories).
         features: (N, F) int64 codes of the sparse features, 0 = unknown.
         feature_cardinalities: (F,) number of codes per feature including 0.
-        cutoff: events with timestamp < cutoff were used.
+        cutoff: events with timestamp < cutoff were used (``None`` asked: max timestamp + 1).
+        feature_names: (F,) the users-table column behind each feature.
     """
 
     user_ids: list[str]
@@ -84,3 +122,4 @@ class Sequences:
     features: np.ndarray
     feature_cardinalities: list[int]
     cutoff: int
+    feature_names: list[str] = field(default_factory=list)  # (F,) users-table column of each feature
