@@ -215,6 +215,19 @@ class PcoConfig:
     epochs: float = opt(1.0, "DPO epochs per round.", min=0.0)
     per_device_batch_size: int = opt(2, "Per-device train batch size.", min=1)
     gradient_accumulation_steps: int = opt(8, "Gradient accumulation steps.", min=1)
+    max_length: int = opt(1024, "Truncate prompt + completion to this many tokens (trl keeps the start).", min=2)
+    alert_saturation_accuracy: float = opt(
+        0.95, "Alert when DPO pair accuracy exceeds this early in a round (with alert_saturation_margin).",
+        min=0.0, max=1.0)
+    alert_saturation_margin: float = opt(
+        0.1, "... and the mean reward margin (beta-scaled) exceeds this; 0 alerts on accuracy alone.", min=0.0)
+    alert_early_fraction: float = opt(0.25, "Share of a round's DPO steps in which saturation counts as early.",
+                                      min=0.0, max=1.0)
+    alert_kl_spike_factor: float = opt(10.0, "Alert when the KL exceeds this multiple of its running median.",
+                                       min=1.0)
+    alert_eos_logratio: float = opt(
+        0.7, "Alert when |policy - reference log-prob of the completion's EOS| exceeds this (length drift).",
+        min=0.0)
 
 
 @dataclass
