@@ -189,6 +189,14 @@ class NoveltyConfig:
     temperature: float = opt(1.0, "Sampling temperature (sample mode).", min=0.0)
     exclude_recent: bool = opt(True, "Never propose a category already in C'_short.")
     inference_batch_size: int = opt(32, "Keys per inference batch.", min=1)
+    completion_eos: bool = opt(
+        True, "SFT completions end with EOS: score mode counts its log-probability after each name "
+        "(sample / beam always end a name on EOS)."
+    )
+    num_beams: int = opt(0, "Beam mode: beam width; 0 = num_candidates (never fewer).", min=0)
+    sample_rounds: int = opt(
+        3, "Sample mode: at most this many sampling rounds; each later round excludes the names found so far.", min=1
+    )
 
 
 @dataclass
