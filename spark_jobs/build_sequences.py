@@ -15,9 +15,11 @@ one machine; ``tests/spark_jobs/test_build_sequences.py`` builds both on one fix
 - ``short_hash`` is ``storage.keys.short_hash`` itself, called in a pandas UDF, so the key bytes are the
   in-process ones by construction; ``key = UTF-8(csid + "|" + short_hash)`` as in ``storage.keys.kv_key``.
 
-Every user with at least one valid event before the cut-off gets a row (a user with exposures only has empty
-lists and the hash of the empty set). Rows with a null user/item/timestamp, an empty user or item id, or an
-event kind other than ``click`` / ``exposure`` are rejected and counted, never fatal.
+Raw rows are cleaned exactly like ``coea.data.loaders.clean_interactions`` (:func:`clean_events`): malformed,
+bad-kind, unknown-item and duplicate events and bad item rows are dropped and counted by the same reason names,
+never fatal. Every user with a valid event (at any time, as in-process) gets a row; a user without a click
+before the cut-off has empty lists and the hash of the empty set. Users that only appear in a users table have
+no events and no row here (in-process they get the same empty row).
 
 Outputs under ``out_path`` (Parquet)::
 
@@ -73,8 +75,7 @@ def build_sequences(spark: Any, events_path: str, items_path: str, out_path: str
         ``users_empty_long``, ``keys`` (only with a csid table), and the output ``paths``.
     """
     _check_args(tau=tau, long_filter=long_filter, short_k=short_k, max_long_len=max_long_len)
-    events, rejected, n_events = _read_events(spark, events_path)
-    items = _read_items(spark, items_path)
+    events, items, rejected, n_events = clean_events(spark, events_path, items_path)
     seqs = sequences_frame(events, items, tau=tau, long_filter=long_filter, short_k=short_k,
                            max_long_len=max_long_len, cutoff=cutoff).cache()
 
@@ -115,14 +116,13 @@ def build_sequences(spark: Any, events_path: str, items_path: str, out_path: str
 
 def sequences_frame(events: Any, items: Any, *, tau: int, long_filter: str, short_k: int, max_long_len: int,
                     cutoff: int | None = None) -> Any:
-    """Validated events + items -> one row per user (see the module docstring for the columns)."""
+    """Cleaned events + items (:func:`clean_events`) -> one row per user (see the module docstring)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     _check_args(tau=tau, long_filter=long_filter, short_k=short_k, max_long_len=max_long_len)
+    users = events.select("user_id").distinct()  # every event user, as in-process (even if all are later)
     used = events.filter(_before(cutoff))
-    users = used.select("user_id").distinct()
-
     categories = items.filter(F.col("category").isNotNull() & (F.col("category") != "")) \
         .select("item_id", "category").dropDuplicates(["item_id"])
     clicks = used.filter(F.col("event") == "click").join(categories, "item_id", "inner")
@@ -202,41 +202,129 @@ def keys_frame(seqs_with_keys: Any) -> Any:
 # ------------------------------------------------------------------------------------------------ reading
 
 
-def _read_events(spark: Any, path: str) -> tuple[Any, dict[str, int], int]:
-    """Read raw events, cast to the schema, drop and count invalid rows."""
-    from pyspark.sql import functions as F
-    from pyspark.sql.types import TimestampNTZType, TimestampType
+def clean_events(spark: Any, events_path: str, items_path: str) -> tuple[Any, Any, dict[str, int], int]:
+    """Read raw events and items and clean them like ``coea.data.loaders.clean_interactions``.
 
-    raw = spark.read.parquet(path)
+    Rules (docs/data.md, "Cleaning"), checked in this order, each dropped row counted under its reason:
+    ids are stripped strings (integers and integer-valued floats in decimal form); ``malformed_row`` = no
+    user or item id, a timestamp that is not a non-negative whole number of seconds (timestamp types are
+    converted), or a rating that is present but not a number; ``bad_event_kind`` = a kind other than
+    ``click`` / ``exposure`` (after stripping); ``unknown_item`` = an item missing from the cleaned items;
+    ``duplicate_event`` = an exact repeat of (user_id, item_id, timestamp, event, rating). Items: ``malformed_item``,
+    ``duplicate_item`` (the first row in read order is kept), ``item_without_category``.
+
+    Returns:
+        (events: user_id, item_id, timestamp, event; items: item_id, category; rejected counts; raw event rows).
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    items, item_rejects = _clean_items(spark, items_path)
+    raw = spark.read.parquet(events_path)
     missing = [c for c in ("user_id", "item_id", "timestamp", "event") if c not in raw.columns]
     if missing:
-        raise ValueError(f"events at {path} lack required column(s) {missing}; found {raw.columns}")
-    ts_type = raw.schema["timestamp"].dataType
-    ts = F.unix_seconds("timestamp") if isinstance(ts_type, (TimestampType, TimestampNTZType)) \
-        else F.expr("try_cast(timestamp AS BIGINT)")
-    typed = raw.select(F.col("user_id").cast("string").alias("user_id"),
-                       F.col("item_id").cast("string").alias("item_id"),
-                       ts.alias("timestamp"),
-                       F.col("event").cast("string").alias("event"))
-    reason = (F.when(F.col("user_id").isNull() | (F.col("user_id") == ""), "missing_user")
-              .when(F.col("item_id").isNull() | (F.col("item_id") == ""), "missing_item")
-              .when(F.col("timestamp").isNull(), "bad_timestamp")
-              .when(~F.col("event").isin(*EVENT_KINDS) | F.col("event").isNull(), "bad_event"))
-    typed = typed.withColumn("_reject", reason).cache()
-    rejected = {r["_reject"]: int(r["count"]) for r in
-                typed.filter(F.col("_reject").isNotNull()).groupBy("_reject").count().collect()}
-    n_events = typed.count()
-    return typed.filter(F.col("_reject").isNull()).drop("_reject"), dict(sorted(rejected.items())), n_events
+        raise ValueError(f"events at {events_path} lack required column(s) {missing}; found {raw.columns}")
+    if "rating" in raw.columns:
+        rating = _number(raw, "rating")
+        bad_rating = rating.isNull() & F.col("rating").isNotNull()
+    else:
+        rating, bad_rating = F.lit(None).cast("double"), F.lit(False)
+    typed = raw.select(_id(raw, "user_id").alias("user_id"), _id(raw, "item_id").alias("item_id"),
+                       _seconds(raw, "timestamp").alias("timestamp"), _strip(F.col("event").cast("string")).alias("event"),
+                       # null and NaN are one value for duplicates, as in pandas
+                       F.when(rating.isNull() | F.isnan(rating), F.lit(float("nan"))).otherwise(rating).alias("rating"),
+                       bad_rating.alias("_bad_rating"))
+    known = items.select("item_id", F.lit(True).alias("_known"))
+    typed = typed.join(known, "item_id", "left")
+    reason = (F.when(F.col("user_id").isNull() | F.col("item_id").isNull() | F.col("timestamp").isNull()
+                     | F.col("_bad_rating"), "malformed_row")
+              .when(F.col("event").isNull() | ~F.col("event").isin(*EVENT_KINDS), "bad_event_kind")
+              .when(F.col("_known").isNull(), "unknown_item"))
+    typed = typed.withColumn("_reject", reason)
+    row = Window.partitionBy("user_id", "item_id", "timestamp", "event", "rating").orderBy(F.lit(0))
+    typed = typed.withColumn("_reject", F.when(F.col("_reject").isNull() & (F.row_number().over(row) > 1),
+                                               "duplicate_event").otherwise(F.col("_reject"))).cache()
+    counts = typed.groupBy("_reject").count().collect()
+    rejected = {r["_reject"]: int(r["count"]) for r in counts if r["_reject"] is not None}
+    n_events = sum(int(r["count"]) for r in counts)
+    events = typed.filter(F.col("_reject").isNull()).select("user_id", "item_id", "timestamp", "event")
+    return events, items, dict(sorted({**item_rejects, **rejected}.items())), n_events
 
 
-def _read_items(spark: Any, path: str) -> Any:
+def _clean_items(spark: Any, path: str) -> tuple[Any, dict[str, int]]:
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     raw = spark.read.parquet(path)
     missing = [c for c in ("item_id", "category") if c not in raw.columns]
     if missing:
         raise ValueError(f"items at {path} lack required column(s) {missing}; found {raw.columns}")
-    return raw.select(F.col("item_id").cast("string"), F.col("category").cast("string"))
+    typed = raw.select(_id(raw, "item_id").alias("item_id"),
+                       _strip(F.col("category").cast("string")).alias("category"),
+                       F.monotonically_increasing_id().alias("_order"))
+    first = Window.partitionBy("item_id").orderBy("_order")
+    reason = (F.when(F.col("item_id").isNull(), "malformed_item")
+              .when(F.row_number().over(first) > 1, "duplicate_item")
+              .when(F.col("category").isNull() | (F.col("category") == ""), "item_without_category"))
+    typed = typed.withColumn("_reject", reason).cache()
+    rejected = {r["_reject"]: int(r["count"]) for r in
+                typed.filter(F.col("_reject").isNotNull()).groupBy("_reject").count().collect()}
+    return typed.filter(F.col("_reject").isNull()).select("item_id", "category"), rejected
+
+
+#: Every character Python's ``str.strip()`` removes, as one regex class (Spark's ``trim`` removes only spaces).
+_SPACE = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in map(chr, range(0x110000)) if c.isspace()) + "]"
+
+
+def _strip(col: Any) -> Any:
+    """Python ``str.strip()`` in Spark SQL; empty results become null."""
+    from pyspark.sql import functions as F
+
+    out = F.regexp_replace(col, f"^{_SPACE}+|{_SPACE}+$", "")
+    return F.when(out == "", F.lit(None).cast("string")).otherwise(out)
+
+
+def _id(df: Any, name: str) -> Any:
+    """An id as a stripped string: integers and integer-valued floats in decimal form, anything else null."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import DecimalType, DoubleType, FloatType, IntegralType, StringType
+
+    dtype, col = df.schema[name].dataType, F.col(name)
+    if isinstance(dtype, StringType):
+        return _strip(col)
+    if isinstance(dtype, IntegralType):
+        return col.cast("string")
+    if isinstance(dtype, (DoubleType, FloatType, DecimalType)):
+        x = col.cast("double")
+        whole = ~F.isnan(x) & (F.abs(x) < F.lit(9.2e18)) & (x == F.floor(x))
+        return F.when(whole, x.cast("long").cast("string"))
+    return F.lit(None).cast("string")
+
+
+def _number(df: Any, name: str) -> Any:
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import NumericType, StringType
+
+    dtype, col = df.schema[name].dataType, F.col(name)
+    if isinstance(dtype, NumericType):
+        return col.cast("double")
+    if isinstance(dtype, StringType):
+        return F.expr(f"try_cast(trim({name}) AS DOUBLE)")
+    return F.lit(None).cast("double")
+
+
+def _seconds(df: Any, name: str) -> Any:
+    """Unix seconds as bigint; null when negative, not whole or not finite (timestamp types converted)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import TimestampNTZType, TimestampType
+
+    dtype = df.schema[name].dataType
+    if isinstance(dtype, (TimestampType, TimestampNTZType)):
+        micros = F.unix_micros(F.col(name).cast("timestamp"))
+        return F.when((micros >= 0) & (micros % 1_000_000 == 0), F.floor(micros / 1_000_000).cast("long"))
+    x = _number(df, name)
+    ok = ~F.isnan(x) & (x >= 0) & (x < F.lit(9.2e18)) & (x == F.floor(x))
+    return F.when(ok, x.cast("long"))
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -31,6 +31,9 @@ def spark():
         "spark.default.parallelism": "2",
         "spark.ui.enabled": "false",
         "spark.driver.memory": "1g",
+        # Tiny data: compiling generated code and re-planning cost more than they save.
+        "spark.sql.codegen.wholeStage": "false",
+        "spark.sql.adaptive.enabled": "false",
     })
     session.sparkContext.setLogLevel("ERROR")
     yield session

@@ -114,19 +114,78 @@ def test_keys_match_storage_bytes(spark, fixture_paths, tmp_path):
     assert len(shared) == 1 and shared[0]["n_users"] == 2 and shared[0]["c_short"] == ["Zebra", "émigré"]
 
 
+def write_messy_fixture(root: Path) -> Path:
+    """The clean fixture plus every kind of bad row the loader rejects (and a few it must accept)."""
+    root.mkdir(parents=True, exist_ok=True)
+    events = pd.DataFrame(EVENTS, columns=["user_id", "item_id", "timestamp", "event"])
+    events["timestamp"] = events["timestamp"].astype("float64")
+    events["rating"] = [float(i % 5) if i % 3 else math.nan for i in range(len(events))]
+    bad = pd.DataFrame([
+        (None, "i1", 1.0, "click", math.nan),       # malformed_row: no user
+        ("  ", "i1", 1.0, "click", math.nan),       # malformed_row: blank user
+        ("u1", "i1", -5.0, "click", math.nan),      # malformed_row: negative timestamp
+        ("u1", "i1", 1.5, "click", math.nan),       # malformed_row: fractional timestamp
+        ("u1", "i1", math.nan, "click", math.nan),  # malformed_row: no timestamp
+        ("u1", "i1", 2.0, "purchase", math.nan),    # bad_event_kind
+        ("u6", "i9", 3.0, "click", math.nan),       # unknown_item (u6 has no valid event -> no row)
+        ("u1", "i0", 3.0, "click", math.nan),       # unknown_item: item without a category
+        (" u1 ", " i2 ", 10.0, " click ", math.nan),  # stripped -> an exact duplicate of u1's click -> duplicate_event
+        ("u7", "i3", 500.0, "click", 4.0),          # valid but after the cut-off: u7 gets an empty row
+        ("u7", "i3", 500.0, "click", 4.0),          # duplicate_event
+    ], columns=events.columns)
+    events = pd.concat([events, bad], ignore_index=True).sample(frac=1.0, random_state=3).reset_index(drop=True)
+    items = pd.DataFrame({"item_id": list(ITEMS) + ["i0", "i1"],
+                          "category": list(ITEMS.values()) + ["   ", "Duplicate"],  # i0: blank; i1 again
+                          "title": "t"})
+    events.to_parquet(root / "events.parquet", index=False)
+    items.to_parquet(root / "items.parquet", index=False)
+    return root
+
+
+@pytest.mark.parametrize("long_filter", ["category", "item"])
+def test_same_as_in_process_path(spark, tmp_path, long_filter):
+    """Both paths on one messy fixture: same users, I_long items, S_short, C'_short, short_hash and rejects."""
+    loaders = pytest.importorskip("coea.data.parquet", reason="in-process loader not available")
+    sequences = pytest.importorskip("coea.data.sequences", reason="in-process sequences not available")
+    from types import SimpleNamespace
+
+    from spark_jobs.build_sequences import build_sequences
+
+    root = write_messy_fixture(tmp_path / "data")
+    inter = loaders.load_parquet(root)
+    cfg = SimpleNamespace(tau=2, long_filter=long_filter, short_k=3, max_long_len=4)
+    ref = sequences.build_sequences(inter, cfg, cutoff=CUTOFF)
+    counts = build_sequences(spark, str(root / "events.parquet"), str(root / "items.parquet"), str(tmp_path / "o"),
+                             long_filter=long_filter, **PARAMS)
+    got = {r["user_id"]: r for r in spark.read.parquet(counts["paths"]["sequences"]).collect()}
+
+    expected = {}
+    for i, user in enumerate(ref.user_ids):
+        expected[user] = ([ref.item_vocab[j - 1] for j in ref.long_items[i]], ref.short_categories[i],
+                          list(ref.c_short[i]), short_hash(ref.c_short[i]))
+    actual = {u: (r["long_items"], r["short_categories"], r["c_short"], r["short_hash"]) for u, r in got.items()}
+    assert actual == expected
+    assert "u7" in actual and "u6" not in actual
+    assert counts["rejected"] == inter.rejects.counts
+    assert counts["events"] - sum(v for k, v in counts["rejected"].items() if "item" not in k or k == "unknown_item") \
+        == len(inter.events)
+
+
 def test_invalid_rows_are_counted_not_fatal(spark, tmp_path):
-    events = pd.DataFrame({"user_id": ["u1", None, "u1", "u1", "", "u1"],
-                           "item_id": ["i1", "i1", None, "i1", "i1", "i9"],  # i9: no category -> not a click
-                           "timestamp": [1, 2, 3, 4, 5, 6],
-                           "event": ["click", "click", "click", "purchase", "click", "click"]})
-    items = pd.DataFrame({"item_id": ["i1"], "category": ["A"]})
+    events = pd.DataFrame({"user_id": ["u1", None, "u1", "u1", "", "u1", "u1"],
+                           "item_id": ["i1", "i1", None, "i1", "i1", "i9", "i1"],
+                           "timestamp": [1, 2, 3, 4, 5, 6, 1],
+                           "event": ["click", "click", "click", "purchase", "click", "click", "click"]})
+    items = pd.DataFrame({"item_id": [1, 2], "category": ["A", None]})  # integer ids -> "1"; item 2: no category
+    events["item_id"] = events["item_id"].replace({"i1": "1", "i9": "2"})
     events.to_parquet(tmp_path / "e.parquet")
     items.to_parquet(tmp_path / "i.parquet")
     from spark_jobs.build_sequences import build_sequences
 
     counts = build_sequences(spark, str(tmp_path / "e.parquet"), str(tmp_path / "i.parquet"), str(tmp_path / "o"),
                              tau=1, long_filter="item", short_k=5, max_long_len=5)
-    assert counts["rejected"] == {"bad_event": 1, "missing_item": 1, "missing_user": 2}
+    assert counts["rejected"] == {"bad_event_kind": 1, "duplicate_event": 1, "item_without_category": 1,
+                                  "malformed_row": 3, "unknown_item": 1}
     assert counts["users"] == 1 and counts["clicks"] == 1
     with pytest.raises(ValueError, match="long_filter"):
         build_sequences(spark, "x", "y", "z", tau=1, long_filter="user", short_k=1, max_long_len=1)
