@@ -230,7 +230,8 @@ def clean_events(spark: Any, events_path: str, items_path: str) -> tuple[Any, An
     else:
         rating, bad_rating = F.lit(None).cast("double"), F.lit(False)
     typed = raw.select(_id(raw, "user_id").alias("user_id"), _id(raw, "item_id").alias("item_id"),
-                       _seconds(raw, "timestamp").alias("timestamp"), _strip(F.col("event").cast("string")).alias("event"),
+                       _seconds(raw, "timestamp").alias("timestamp"),
+                       _strip(F.col("event").cast("string")).alias("event"),
                        # null and NaN are one value for duplicates, as in pandas
                        F.when(rating.isNull() | F.isnan(rating), F.lit(float("nan"))).otherwise(rating).alias("rating"),
                        bad_rating.alias("_bad_rating"))
@@ -241,7 +242,9 @@ def clean_events(spark: Any, events_path: str, items_path: str) -> tuple[Any, An
               .when(F.col("event").isNull() | ~F.col("event").isin(*EVENT_KINDS), "bad_event_kind")
               .when(F.col("_known").isNull(), "unknown_item"))
     typed = typed.withColumn("_reject", reason)
-    row = Window.partitionBy("user_id", "item_id", "timestamp", "event", "rating").orderBy(F.lit(0))
+    # Valid rows first, so a rejected twin (e.g. an unparseable rating, NaN here) never makes a valid row a duplicate.
+    row = Window.partitionBy("user_id", "item_id", "timestamp", "event", "rating") \
+        .orderBy(F.col("_reject").isNotNull())
     typed = typed.withColumn("_reject", F.when(F.col("_reject").isNull() & (F.row_number().over(row) > 1),
                                                "duplicate_event").otherwise(F.col("_reject"))).cache()
     counts = typed.groupBy("_reject").count().collect()

@@ -129,7 +129,7 @@ def write_messy_fixture(root: Path) -> Path:
         ("u1", "i1", 2.0, "purchase", math.nan),    # bad_event_kind
         ("u6", "i9", 3.0, "click", math.nan),       # unknown_item (u6 has no valid event -> no row)
         ("u1", "i0", 3.0, "click", math.nan),       # unknown_item: item without a category
-        (" u1 ", " i2 ", 10.0, " click ", math.nan),  # stripped -> an exact duplicate of u1's click -> duplicate_event
+        (" u1 ", " i2 ", 10.0, " click ", 1.0),     # stripped: repeats u1's i2@10 (rating 1) -> duplicate_event
         ("u7", "i3", 500.0, "click", 4.0),          # valid but after the cut-off: u7 gets an empty row
         ("u7", "i3", 500.0, "click", 4.0),          # duplicate_event
     ], columns=events.columns)
@@ -167,25 +167,32 @@ def test_same_as_in_process_path(spark, tmp_path, long_filter):
     assert actual == expected
     assert "u7" in actual and "u6" not in actual
     assert counts["rejected"] == inter.rejects.counts
-    assert counts["events"] - sum(v for k, v in counts["rejected"].items() if "item" not in k or k == "unknown_item") \
-        == len(inter.events)
+    event_reasons = {"malformed_row", "bad_event_kind", "unknown_item", "duplicate_event"}
+    assert counts["rejected"]["duplicate_event"] == 2
+    assert counts["events"] - sum(counts["rejected"][r] for r in event_reasons) == len(inter.events)
 
 
 def test_invalid_rows_are_counted_not_fatal(spark, tmp_path):
-    events = pd.DataFrame({"user_id": ["u1", None, "u1", "u1", "", "u1", "u1"],
-                           "item_id": ["i1", "i1", None, "i1", "i1", "i9", "i1"],
-                           "timestamp": [1, 2, 3, 4, 5, 6, 1],
-                           "event": ["click", "click", "click", "purchase", "click", "click", "click"]})
-    items = pd.DataFrame({"item_id": [1, 2], "category": ["A", None]})  # integer ids -> "1"; item 2: no category
-    events["item_id"] = events["item_id"].replace({"i1": "1", "i9": "2"})
-    events.to_parquet(tmp_path / "e.parquet")
-    items.to_parquet(tmp_path / "i.parquet")
+    """Integer item ids become "1"; a row with an unparseable rating is malformed and does not turn its valid twin
+    (same user, item, time, kind) into a duplicate; the exact repeat is a duplicate. Same counts as the loader."""
+    events = pd.DataFrame({"user_id": ["u1", None, "u1", "u1", "", "u1", "u1", "u1"],
+                           "item_id": ["1", "1", None, "1", "1", "2", "1", "1"],
+                           "timestamp": [1, 2, 3, 4, 5, 6, 1, 1],
+                           "event": ["click", "click", "click", "purchase", "click", "click", "click", "click"],
+                           "rating": ["abc", None, None, None, None, None, None, None]})
+    items = pd.DataFrame({"item_id": [1, 2], "category": ["A", None]})  # item 2 has no category
+    root = tmp_path / "data"
+    root.mkdir()
+    events.to_parquet(root / "events.parquet")
+    items.to_parquet(root / "items.parquet")
     from spark_jobs.build_sequences import build_sequences
 
-    counts = build_sequences(spark, str(tmp_path / "e.parquet"), str(tmp_path / "i.parquet"), str(tmp_path / "o"),
+    counts = build_sequences(spark, str(root / "events.parquet"), str(root / "items.parquet"), str(tmp_path / "o"),
                              tau=1, long_filter="item", short_k=5, max_long_len=5)
     assert counts["rejected"] == {"bad_event_kind": 1, "duplicate_event": 1, "item_without_category": 1,
-                                  "malformed_row": 3, "unknown_item": 1}
+                                  "malformed_row": 4, "unknown_item": 1}
     assert counts["users"] == 1 and counts["clicks"] == 1
+    loaders = pytest.importorskip("coea.data.parquet", reason="in-process loader not available")
+    assert counts["rejected"] == loaders.load_parquet(root).rejects.counts
     with pytest.raises(ValueError, match="long_filter"):
         build_sequences(spark, "x", "y", "z", tau=1, long_filter="user", short_k=1, max_long_len=1)
