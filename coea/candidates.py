@@ -87,11 +87,13 @@ class CompletionTokenizer:
 
     For a prompt ``x`` and completion ``y``: ``prompt_ids = tok(x)``, ``full = tok(x + y)``, ``k`` = their common
     prefix length (trl's ``common_prefix_length``); the completion is ``full[k:]`` (+ EOS when ``append_eos``) and
-    its context ``prompt_ids[:k]``, which is all of ``prompt_ids`` when the boundary is stable. Tokenising ``x + y`` for every prompt and category is
-    the cost of a full tokenisation per pair, so by default only the prompt's last ``boundary_chars`` characters
-    (the "tail") are re-tokenised with each completion and cached per distinct tail; the shortcut is used only when
-    the tail's own ids (less its first, possibly split, token) are a suffix of ``prompt_ids`` and any divergence
-    lies inside that verified suffix, otherwise the prompt is tokenised in full. ``boundary_chars=None`` always
+    its context ``prompt_ids[:k]``, which is all of ``prompt_ids`` when the boundary is stable.
+
+    Tokenising ``x + y`` for every prompt and category costs a full tokenisation per pair, so by default only the
+    prompt's last ``boundary_chars`` characters (the "tail") are tokenised with each completion, cached per distinct
+    tail (prompts share their closing template, so usually one tail in all). The shortcut is used only when the
+    tail's own ids, less its first (possibly split) token, are a suffix of ``prompt_ids`` and every divergence lies
+    inside that verified suffix; otherwise the prompt is tokenised in full. ``boundary_chars=None`` always
     tokenises in full.
 
     Args:
@@ -310,42 +312,45 @@ def _score_batch(model, jobs: list[_Job], scores: torch.Tensor, pad_id: int, dev
     ctx_ids, ctx_mask = _left_pad([j.context for j in jobs], pad_id, device)  # (B, Tp)
     ctx_pos = (ctx_mask.cumsum(-1) - 1).clamp(min=0)  # positions restart at 0 after the left padding
     out = model(input_ids=ctx_ids, attention_mask=ctx_mask, position_ids=ctx_pos, use_cache=True, logits_to_keep=1)
-    first = F.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (B, V)
+    first = F.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (B, V): predicts every completion's y_0
     cache = out.past_key_values
     ctx_len = ctx_mask.sum(-1)  # (B,)
 
-    rest: list[tuple[int, int, int, tuple[int, ...]]] = []  # (job, prompt, category, completion) needing a forward
-    for j, job in enumerate(jobs):
-        for c, completion in job.rows:
-            scores[job.prompt, c] = first[j, completion[0]].item()
-            if len(completion) > 1:
-                rest.append((j, job.prompt, c, completion))
-    rest.sort(key=lambda r: len(r[3]))  # similar lengths share a chunk: less right padding
-    chunks = [rest[i:i + max_rows] for i in range(0, len(rest), max_rows)]
-    for k, chunk in enumerate(chunks):
-        job_idx = torch.tensor([r[0] for r in chunk], device=device)  # (R,)
-        fed = [r[3][:-1] for r in chunk]  # inputs y_0..y_{n-2}; targets y_1..y_{n-1}
-        width = max(len(f) for f in fed)
-        inp = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        tgt = torch.zeros((len(chunk), width), dtype=torch.long)
-        valid = torch.zeros((len(chunk), width), dtype=torch.bool)
-        for i, r in enumerate(chunk):
-            n = len(r[3]) - 1
-            inp[i, :n] = torch.tensor(r[3][:-1])
-            tgt[i, :n] = torch.tensor(r[3][1:])
-            valid[i, :n] = True
-        inp, tgt, valid = inp.to(device), tgt.to(device), valid.to(device)
-        # The last chunk may consume the prompt cache; earlier ones gather from a copy.
-        rows_cache = cache if k == len(chunks) - 1 else copy.deepcopy(cache)
-        rows_cache.batch_select_indices(job_idx)  # (R, heads, Tp, d) per layer
-        mask = torch.cat([ctx_mask[job_idx], valid.long()], dim=1)  # (R, Tp + W); right padding is never attended
-        pos = ctx_len[job_idx, None] + torch.arange(width, device=device)[None, :]  # (R, W)
-        logits = model(input_ids=inp, attention_mask=mask, position_ids=pos, past_key_values=rows_cache,
-                       use_cache=True).logits  # (R, W, V)
-        logp = F.log_softmax(logits.float(), dim=-1).gather(-1, tgt[..., None]).squeeze(-1)  # (R, W)
-        total = (logp * valid).sum(-1).cpu()
-        for i, r in enumerate(chunk):
-            scores[r[1], r[2]] += total[i]
+    rows = [(j, job.prompt, c, completion) for j, job in enumerate(jobs) for c, completion in job.rows]
+    job_of = torch.tensor([r[0] for r in rows], device=device)
+    y0 = torch.tensor([r[3][0] for r in rows], device=device)
+    where = (torch.tensor([r[1] for r in rows]), torch.tensor([r[2] for r in rows]))
+    scores.index_put_(where, first[job_of, y0].cpu())
+
+    # The rest of each completion: rows of one length share a forward (no padding, so no LM-head work on pads)
+    # over the context cache gathered for them. The last token is never fed: nothing reads its logits.
+    by_length: dict[int, list[tuple[int, int, int, tuple[int, ...]]]] = {}
+    for r in rows:
+        if len(r[3]) > 1:
+            by_length.setdefault(len(r[3]), []).append(r)
+    for length, group in sorted(by_length.items()):
+        for i in range(0, len(group), max_rows):
+            chunk = group[i:i + max_rows]
+            job_idx = torch.tensor([r[0] for r in chunk], device=device)  # (R,)
+            seqs = torch.tensor([r[3] for r in chunk], device=device)  # (R, n)
+            mask = torch.cat([ctx_mask[job_idx], torch.ones_like(seqs[:, :-1])], dim=1)  # (R, Tp + n - 1)
+            pos = ctx_len[job_idx, None] + torch.arange(length - 1, device=device)[None, :]  # (R, n - 1)
+            logits = model(input_ids=seqs[:, :-1], attention_mask=mask, position_ids=pos,
+                           past_key_values=_gathered(cache, job_idx), use_cache=True).logits  # (R, n - 1, V)
+            logp = F.log_softmax(logits.float(), dim=-1).gather(-1, seqs[:, 1:, None]).squeeze(-1)  # (R, n - 1)
+            where = (torch.tensor([r[1] for r in chunk]), torch.tensor([r[2] for r in chunk]))
+            scores.index_put_(where, logp.sum(-1).cpu(), accumulate=True)
+
+
+def _gathered(cache, index: torch.Tensor):
+    """A cache holding rows ``index`` of ``cache`` (which stays intact for the next chunk)."""
+    if hasattr(cache, "layers"):  # transformers >= 4.56 caches: layers reassign their tensors when gathered
+        rows = copy.copy(cache)
+        rows.layers = [copy.copy(layer) for layer in cache.layers]
+    else:
+        rows = copy.deepcopy(cache)
+    rows.batch_select_indices(index)  # (R, kv_heads, Tp, head_dim) per layer
+    return rows
 
 
 def rank_categories(
