@@ -98,6 +98,19 @@ class EncoderConfig:
     epochs: int = opt(10, "Training epochs (next-item prediction over I_long).", min=1)
     batch_size: int = opt(64, "Batch size.", min=1)
     lr: float = opt(1e-3, "Learning rate (AdamW).", min=0.0)
+    norm_first: bool = opt(
+        True, "Pre-norm blocks (LayerNorm before attention / MLP, residual around both) plus a final LayerNorm; "
+        "False = post-norm blocks."
+    )
+    positions: Literal["recency", "absolute", "none"] = opt(
+        "recency", "Learned position embeddings: 'recency' (items counted back from the newest, so u_long's "
+        "position is the same for every user), 'absolute' (0 = e_sparse, 1.. from the oldest), 'none'."
+    )
+    num_threads: int = opt(
+        0, "torch threads for the DSIE stage on CPU (encoder, embedding, RQ-VAE), restored afterwards; 0 = keep "
+        "run.num_threads / the library default. These models are tiny: 1 thread is as fast on an idle machine "
+        "and several times faster on a busy one.", min=0
+    )
 
 
 @dataclass
@@ -115,6 +128,10 @@ class QuantizerConfig:
     threshold_ema_dead_code: int = opt(2, "Replace codes used fewer times than this (EMA) with batch samples.", min=0)
     hidden_dim: int = opt(64, "Width of the RQ-VAE's MLP encoder and decoder.", min=2)
     ema_decay: float = opt(0.8, "EMA decay of the codebook updates (vector-quantize-pytorch 'decay').", min=0.0, max=1.0)
+    standardize: bool = opt(
+        True, "Centre u_long on the warm users' mean and L2-normalise it before the RQ-VAE, the CSID merge rule "
+        "and the representatives (the mean is saved with the RQ-VAE)."
+    )
 
 
 @dataclass

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -85,7 +87,7 @@ def run_dsie(cfg: Config, round_path: Path, inter: Interactions, seqs: Sequences
     device = setup_run(cfg)
     times: dict[str, float] = {}
     cache = PortraitCache.load(_previous_cache(round_path))
-    with stage(round_path, STAGE) as out:
+    with stage(round_path, STAGE) as out, torch_threads(cfg.encoder.num_threads if device == "cpu" else 0):
         t = time.perf_counter()
         encoder, enc_metrics = train_encoder(seqs, cfg.encoder, out_dir=out, max_len=cfg.data.max_long_len,
                                              device=device, seed=cfg.run.seed)
@@ -101,24 +103,28 @@ def run_dsie(cfg: Config, round_path: Path, inter: Interactions, seqs: Sequences
         t = time.perf_counter()
         rq_report: dict[str, Any] = {"reconstruction_error": None, "code_utilisation": [], "epoch_losses": []}
         indices = np.zeros((0, cfg.quantizer.levels), dtype=np.int64)
+        space = u_long  # (N, d) what the merge rule, representatives and Figure 3 compare: standardised u_long
         if warm.any():
             q = cfg.quantizer
             torch.manual_seed(cfg.run.seed)
             rqvae = RQVAE(input_dim=u_long.shape[1], code_dim=q.code_dim, levels=q.levels,
                           codebook_size=q.codebook_size, hidden_dim=q.hidden_dim,
                           commitment_weight=q.commitment_weight, kmeans_init=q.kmeans_init,
-                          threshold_ema_dead_code=q.threshold_ema_dead_code, decay=q.ema_decay)
+                          threshold_ema_dead_code=q.threshold_ema_dead_code, decay=q.ema_decay,
+                          standardize=q.standardize)
             with progress() as bar:
                 res = train_rqvae(rqvae, torch.from_numpy(u_long[warm]), epochs=q.epochs, batch_size=q.batch_size,
                                   lr=q.lr, seed=cfg.run.seed, device=device, progress=bar)
             rqvae.cpu().save(out / FILES["rqvae"])
             indices = rqvae.encode(torch.from_numpy(u_long[warm])).numpy()  # (N_warm, l)
+            with torch.no_grad():
+                space = rqvae.prepare(torch.from_numpy(u_long)).numpy()  # (N, d)
             rq_report = {"reconstruction_error": res.reconstruction_error, "code_utilisation": res.utilisation,
                          "epoch_losses": res.epoch_losses}
         times["rqvae"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        csid_map = build_csid_map(indices, u_long[warm], max_groups=cfg.quantizer.max_groups,
+        csid_map = build_csid_map(indices, space[warm], max_groups=cfg.quantizer.max_groups,
                                   min_group_size=cfg.quantizer.min_group_size)
         csid_map.save(out / FILES["csid_map"])
         csids = np.full(len(seqs.user_ids), DEFAULT_CSID, dtype=object)
@@ -129,7 +135,7 @@ def run_dsie(cfg: Config, round_path: Path, inter: Interactions, seqs: Sequences
 
         t = time.perf_counter()
         counts = category_counts(seqs, inter.item_category, inter.categories)  # (N, C)
-        groups = build_portraits(csids=list(csids), embeddings=u_long, user_ids=list(seqs.user_ids), counts=counts,
+        groups = build_portraits(csids=list(csids), embeddings=space, user_ids=list(seqs.user_ids), counts=counts,
                                  categories=list(inter.categories), profile=cfg.profile, backbone=cfg.backbone,
                                  default_csid=DEFAULT_CSID, cache=cache, device=device)
         (out / FILES["groups"]).write_text("".join(json.dumps(asdict(g)) + "\n" for g in groups))
@@ -141,13 +147,25 @@ def run_dsie(cfg: Config, round_path: Path, inter: Interactions, seqs: Sequences
             "n_groups": len(csid_map.survivors), "n_code_tuples": len(csid_map.merge),
             "encoder": enc_metrics, **rq_report,
             "group_sizes": group_size_stats(csid_map.sizes),
-            "figure3": intra_inter_similarity(u_long[warm], list(csids[warm]), seed=cfg.run.seed),
+            "figure3": figure3(u_long[warm], list(csids[warm]), seed=cfg.run.seed),
             "ground_truth": ground_truth_agreement(list(seqs.user_ids), list(csids), inter.ground_truth),
             "portrait_cache_hits": cache.hits, "wall_time_s": times,
         }
         write_json(out / FILES["report"], report)
         write_manifest(out, cfg, {"stage": STAGE, "files": FILES})
     return DsieResult(round_path / STAGE, len(seqs.user_ids), len(csid_map.survivors), int((~warm).sum()), report)
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch.set_num_threads(n) inside the block (n = 0: leave it), restored afterwards."""
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _result_from_dir(path: Path) -> DsieResult:
@@ -172,6 +190,16 @@ def group_size_stats(sizes: list[int], bins: int = 10) -> dict[str, Any]:
     counts, edges = np.histogram(sizes, bins=min(bins, max(len(set(sizes)), 1)))
     return {"count": len(sizes), "min": int(min(sizes)), "median": float(np.median(sizes)), "max": int(max(sizes)),
             "histogram": {"counts": counts.tolist(), "edges": edges.tolist()}}
+
+
+def figure3(u_long: np.ndarray, csids: list[str], *, seed: int = 0) -> dict[str, Any]:
+    """Figure-3 check on warm users: :func:`intra_inter_similarity` of *centred* u_long (``intra``, ``inter``:
+    cosine after subtracting the warm users' mean, the standard correction for anisotropic embeddings, where
+    every raw cosine is close to 1) and of raw u_long (``raw.intra``, ``raw.inter``). Same sampled users."""
+    centred = intra_inter_similarity(u_long - u_long.mean(axis=0, keepdims=True), csids, seed=seed) \
+        if len(u_long) else intra_inter_similarity(u_long, csids, seed=seed)
+    raw = intra_inter_similarity(u_long, csids, seed=seed)
+    return {**centred, "cosine": "centred", "raw": {"intra": raw["intra"], "inter": raw["inter"]}}
 
 
 def intra_inter_similarity(embeddings: np.ndarray, csids: list[str], *, n_groups: int = 10, n_users: int = 30,
@@ -242,6 +270,8 @@ def assign_csids(dsie_dir: str | Path | DsieArtifacts, seqs: Sequences, batch_si
     warm = np.array([len(s) > 0 for s in seqs.long_items], dtype=bool)
     csids = np.full(len(seqs.user_ids), DEFAULT_CSID, dtype=object)
     if warm.any() and art.rqvae is not None and art.csid_map.survivors:
-        indices = art.rqvae.encode(torch.from_numpy(u_long[warm])).numpy()  # (N_warm, l)
-        csids[warm] = art.csid_map.assign(indices, embeddings=u_long[warm])
+        x = torch.from_numpy(u_long[warm])
+        indices = art.rqvae.encode(x).numpy()  # (N_warm, l)
+        with torch.no_grad():
+            csids[warm] = art.csid_map.assign(indices, embeddings=art.rqvae.prepare(x).numpy())
     return dict(zip(seqs.user_ids, csids.tolist()))

@@ -4,10 +4,17 @@ Input of user u: the sparse-feature token and the embeddings of I_long, right-pa
 
     x_u = [e_sparse, e_1, ..., e_T, pad, ...] + positions       e_sparse = b + sum_f E_f[S_u,f]   (Eq. 4)
 
-L post-norm transformer blocks (residual + LayerNorm around causal multi-head attention and an MLP, Eq. 5);
-u_long is the last layer's output at the last real position (index T; the sparse token when I_long is empty, so
-cold-start users still get an embedding). Right padding means no query ever sees a pad key under the causal
-mask, so no padding mask is needed and no attention row is empty.
+L transformer blocks (residual + LayerNorm around causal multi-head attention and an MLP, Eq. 5; pre-norm with a
+final LayerNorm by default, ``norm_first``); u_long is the last layer's output at the last real position (index T;
+the sparse token when I_long is empty, so cold-start users still get an embedding). Right padding means no query
+ever sees a pad key under the causal mask, so no padding mask is needed and no attention row is empty.
+
+Positions (``positions``): ``recency`` (default) indexes the table by 1 + the number of items after a token (the
+newest item is 1, e_sparse 0), so the position added at u_long is the same for every user; ``absolute`` indexes
+from the oldest item (u_long then sits at a length-dependent position); ``none`` relies on the causal mask alone.
+
+Embeddings start at N(0, 0.02): the logits are tied to the item table, and N(0, 1) rows made the untrained loss
+~30 on the demo world (log V = 5.9), which 8 epochs never worked off, leaving u_long collapsed (docs/dsie.md).
 
 Objective (next-item prediction over I_long, docs/dsie.md): position t (0 = e_sparse) predicts item t+1 with a
 full softmax over the item vocabulary, logits tied to the item embedding table::
@@ -32,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from coea.config import EncoderConfig
 from coea.data.schema import Sequences
 
+POSITIONS = ("recency", "absolute", "none")
 log = logging.getLogger("coea")
 
 
@@ -48,21 +56,35 @@ class UserEncoder(nn.Module):
         n_heads: int,
         dropout: float = 0.1,
         max_len: int = 200,
+        norm_first: bool = True,
+        positions: str = "recency",
     ) -> None:
         super().__init__()
+        if positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}; got {positions!r}")
         self.hparams: dict[str, Any] = dict(
             n_items=n_items, feature_cardinalities=[int(c) for c in feature_cardinalities], d_model=d_model,
-            n_layers=n_layers, n_heads=n_heads, dropout=dropout, max_len=max_len,
+            n_layers=n_layers, n_heads=n_heads, dropout=dropout, max_len=max_len, norm_first=norm_first,
+            positions=positions,
         )
         self.max_len = max_len
+        self.positions = positions
         self.item_emb = nn.Embedding(n_items + 1, d_model, padding_idx=0)  # index 0 = padding
         self.feature_emb = nn.ModuleList(nn.Embedding(max(int(c), 1), d_model) for c in feature_cardinalities)
         self.sparse_bias = nn.Parameter(torch.zeros(d_model))  # e_sparse is defined even with no features
-        self.pos_emb = nn.Embedding(max_len + 1, d_model)  # position 0 = e_sparse
+        # absolute: index = position (0 = e_sparse); recency: index = 1 + items after this one (0 = e_sparse)
+        self.pos_emb = nn.Embedding(max_len + 1, d_model) if positions != "none" else None
         self.drop = nn.Dropout(dropout)
         layer = nn.TransformerEncoderLayer(d_model, n_heads, dim_feedforward=4 * d_model, dropout=dropout,
-                                           activation="gelu", batch_first=True, norm_first=False)
-        self.blocks = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+                                           activation="gelu", batch_first=True, norm_first=norm_first)
+        # pre-norm blocks leave the residual stream un-normalised: a final LayerNorm closes the stack
+        self.blocks = nn.TransformerEncoder(layer, n_layers, norm=nn.LayerNorm(d_model) if norm_first else None,
+                                            enable_nested_tensor=False)
+        # small embeddings (GPT-style): with logits tied to item_emb, N(0, 1) rows give logits of scale sqrt(d) and
+        # a starting loss far above log(V)
+        for emb in [self.item_emb, *self.feature_emb, *([self.pos_emb] if self.pos_emb is not None else [])]:
+            nn.init.normal_(emb.weight, std=0.02)
+        self.item_emb.weight.data[0].zero_()
 
     def sparse_token(self, features: Tensor) -> Tensor:
         """(B, F) int64 codes -> (B, d) e_sparse (Eq. 4); codes outside a feature's range count as unknown (0)."""
@@ -73,11 +95,23 @@ class UserEncoder(nn.Module):
             e = e + emb(codes)  # (B, d)
         return e
 
+    def position_index(self, items: Tensor) -> Tensor:
+        """(B, T) right-padded items -> (B, T+1) position-table rows (module docstring, "Positions")."""
+        B, T = items.shape
+        t = torch.arange(T + 1, device=items.device).expand(B, -1)  # (B, T+1)
+        if self.positions == "absolute":
+            return t.clamp(max=self.max_len)
+        lengths = (items > 0).sum(dim=1, keepdim=True)  # (B, 1)
+        recency = (lengths - t + 1).clamp(min=1, max=self.max_len)  # (B, T+1): last item -> 1; pads clamp to 1
+        return torch.where(t == 0, torch.zeros_like(t), recency)
+
     def forward(self, items: Tensor, features: Tensor) -> Tensor:
         """items (B, T) right-padded indices (0 = pad), features (B, F) -> hidden states (B, T+1, d)."""
         B, T = items.shape
         x = torch.cat([self.sparse_token(features)[:, None], self.item_emb(items)], dim=1)  # (B, T+1, d)
-        x = self.drop(x + self.pos_emb(torch.arange(T + 1, device=items.device)))  # (B, T+1, d)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(self.position_index(items))  # (B, T+1, d)
+        x = self.drop(x)
         causal = nn.Transformer.generate_square_subsequent_mask(T + 1, device=items.device)  # (T+1, T+1)
         return self.blocks(x, mask=causal, is_causal=True)  # (B, T+1, d)
 
@@ -144,7 +178,7 @@ class EncoderModule(L.LightningModule):
 def build_encoder(seqs: Sequences, cfg: EncoderConfig, *, max_len: int) -> UserEncoder:
     return UserEncoder(n_items=len(seqs.item_vocab), feature_cardinalities=list(seqs.feature_cardinalities),
                        d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads, dropout=cfg.dropout,
-                       max_len=max_len)
+                       max_len=max_len, norm_first=cfg.norm_first, positions=cfg.positions)
 
 
 def train_encoder(

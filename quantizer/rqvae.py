@@ -9,6 +9,11 @@ Loss (per batch)::
 
     L = MSE(decoder(quantized), x) + sum_j commitment_j
 
+With ``standardize`` the model first maps its input to ``x = unit(u - center)`` (``center`` = the training rows'
+mean, a buffer saved with the model, so later rounds quantize new users the same way; :meth:`RQVAE.prepare`).
+Long-term embeddings share a large common component (post-LayerNorm outputs are anisotropic); without centring
+that component dominates MSE and cosine, and the codes split on noise.
+
 where ``commitment_j = commitment_weight * ||z_j - sg(q_j)||^2`` is the ResidualVQ's own per-level loss (it only
 exists in training mode; codebooks are updated by EMA, not by gradients). Collapse defences are flags passed through
 to ResidualVQ: ``kmeans_init`` (codebooks start at k-means centroids of the first batch, which
@@ -76,13 +81,17 @@ class RQVAE(nn.Module):
         kmeans_iters: int = 10,
         threshold_ema_dead_code: int = 2,
         decay: float = 0.8,
+        standardize: bool = False,
     ) -> None:
         super().__init__()
         self.hparams: dict[str, Any] = dict(
             input_dim=input_dim, code_dim=code_dim, levels=levels, codebook_size=codebook_size,
             hidden_dim=hidden_dim, commitment_weight=commitment_weight, kmeans_init=kmeans_init,
             kmeans_iters=kmeans_iters, threshold_ema_dead_code=threshold_ema_dead_code, decay=decay,
+            standardize=standardize,
         )
+        self.standardize = standardize
+        self.register_buffer("center", torch.zeros(input_dim))  # (d,) set by train_rqvae when standardize
         self.levels = levels
         self.codebook_size = codebook_size
         self.encoder = _mlp(input_dim, hidden_dim, code_dim)
@@ -93,7 +102,17 @@ class RQVAE(nn.Module):
         )
         self.decoder = _mlp(code_dim, hidden_dim, input_dim)
 
+    def prepare(self, x: Tensor) -> Tensor:
+        """(B, d) raw input -> (B, d) what the model quantizes and reconstructs: ``unit(x - center)`` when
+        ``standardize`` (removes the component every row shares, so cosine / MSE see what tells rows apart),
+        else ``x``."""
+        if not self.standardize:
+            return x
+        return F.normalize(x - self.center, dim=-1)
+
     def forward(self, x: Tensor) -> RQVAEOutput:
+        """x: (B, d) raw input; the reconstruction target is :meth:`prepare` (x)."""
+        x = self.prepare(x)  # (B, d)
         z = self.encoder(x)  # (B, code_dim)
         quantized, indices, commit = self.rq(z)  # (B, code_dim), (B, l), (l,)
         reconstruction = self.decoder(quantized)  # (B, d)
@@ -106,13 +125,14 @@ class RQVAE(nn.Module):
         """(B, d) -> (B, l) code indices. Runs in eval mode (no EMA update, no dead-code replacement)."""
         was_training = self.training
         self.eval()
-        _, indices, _ = self.rq(self.encoder(x))  # (B, l)
+        _, indices, _ = self.rq(self.encoder(self.prepare(x)))  # (B, l)
         self.train(was_training)
         return indices
 
     @torch.no_grad()
     def decode(self, indices: Tensor) -> Tensor:
-        """(B, l) code indices -> (B, d) reconstruction."""
+        """(B, l) code indices -> (B, d) reconstruction (of :meth:`prepare` (x), i.e. standardised when
+        ``standardize``)."""
         return self.decoder(self.rq.get_output_from_indices(indices))  # (B, d)
 
     def save(self, path: str | Path) -> None:
@@ -122,6 +142,7 @@ class RQVAE(nn.Module):
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> RQVAE:
         blob = torch.load(path, map_location=map_location, weights_only=True)
         model = cls(**blob["hparams"])
+        blob["state_dict"].setdefault("center", model.center)  # files saved before standardize existed
         model.load_state_dict(blob["state_dict"])
         return model.eval()
 
@@ -161,6 +182,8 @@ def train_rqvae(
     model.to(device).train()
     x = x.to(device).float()
     n = x.shape[0]
+    if model.standardize:
+        model.center.copy_(x.mean(dim=0))  # (d,)
     with torch.no_grad():  # k-means initialisation on (up to) the whole data set rather than the first batch
         init_rows = torch.randperm(n, generator=gen)[:4096].to(device)
         model(x[init_rows])

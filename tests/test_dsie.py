@@ -10,7 +10,7 @@ import pytest
 
 from coea.config import Config
 from coea.data.schema import Interactions, Sequences
-from coea.dsie import assign_csids, group_size_stats, intra_inter_similarity, load_dsie, run_dsie
+from coea.dsie import assign_csids, figure3, group_size_stats, intra_inter_similarity, load_dsie, run_dsie
 from coea.workdir import InjectedFault
 
 N_GROUPS, PER_GROUP, N_COLD, N_CATS, ITEMS_PER_CAT = 4, 15, 3, 12, 3
@@ -111,8 +111,9 @@ def test_report_fields_and_figure3_intra_above_inter(finished):
     assert set(report["wall_time_s"]) == {"encoder", "embed", "rqvae", "csid", "portraits"}
     assert report["encoder"]["epoch_losses"][-1] < report["encoder"]["epoch_losses"][0]
     fig3 = report["figure3"]
-    assert fig3["intra"] > fig3["inter"]
-    assert report["ground_truth"]["purity"] > 0.6 and 0 <= report["ground_truth"]["nmi"] <= 1
+    assert fig3["cosine"] == "centred" and fig3["intra"] > fig3["inter"] + 0.3
+    assert fig3["raw"]["intra"] > fig3["raw"]["inter"]
+    assert report["ground_truth"]["purity"] > 0.9 and 0 <= report["ground_truth"]["nmi"] <= 1
 
 
 def test_rerun_is_safe_and_later_rounds_assign_with_the_saved_map(finished):
@@ -146,3 +147,11 @@ def test_report_helpers_by_hand():
     emb = np.array([[1.0, 0], [1.0, 0], [0, 1.0], [0, 1.0]])
     fig3 = intra_inter_similarity(emb, ["a", "a", "b", "b"])
     assert fig3["intra"] == pytest.approx(1.0) and fig3["inter"] == pytest.approx(0.0)
+
+
+def test_figure3_centres_before_cosine():
+    """Two groups on top of a large shared offset: raw cosine is ~1 everywhere; centred it is +1 within, -1 across."""
+    emb = np.array([[1.0, 0], [1.0, 0], [-1.0, 0], [-1.0, 0]]) + np.array([0, 100.0])
+    fig3 = figure3(emb, ["a", "a", "b", "b"])
+    assert fig3["raw"]["intra"] == pytest.approx(1.0) and fig3["raw"]["inter"] > 0.99
+    assert fig3["intra"] == pytest.approx(1.0) and fig3["inter"] == pytest.approx(-1.0)

@@ -68,3 +68,18 @@ def test_quantizer_imports_nothing_from_coea_or_loops():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n.split(".")[0] in ("coea", "loops") for n in names), path
+
+
+def test_standardize_centres_on_training_mean_and_survives_save_load(tmp_path: Path):
+    x = clustered() + 50.0  # a large shared offset: raw rows are all nearly parallel
+    m = model(standardize=True)
+    train_rqvae(m, x, epochs=5, batch_size=64, lr=3e-3, seed=0)
+    torch.testing.assert_close(m.center, x.mean(dim=0))
+    with torch.no_grad():
+        z = m.prepare(x)  # (N, d)
+    torch.testing.assert_close(z.norm(dim=-1), torch.ones(len(x)))
+    assert int(m.encode(x)[:, 0].unique().numel()) > 1  # the offset does not collapse the first level
+    m.save(tmp_path / "rq.pt")
+    again = RQVAE.load(tmp_path / "rq.pt")
+    torch.testing.assert_close(again.center, m.center)
+    assert torch.equal(again.encode(x), m.encode(x))
