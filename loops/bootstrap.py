@@ -1,0 +1,221 @@
+"""Round 0 (`coea bootstrap`): DSIE if missing, then the embedded backbone, Novelty SFT and Relevance training.
+
+    data        round-0 window (the first ``data.bootstrap_fraction`` of the timeline) and rejects
+    dsie        encoder + RQ-VAE + CSIDs + portraits (docs/dsie.md)
+    backbone    embedded: word-level tokenizer + Qwen2 model, pretrained on the round-0 corpus (full weights);
+                a Hugging Face backbone: its tokenizer is saved here, the model is loaded by name
+    novelty     SFT (Eq. 8-9), LoRA, loss on the completion only -> novelty/adapter
+    relevance   Bradley-Terry reward model (Eq. 12-14) -> relevance/model
+    report.json SFT loss curve, Novelty hit@5 vs "most popular category not in C'_short", Relevance held-out
+                pairwise accuracy, keys vs users, wall times
+
+Each stage is restartable (docs/cycle.md). Validation users (loops.cycle.is_validation_user) are held out.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from coea.config import Config
+from coea.workdir import read_json, round_dir, setup_run, stage, stage_done, write_json, write_manifest
+
+log = logging.getLogger("coea.bootstrap")
+
+
+@dataclass
+class BootstrapResult:
+    novelty_hit_at_5: float
+    popularity_hit_at_5: float
+    relevance_accuracy: float
+    sft_final_loss: float
+    keys: int
+    users: int
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def sft_examples(cfg: Config, clicks: dict[str, list[tuple[int, str]]], long_categories: dict[str, set[str]],
+                 portraits_by_user: dict[str, str], users: list[str]) -> list[dict[str, str]]:
+    """P_ft-nov examples: S_short(t-2:t-1) -> S_short(t), only where S_short(t) is absent from I_long (Eq. 8)."""
+    from coea.prompts import novelty_train_example
+
+    out = []
+    for u in users:
+        cats = [c for _, c in clicks.get(u, [])]
+        for t in range(2, len(cats)):
+            if cats[t] in long_categories.get(u, set()):
+                continue
+            out.append(novelty_train_example(cfg.prompts, portraits_by_user.get(u, ""), cats[t - 2:t], cats[t]))
+    return out
+
+
+def _cap(rows: list, n: int, seed: int) -> list:
+    if not n or len(rows) <= n:
+        return rows
+    idx = np.random.default_rng(seed).choice(len(rows), size=n, replace=False)
+    return [rows[i] for i in sorted(idx)]
+
+
+def run_bootstrap(cfg: Config, workdir: Path) -> BootstrapResult:
+    from coea.data.sequences import build_sequences, click_categories_by_user, exposures_by_user
+    from coea.dsie import load_dsie, run_dsie
+    from loops.cycle import cutoff, is_validation_user, load_data, write_data_stage
+
+    workdir = Path(workdir)
+    setup_run(cfg)
+    rp = round_dir(workdir, 0)
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    inter = load_data(cfg)
+    c0 = cutoff(cfg, inter, 0)
+    write_data_stage(cfg, rp, inter, start=None, end=c0)
+    seqs = build_sequences(inter, cfg.data, cutoff=c0)
+    if not stage_done(rp, "dsie"):
+        run_dsie(cfg, rp, inter, seqs)
+    dsie = load_dsie(rp / "dsie")
+    csid_of = dict(zip(dsie.users["user_id"], dsie.users["csid"]))
+    portraits = dsie.portraits
+    portrait_of = {u: portraits.get(csid_of.get(u, "default"), portraits.get("default", "")) for u in seqs.user_ids}
+    times["data_dsie_s"] = round(time.perf_counter() - t, 2)
+
+    item_cat = {j + 1: inter.item_category.get(i) for j, i in enumerate(seqs.item_vocab)}
+    long_cats = {u: {item_cat[j] for j in items} for u, items in zip(seqs.user_ids, seqs.long_items)}
+    clicks = click_categories_by_user(inter, end=c0)
+    exposures = exposures_by_user(inter, end=c0)
+    train_users = [u for u in seqs.user_ids if not is_validation_user(u)]
+    val_users = [u for u in seqs.user_ids if is_validation_user(u)]
+    examples = _cap(sft_examples(cfg, clicks, long_cats, portrait_of, train_users), cfg.novelty.max_train_examples,
+                    cfg.run.seed)
+    from loops.reward import relevance_pairs
+
+    pairs = _cap(relevance_pairs(cfg, clicks, exposures, portrait_of, inter.categories, train_users,
+                                 seed=cfg.run.seed), cfg.relevance.max_train_pairs, cfg.run.seed)
+    val_pairs = _cap(relevance_pairs(cfg, clicks, exposures, portrait_of, inter.categories, val_users,
+                                     seed=cfg.run.seed + 1), 2000, cfg.run.seed)
+    if not examples or not pairs:
+        raise RuntimeError(f"bootstrap: not enough round-0 data ({len(examples)} SFT examples, {len(pairs)} pairs); "
+                           "raise data.bootstrap_fraction or lower data.tau")
+
+    t = time.perf_counter()
+    if not stage_done(rp, "backbone"):
+        with stage(rp, "backbone") as tmp:
+            _build_backbone(cfg, tmp, inter.categories, portraits, examples, pairs)
+            write_manifest(tmp, cfg)
+    times["backbone_s"] = round(time.perf_counter() - t, 2)
+    from coea.backbones import load_tokenizer
+    from loops.cycle import base_model_path, tokenizer_path
+
+    tok = load_tokenizer(tokenizer_path(workdir), cfg)
+    base = base_model_path(cfg, workdir)
+
+    t = time.perf_counter()
+    if not stage_done(rp, "novelty"):
+        from loops.sft import train_sft
+
+        with stage(rp, "novelty") as tmp:
+            sft = train_sft(cfg, base, tok, examples, tmp)
+            write_json(tmp / "metrics.json", {"loss_curve": sft.loss_curve, "train_examples": sft.train_examples})
+            write_manifest(tmp, cfg)
+    times["novelty_sft_s"] = round(time.perf_counter() - t, 2)
+
+    t = time.perf_counter()
+    if not stage_done(rp, "relevance"):
+        from loops.reward import train_reward
+
+        with stage(rp, "relevance") as tmp:
+            rew = train_reward(cfg, base, tok, pairs, tmp, epochs=cfg.relevance.epochs, eval_pairs=val_pairs)
+            write_json(tmp / "metrics.json", {"loss_curve": rew.loss_curve, "train_pairs": rew.train_pairs,
+                                              "accuracy": rew.accuracy, "eval_pairs": len(val_pairs)})
+            write_manifest(tmp, cfg)
+    times["relevance_s"] = round(time.perf_counter() - t, 2)
+
+    if (rp / "report.json").exists():
+        report = read_json(rp / "report.json")
+    else:
+        t = time.perf_counter()
+        report = _report(cfg, workdir, inter, seqs, csid_of, portraits, c0, val_users)
+        times["evaluation_s"] = round(time.perf_counter() - t, 2)
+        report["wall_time_s"] = times
+        write_json(rp / "report.json", report)
+    return BootstrapResult(novelty_hit_at_5=report["novelty"]["hit@5"],
+                           popularity_hit_at_5=report["novelty"]["popularity_hit@5"],
+                           relevance_accuracy=report["relevance"]["pairwise_accuracy"],
+                           sft_final_loss=report["novelty"]["sft_loss_curve"][-1], keys=report["keys"],
+                           users=report["users"], report=report)
+
+
+def _build_backbone(cfg: Config, tmp: Path, categories: list[str], portraits: dict[str, str],
+                    examples: list[dict[str, str]], pairs: list[dict[str, str]]) -> None:
+    """Embedded: tokenizer + model, pretrained (full weights, loss on every token) on the round-0 corpus."""
+    from coea.backbones import build_embedded_backbone, load_tokenizer
+    from loops.sft import train_sft
+
+    if cfg.backbone.name != "embedded":
+        load_tokenizer(cfg.backbone.name, cfg).save_pretrained(tmp / "tokenizer")
+        return
+    p = cfg.prompts
+    texts = [" ".join(categories), *portraits.values(), "none",
+             p.novelty_train, p.novelty_infer, p.relevance,
+             *(e["prompt"] + e["completion"] for e in examples[:2000]), *(r["chosen"] for r in pairs[:2000])]
+    model_dir, tok_dir = build_embedded_backbone(cfg, texts, tmp)
+    tok = load_tokenizer(tok_dir, cfg)
+    corpus = examples + [{"prompt": "", "completion": r["chosen"]} for r in pairs]
+    train_sft(cfg, model_dir, tok, corpus, tmp / "pretrain", full_weights=True, completion_only=False, epochs=1,
+              lr=max(cfg.novelty.sft_lr, 1e-3))
+    import shutil
+
+    shutil.rmtree(model_dir)
+    (tmp / "pretrain" / "model").rename(model_dir)
+
+
+def _report(cfg: Config, workdir: Path, inter, seqs, csid_of: dict[str, str], portraits: dict[str, str], c0: int,
+            val_users: list[str]) -> dict[str, Any]:
+    """Novelty hit@5 vs popularity on validation users' next novel click; Relevance accuracy; keys vs users."""
+    from coea.candidates import rank_categories
+    from coea.data.sequences import click_categories_by_user
+    from coea.prompts import completion_text, novelty_infer_prompt
+    from loops.cycle import load_models
+
+    rp = round_dir(workdir, 0)
+    after = click_categories_by_user(inter, start=c0)
+    before = inter.events[(inter.events["timestamp"] < c0) & (inter.events["event"] == "click")]
+    popularity = before["item_id"].map(inter.item_category).value_counts().index.tolist()
+    popularity += [c for c in inter.categories if c not in popularity]
+    row_of = {u: i for i, u in enumerate(seqs.user_ids)}
+    cases = []
+    for u in val_users:
+        c_short = seqs.c_short[row_of[u]]
+        target = next((c for _, c in after.get(u, []) if c not in c_short), None)
+        if target is not None:
+            cases.append((u, tuple(c_short), target))
+    models = load_models(cfg, workdir, 0, 0, "cpu")
+    prompts = [novelty_infer_prompt(cfg.prompts, portraits.get(csid_of.get(u, "default"), portraits.get("default", "")),
+                                    cs) for u, cs, _ in cases]
+    ranked = rank_categories(models.novelty, models.tokenizer, prompts, inter.categories,
+                             exclude=[set(cs) for _, cs, _ in cases], top_m=5,
+                             batch_size=cfg.novelty.inference_batch_size, completion_format=completion_text)
+    top5 = [[c for c, _ in r] for r in ranked]
+    pop5 = [[c for c in popularity if c not in cs][:5] for _, cs, _ in cases]
+    hits = [t in r for (_, _, t), r in zip(cases, top5)]
+    pop_hits = [t in r for (_, _, t), r in zip(cases, pop5)]
+    catalogue = set(inter.categories)
+    produced = [c for r in top5 for c in r]
+    sft = read_json(rp / "novelty" / "metrics.json")
+    rel = read_json(rp / "relevance" / "metrics.json")
+    keys = {(csid_of.get(u, "default"), tuple(c)) for u, c in zip(seqs.user_ids, seqs.c_short)}
+    return {
+        "novelty": {"hit@5": float(np.mean(hits)) if hits else float("nan"),
+                    "popularity_hit@5": float(np.mean(pop_hits)) if pop_hits else float("nan"),
+                    "validation_cases": len(cases), "valid_candidate_rate": float(np.mean([c in catalogue for c in
+                                                                                      produced])) if produced else 1.0,
+                    "sft_loss_curve": sft["loss_curve"], "train_examples": sft["train_examples"]},
+        "relevance": {"pairwise_accuracy": rel["accuracy"], "eval_pairs": rel["eval_pairs"],
+                      "train_pairs": rel["train_pairs"], "loss_curve": rel["loss_curve"]},
+        "keys": len(keys), "users": len(seqs.user_ids),
+    }
