@@ -7,6 +7,7 @@ usage error (one line naming the problem); 3 another cycle holds the workdir loc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -15,6 +16,11 @@ from pathlib import Path
 from coea.config import ConfigError, explain, load_config
 
 log = logging.getLogger("coea")
+_STDOUT = sys.stdout  # the command's result goes here; everything libraries print goes to stderr
+
+
+def emit(text: str, end: str = "\n") -> None:
+    print(text, file=_STDOUT, end=end, flush=True)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -55,11 +61,11 @@ def _cfg(args: argparse.Namespace):
 
 def cmd_config(args: argparse.Namespace) -> int:
     if args.explain:
-        print("\n".join(explain()))
+        emit("\n".join(explain()))
         return 0
     import yaml
 
-    print(yaml.safe_dump(_cfg(args).to_dict(), sort_keys=False), end="")
+    emit(yaml.safe_dump(_cfg(args).to_dict(), sort_keys=False), end="")
     return 0
 
 
@@ -67,7 +73,7 @@ def cmd_dsie(args: argparse.Namespace) -> int:
     from loops.cycle import run_dsie_stage
 
     result = run_dsie_stage(_cfg(args), Path(args.workdir))
-    print(json.dumps(result, indent=2))
+    emit(json.dumps(result, indent=2))
     return 0
 
 
@@ -75,7 +81,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     from loops.bootstrap import run_bootstrap
 
     result = run_bootstrap(_cfg(args), Path(args.workdir))
-    print(json.dumps(_summary(result), indent=2, default=str))
+    emit(json.dumps(_summary(result), indent=2, default=str))
     return 0
 
 
@@ -83,7 +89,7 @@ def cmd_cycle(args: argparse.Namespace) -> int:
     from loops.cycle import run_cycle
 
     result = run_cycle(_cfg(args), Path(args.workdir))
-    print(json.dumps(_summary(result), indent=2, default=str))
+    emit(json.dumps(_summary(result), indent=2, default=str))
     return 0 if result.promoted else 4
 
 
@@ -103,7 +109,7 @@ def cmd_lookup(args: argparse.Namespace) -> int:
     if args.user is None and args.csid is None:
         raise ConfigError("lookup: give --user U or --csid X --recent 'A,B'")
     recent = [c.strip() for c in (args.recent or "").split(",") if c.strip()]
-    print(json.dumps(lookup(Path(args.workdir), user=args.user, csid=args.csid, recent=recent), indent=2))
+    emit(json.dumps(lookup(Path(args.workdir), user=args.user, csid=args.csid, recent=recent), indent=2))
     return 0
 
 
@@ -111,35 +117,35 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from loops.cycle import rollback
 
     rollback(Path(args.workdir), args.to)
-    print(f"promoted round {args.to}")
+    emit(f"promoted round {args.to}")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from loops.state import read_state
 
-    print(json.dumps(read_state(Path(args.workdir)), indent=2))
+    emit(json.dumps(read_state(Path(args.workdir)), indent=2))
     return 0
 
 
 def cmd_prompts(args: argparse.Namespace) -> int:
     from coea.prompts import render_sample
 
-    print(render_sample(_cfg(args)))
+    emit(render_sample(_cfg(args)))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from spark_jobs.export_kv import export
 
-    print(json.dumps(export(Path(args.workdir), Path(args.out)), indent=2))
+    emit(json.dumps(export(Path(args.workdir), Path(args.out)), indent=2))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from coea.evaluate import run_evaluate
 
-    print(json.dumps(run_evaluate(_cfg(args), Path(args.workdir), Path(args.out)), indent=2, default=str))
+    emit(json.dumps(run_evaluate(_cfg(args), Path(args.workdir), Path(args.out)), indent=2, default=str))
     return 0
 
 
@@ -218,8 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
+    global _STDOUT
+    _STDOUT = sys.stdout
     try:
-        return args.fn(args)
+        with contextlib.redirect_stdout(sys.stderr):
+            return args.fn(args)
     except ConfigError as exc:
         print(f"coea: config error: {exc}", file=sys.stderr)
         return 2

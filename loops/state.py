@@ -71,7 +71,7 @@ def promote_link(workdir: Path, k: int) -> None:
 
 def last_finished_round(workdir: Path) -> int | None:
     """Highest round whose models finished training (promoted or not), or None."""
-    done = [r["round"] for r in read_state(workdir)["rounds"] if r["status"] in ("promoted", "refused")]
+    done = [r["round"] for r in read_state(workdir)["rounds"] if r["status"] in ("promoted", "refused", "bootstrapped")]
     return max(done) if done else None
 
 

@@ -1,0 +1,144 @@
+"""The main job end to end on a tiny synthetic world: bootstrap + two cycles, lookup, rollback, guardrail, lock.
+
+One session-scoped workdir keeps this affordable on 2 cores; the tests read it in order.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from coea.config import load_config
+from coea.errors import LockHeldError
+from loops.cycle import cutoff, guardrail, is_validation_user, lookup, rollback, run_cycle, sample_users
+from loops.state import read_state, workdir_lock
+
+TINY = [
+    "synthetic.n_users=80", "synthetic.n_groups=3", "synthetic.n_categories=8", "synthetic.items_per_category=5",
+    "synthetic.n_days=16", "synthetic.categories_per_group=2",
+    "data.tau=2", "data.short_k=3", "data.max_long_len=30", "data.bootstrap_fraction=0.6",
+    "encoder.d_model=16", "encoder.n_layers=1", "encoder.n_heads=2", "encoder.epochs=1",
+    "quantizer.levels=2", "quantizer.codebook_size=4", "quantizer.code_dim=8", "quantizer.epochs=3",
+    "quantizer.max_groups=6",
+    "backbone.hidden_size=32", "backbone.num_layers=1", "backbone.num_heads=2", "backbone.intermediate_size=64",
+    "novelty.sft_epochs=1", "novelty.max_train_examples=120", "novelty.per_device_batch_size=16",
+    "relevance.epochs=1", "relevance.max_train_pairs=120", "relevance.per_device_batch_size=16",
+    "pco.sample_fraction=0.5", "pco.per_device_batch_size=8", "pco.gradient_accumulation_steps=1",
+    "cycle.replay_days=2", "tracking.backend=local", "run.num_threads=1",
+]
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def cfg():
+    return load_config(REPO / "configs" / "demo.yaml", TINY)
+
+
+@pytest.fixture(scope="session")
+def two_cycles(cfg, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("cycle")
+    first = run_cycle(cfg, workdir)
+    second = run_cycle(cfg, workdir)
+    return workdir, first, second
+
+
+def test_two_cycles_promote_rounds_1_and_2(two_cycles):
+    workdir, first, second = two_cycles
+    assert (first.round, second.round) == (1, 2)
+    assert first.promoted
+    state = read_state(workdir)
+    assert [r["round"] for r in state["rounds"]] == [0, 1, 2]
+    assert (workdir / "current").resolve().name == f"{state['promoted_round']:03d}"
+    for k in (1, 2):
+        metrics = json.loads((workdir / "rounds" / f"{k:03d}" / "metrics.json").read_text())
+        assert metrics["keys/count"] <= metrics["keys/users"]
+        assert "pco/kl" in metrics or "pco/dpo_loss" in metrics
+        assert (workdir / "rounds" / f"{k:03d}" / "metrics.png").stat().st_size > 0
+
+
+def test_lookup_returns_valid_categories(two_cycles, cfg):
+    from coea.data.loaders import load_interactions
+
+    workdir, _, _ = two_cycles
+    catalogue = set(load_interactions(cfg.data, cfg.synthetic, cfg.run.seed).categories)
+    users = __import__("pandas").read_parquet(workdir / "current" / "users.parquet")
+    answers = [lookup(workdir, user=u) for u in users["user_id"][:20]]
+    assert all(set(e["category"] for e in a["categories"]) <= catalogue for a in answers)
+    assert any(a["categories"] for a in answers)
+    for a in answers:
+        assert not set(e["category"] for e in a["categories"]) & set(a["recent"])  # recent excluded by default
+    unknown = lookup(workdir, user="nobody-ever")
+    assert unknown["fallback"] and isinstance(unknown["categories"], list)
+    assert lookup(workdir, csid="no-such-group", recent=["A"])["categories"] == []
+
+
+def test_cli_lookup_and_status(two_cycles):
+    workdir, _, _ = two_cycles
+    out = subprocess.run([sys.executable, "-m", "coea.cli", "lookup", "--workdir", str(workdir), "--user", "u001"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert "categories" in json.loads(out.stdout)
+    out = subprocess.run([sys.executable, "-m", "coea.cli", "status", "--workdir", str(workdir)],
+                         capture_output=True, text=True, cwd=REPO)
+    assert json.loads(out.stdout)["promoted_round"] in (1, 2)
+
+
+def test_rerun_after_crash_in_a_stage_finishes(cfg, two_cycles, monkeypatch):
+    workdir, _, second = two_cycles
+    monkeypatch.setenv("COEA_FAULT", "pco:before_commit")
+    with pytest.raises(Exception, match="injected fault"):
+        run_cycle(cfg, workdir)
+    promoted = read_state(workdir)["promoted_round"]
+    assert read_state(workdir)["rounds"][-1]["status"] == "failed"
+    monkeypatch.delenv("COEA_FAULT")
+    third = run_cycle(cfg, workdir)
+    assert third.round == 3 and (third.promoted or read_state(workdir)["promoted_round"] == promoted)
+
+
+def test_rollback(two_cycles):
+    workdir, _, _ = two_cycles
+    rollback(workdir, 1)
+    assert read_state(workdir)["promoted_round"] == 1
+    assert lookup(workdir, csid="default", recent=[])["round"] == 1
+
+
+def test_lock_blocks_a_second_cycle(cfg, tmp_path):
+    with workdir_lock(tmp_path):
+        with pytest.raises(LockHeldError):
+            run_cycle(cfg, tmp_path)
+
+
+def test_guardrail_refuses_a_drop(cfg, tmp_path):
+    from loops.state import record_round
+
+    (tmp_path / "rounds" / "001").mkdir(parents=True)
+    record_round(tmp_path, 1, "promoted", metrics={"val/C-H@1": 0.6})
+    ok, reason = guardrail(cfg, tmp_path, {"val/C-H@1": 0.6 - cfg.cycle.guardrail_margin - 0.01})
+    assert not ok and "C-H@1" in reason
+    assert guardrail(cfg, tmp_path, {"val/C-H@1": 0.59})[0]
+
+
+def test_sample_is_one_percent_at_least_one():
+    users = [f"u{i}" for i in range(250)]
+    assert len(sample_users(users, 0.01, 0)) == 2
+    assert len(sample_users(users[:50], 0.01, 0)) == 1
+    assert sample_users(users, 0.01, 0) == sample_users(users, 0.01, 0)
+    assert sample_users([], 0.01, 0) == []
+
+
+def test_validation_split_is_stable_and_about_ten_percent():
+    users = [str(i) for i in range(5000)]
+    share = sum(map(is_validation_user, users)) / len(users)
+    assert 0.08 < share < 0.12 and is_validation_user("42") == is_validation_user("42")
+
+
+def test_replay_cutoffs_advance(cfg):
+    from coea.data.loaders import load_interactions
+
+    inter = load_interactions(cfg.data, cfg.synthetic, cfg.run.seed)
+    c = [cutoff(cfg, inter, k) for k in range(4)]
+    assert c == sorted(c) and c[1] - c[0] == int(cfg.cycle.replay_days * 86400)
