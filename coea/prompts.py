@@ -6,8 +6,9 @@
 
 Recent categories at inference are the canonical C'_short (storage.keys.canonical_recent), so the prompt is a
 deterministic function of exactly the KV key's inputs (CSID -> portrait, canonical C'_short). App. A.2 pairs the
-short-term input with S_short(t-2:t-1) in training; at inference we keep the whole canonical set (``short_k``
-bounds its size), so inference and training share the template and the separator.
+short-term input with S_short(t-2:t-1) in training and uses the last two categories at inference; with
+``data.short_k: 2`` (demo, ml-100k) C'_short is exactly that pair, and training renders S_short(t-2:t-1) in the
+same canonical order, so the two prompts carry the same information in the same form.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ def _recent(cfg_prompts: Any, recent: Sequence[str]) -> str:
 
 def novelty_train_example(cfg_prompts: Any, portrait: str, recent: Sequence[str], target: str) -> dict[str, str]:
     """P_ft-nov: {"prompt", "completion"} in trl's prompt-completion format (loss on the completion only)."""
-    return {"prompt": cfg_prompts.novelty_train.format(portrait=portrait, recent=_recent(cfg_prompts, recent)),
+    from storage.keys import canonical_recent
+
+    canon = canonical_recent(recent)  # the same canonical order inference and the KV key use
+    return {"prompt": cfg_prompts.novelty_train.format(portrait=portrait, recent=_recent(cfg_prompts, canon)),
             "completion": completion_text(target)}
 
 

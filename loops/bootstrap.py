@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from coea.config import Config
 from coea.workdir import read_json, round_dir, setup_run, stage, stage_done, write_json, write_manifest
@@ -174,26 +173,47 @@ def _build_backbone(cfg: Config, tmp: Path, categories: list[str], portraits: di
     (tmp / "pretrain" / "model").rename(model_dir)
 
 
+def novelty_cases(cfg: Config, inter, seqs, users: list[str], c0: int,
+                  limit: int = 2000) -> list[tuple[str, tuple[str, ...], str]]:
+    """Held-out users' novel next clicks (Eq. 8's target): (user, C'_short at t, S_short(t)).
+
+    A case is a click whose category is absent from the user's I_long and from C'_short at that moment (the
+    canonical set of the previous ``data.short_k`` clicks), taken at every position of the held-out users' click
+    history (they never trained), so there are enough cases to compare with the baseline.
+    """
+    from coea.data.sequences import click_categories_by_user
+    from storage.keys import canonical_recent
+
+    clicks = click_categories_by_user(inter)
+    item_cat = {j + 1: inter.item_category.get(i) for j, i in enumerate(seqs.item_vocab)}
+    row_of = {u: i for i, u in enumerate(seqs.user_ids)}
+    k = cfg.data.short_k
+    cases = []
+    for u in users:
+        long_cats = {item_cat[j] for j in seqs.long_items[row_of[u]]}
+        cats = [c for _, c in clicks.get(u, [])]
+        for t in range(k, len(cats)):
+            recent = canonical_recent(cats[t - k:t])
+            if cats[t] not in long_cats and cats[t] not in recent:
+                cases.append((u, recent, cats[t]))
+    if len(cases) > limit:
+        idx = np.random.default_rng(cfg.run.seed).choice(len(cases), size=limit, replace=False)
+        cases = [cases[i] for i in sorted(idx)]
+    return cases
+
+
 def _report(cfg: Config, workdir: Path, inter, seqs, csid_of: dict[str, str], portraits: dict[str, str], c0: int,
             val_users: list[str]) -> dict[str, Any]:
     """Novelty hit@5 vs popularity on validation users' next novel click; Relevance accuracy; keys vs users."""
     from coea.candidates import rank_categories
-    from coea.data.sequences import click_categories_by_user
     from coea.prompts import completion_text, novelty_infer_prompt
     from loops.cycle import load_models
 
     rp = round_dir(workdir, 0)
-    after = click_categories_by_user(inter, start=c0)
     before = inter.events[(inter.events["timestamp"] < c0) & (inter.events["event"] == "click")]
     popularity = before["item_id"].map(inter.item_category).value_counts().index.tolist()
     popularity += [c for c in inter.categories if c not in popularity]
-    row_of = {u: i for i, u in enumerate(seqs.user_ids)}
-    cases = []
-    for u in val_users:
-        c_short = seqs.c_short[row_of[u]]
-        target = next((c for _, c in after.get(u, []) if c not in c_short), None)
-        if target is not None:
-            cases.append((u, tuple(c_short), target))
+    cases = novelty_cases(cfg, inter, seqs, val_users, c0)
     models = load_models(cfg, workdir, 0, 0, "cpu")
     prompts = [novelty_infer_prompt(cfg.prompts, portraits.get(csid_of.get(u, "default"), portraits.get("default", "")),
                                     cs) for u, cs, _ in cases]

@@ -379,7 +379,6 @@ def run_cycle(cfg: Config, workdir: Path) -> CycleResult:
             record_round(workdir, 0, "bootstrapped", metrics=_flat_metrics(boot), fingerprint=cfg.fingerprint())
             lap("bootstrap")
         k, base = next_round(workdir)
-        rp = round_dir(workdir, k)
         inter = load_data(cfg)
         start, end = cutoff(cfg, inter, k - 1), cutoff(cfg, inter, k)
         if start >= timeline(inter)[1]:
