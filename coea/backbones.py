@@ -87,10 +87,13 @@ def load_tokenizer(path: str | Path, cfg: Any | None = None):
     return tok
 
 
-def load_causal_lm(path: str | Path, cfg: Any):
+def load_causal_lm(path: str | Path, cfg: Any, *, pad_token_id: int | None = None):
+    """A causal LM; the pad id is always set (the tokenizer's when given, else the model's EOS)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(path), **_model_kwargs(cfg))
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
     if model.config.pad_token_id is None:
         model.config.pad_token_id = model.config.eos_token_id
     return model

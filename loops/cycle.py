@@ -167,9 +167,10 @@ def load_models(cfg: Config, workdir: Path, novelty_round: int, relevance_round:
     from coea.backbones import load_causal_lm, load_reward_model, load_tokenizer
 
     tok = load_tokenizer(tokenizer_path(workdir), cfg)
-    base = load_causal_lm(base_model_path(cfg, workdir), cfg)
+    base = load_causal_lm(base_model_path(cfg, workdir), cfg, pad_token_id=tok.pad_token_id)
     novelty = PeftModel.from_pretrained(base, str(novelty_adapter(workdir, novelty_round))).to(device).eval()
-    relevance = load_reward_model(relevance_model_dir(workdir, relevance_round), cfg).to(device).eval()
+    relevance = load_reward_model(relevance_model_dir(workdir, relevance_round), cfg,
+                                  pad_token_id=tok.pad_token_id).to(device).eval()
     return Models(novelty=novelty, relevance=relevance, tokenizer=tok)
 
 
