@@ -245,10 +245,13 @@ def stage_kv(workdir: Path, k: int, table: pd.DataFrame) -> dict[str, Any]:
     store = KVStore(workdir)
     if k in store.list_rounds():
         return store.manifest(k)
-    entries = ((kv_key(r.csid, r.recent), encode_value(k, list(r.aligned), list(r.aligned_scores)))
-               for r in table.sort_values(["csid"]).itertuples())
-    fault_point("kv:staging")
-    staged = store.stage(k, entries)
+    def entries():
+        for i, r in enumerate(table.sort_values(["csid"]).itertuples()):
+            if i == 1:
+                fault_point("kv:staging")  # crash-safety tests: die with a half-written table
+            yield kv_key(r.csid, r.recent), encode_value(k, list(r.aligned), list(r.aligned_scores))
+
+    staged = store.stage(k, entries())
     store.verify(k)
     return {"count": staged.count, "checksum": staged.checksum}
 

@@ -44,3 +44,26 @@ def ml100k_path() -> Path:
     if not (ML100K / "u.data").exists():
         pytest.skip(f"MovieLens 100K not found at {ML100K}")
     return ML100K
+
+
+# A tiny demo world and tiny models: one bootstrap + cycle takes seconds on one core.
+TINY = [
+    "synthetic.n_users=80", "synthetic.n_groups=3", "synthetic.n_categories=8", "synthetic.items_per_category=5",
+    "synthetic.n_days=16", "synthetic.categories_per_group=2",
+    "data.tau=2", "data.short_k=3", "data.max_long_len=30", "data.bootstrap_fraction=0.6",
+    "encoder.d_model=16", "encoder.n_layers=1", "encoder.n_heads=2", "encoder.epochs=1",
+    "quantizer.levels=2", "quantizer.codebook_size=4", "quantizer.code_dim=8", "quantizer.epochs=3",
+    "quantizer.max_groups=6",
+    "backbone.hidden_size=32", "backbone.num_layers=1", "backbone.num_heads=2", "backbone.intermediate_size=64",
+    "novelty.sft_epochs=1", "novelty.max_train_examples=120", "novelty.per_device_batch_size=16",
+    "relevance.epochs=1", "relevance.max_train_pairs=120", "relevance.per_device_batch_size=16",
+    "pco.sample_fraction=0.5", "pco.per_device_batch_size=8", "pco.gradient_accumulation_steps=1",
+    "cycle.replay_days=2", "tracking.backend=local", "run.num_threads=1",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    from coea.config import load_config
+
+    return load_config(REPO / "configs" / "demo.yaml", TINY)
