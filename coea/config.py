@@ -276,6 +276,54 @@ class TrackingConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Offline evaluation (``coea evaluate``, docs/evaluation.md): split, truth sets, baselines, final lists."""
+
+    valid_fraction: float = opt(
+        0.0, "Validation window starts this far through the timeline (global cut, by time); 0 = "
+        "data.bootstrap_fraction, so the window is the one the cycle replays. Item models train before it.",
+        min=0.0, max=1.0)
+    test_fraction: float = opt(
+        0.85, "Test window starts this far through the timeline (global cut); truth = clicks after it.",
+        min=0.05, max=1.0)
+    ks: str = opt("1,5,10", "Cut-offs K for every metric, comma-separated.")
+    seeds: str = opt("0", "Comma-separated seeds; results are mean and std over them. A benchmark root "
+                     "(seed<S>/<variant>/ workdirs) gives every seed its own CoEA workdirs.")
+    max_users: int = opt(0, "Evaluate a fixed random sample of this many test users (0 = all).", min=0)
+    hist_k: int = opt(0, "C_u^hist = categories of the user's last hist_k clicks before the test cut; "
+                      "0 = data.short_k (exactly the C'_short the KV key uses).", min=0)
+    tail_fraction: float = opt(0.2, "Long tail = this bottom share of categories by clicks before the test cut.",
+                               min=0.0, max=1.0)
+    list_length: int = opt(10, "Length of every final category list.", min=1)
+    slots: str = opt("2,4", "Slot policy: 1-based positions of the final list that receive an exploration "
+                     "method's novel categories (in its order); the other positions keep the base ranking.")
+    base_model: Literal["two_tower", "gru4rec", "sasrec", "bert4rec"] = opt(
+        "sasrec", "Exploitation model whose category ranking every exploration method starts from.")
+    exploitation: str = opt("two_tower,gru4rec,sasrec,bert4rec", "Exploitation rows (comma-separated).")
+    exploration: str = opt("random,popular,ucb,google_v1,coea", "Exploration rows (comma-separated).")
+    ablations: str = opt("wo_long,wo_short,wo_rllm,wo_kl", "Ablation rows (comma-separated); each reads "
+                         "its own workdir (docs/evaluation.md), wo_rllm falls back to the CoEA workdir's round 0.")
+    variants_dir: str = opt("", "Where ablation workdirs live (<dir>/<name>); '' = siblings of --workdir "
+                            "named <workdir>-<name>, or seed<S>/<name> under a benchmark root.")
+    item_sequences: Literal["all", "long"] = opt(
+        "all", "Item models' input: 'all' clicks (tau = 1) or 'long' = I_long exactly as DSIE sees it.")
+    max_seq_len: int = opt(50, "Item models: most recent clicks kept per sequence.", min=2)
+    d_model: int = opt(64, "Item models: embedding / hidden width.", min=4)
+    n_layers: int = opt(2, "SASRec / BERT4Rec: transformer layers.", min=1)
+    n_heads: int = opt(2, "SASRec / BERT4Rec: attention heads (must divide d_model).", min=1)
+    dropout: float = opt(0.2, "Item models: dropout.", min=0.0, max=0.9)
+    epochs: int = opt(10, "Item models: training epochs (the best epoch on the validation window is kept).",
+                      min=1)
+    batch_size: int = opt(128, "Item models: sequences per batch.", min=1)
+    lr: float = opt(1e-3, "Item models: Adam learning rate.", min=0.0)
+    mask_prob: float = opt(0.2, "BERT4Rec: share of positions masked (Cloze objective).", min=0.01, max=1.0)
+    ucb_c: float = opt(1.0, "UCB bandit: exploration bonus weight c in rate + c * sqrt(ln N / n_c).", min=0.0)
+    llm_prompt: str = opt(
+        "", "Google-v1 baseline prompt with {recent}; '' = prompts.novelty_infer with an empty portrait.")
+    num_threads: int = opt(0, "torch threads while evaluating (restored afterwards); 0 = keep.", min=0)
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -291,6 +339,7 @@ class Config:
     pco: PcoConfig = field(default_factory=PcoConfig)
     cycle: CycleConfig = field(default_factory=CycleConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
