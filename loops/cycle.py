@@ -443,6 +443,7 @@ def _run_round(cfg: Config, workdir: Path, k: int, base: int, inter, start: int,
     metrics = {"round": k, **val, **_prefixed("pco", pco.get("summary", {})), **_prefixed("relevance", rel),
                "keys/count": len(keys), "keys/users": len(keys_by_user),
                "keys/aligned": int(table["aligned"].map(len).sum()), "pco/pairs": len(pairs),
+               "pco/alerts": len(pco.get("alerts", [])),
                "data/events": window["events"], "data/users": window["users"], "kv/entries": kv["count"],
                **timings}
     promoted, reason = guardrail(cfg, workdir, metrics)
@@ -554,6 +555,9 @@ def track(cfg: Config, workdir: Path, k: int, metrics: dict[str, Any]) -> None:
     tracker = make_tracker(cfg.tracking, workdir, k)
     try:
         tracker.log({m: v for m, v in metrics.items() if m != "round"}, round=k)
+        pco = round_dir(workdir, k) / "pco" / "metrics.json"
+        for alert in (read_json(pco).get("alerts", []) if pco.exists() else []):
+            tracker.alert(f"coea round {k}: DPO alert", str(alert))
     finally:
         tracker.finish()
     history = [dict(r["metrics"], round=r["round"]) for r in read_state(workdir)["rounds"] if r["metrics"]

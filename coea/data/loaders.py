@@ -111,7 +111,8 @@ def read_delimited(path: Path, sep: str, n_fields: int, *, encoding: str, reject
         text = path.read_bytes().decode(encoding)
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
-    lines = pd.Series(text.splitlines(), dtype=object)
+    # Split on "\n" only (str.splitlines would also break on \x0b, \x0c, \x1c.. inside a field); drop a CR of CRLF.
+    lines = pd.Series([ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")], dtype=object)
     line_no = np.arange(1, len(lines) + 1)
     keep = lines.str.strip() != ""
     lines, line_no = lines[keep], line_no[keep.to_numpy()]
