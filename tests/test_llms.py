@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from coea.backbones import build_embedded_backbone, load_causal_lm, load_reward_model, load_tokenizer, lora_config
 from coea.config import load_config
