@@ -69,3 +69,38 @@ def test_killed_process_during_kv_staging_keeps_serving_the_previous_round(tiny_
     rerun = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert rerun.returncode in (0, 4), rerun.stderr[-2000:]
     assert json.loads(rerun.stdout)["round"] == 2
+
+
+def _copy(reference: Path, target: Path) -> Path:
+    shutil.copytree(reference, target, symlinks=True)
+    return target
+
+
+def test_corrupt_checkpoint_keeps_the_previous_round_served(tiny_cfg, reference, tmp_path):
+    workdir = _copy(reference[0], tmp_path / "w")
+    for f in (workdir / "rounds" / "001" / "pco" / "adapter").glob("adapter_model.*"):
+        f.write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception) as err:
+        run_cycle(tiny_cfg, workdir)
+    assert str(err.value).strip()  # a reason, not a silent failure
+    state = read_state(workdir)
+    assert state["promoted_round"] == 1 and state["rounds"][-1]["status"] == "failed"
+    with KVReader(workdir) as reader:
+        assert reader.round == 1
+
+
+def test_full_disk_during_kv_staging_keeps_the_previous_round_served(tiny_cfg, reference, tmp_path, monkeypatch):
+    import errno
+
+    workdir = _copy(reference[0], tmp_path / "w")
+
+    def no_space(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(KVStore, "stage", no_space)
+    with pytest.raises(OSError, match="No space left"):
+        run_cycle(tiny_cfg, workdir)
+    assert read_state(workdir)["promoted_round"] == 1
+    with KVReader(workdir) as reader:
+        assert reader.round == 1
+    assert (workdir / "current").resolve().name == "001"
