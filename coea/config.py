@@ -263,6 +263,8 @@ class CycleConfig:
     keep_rounds: int = opt(5, "KV versions kept on disk (older rounds expire whole).", min=1)
     guardrail_margin: float = opt(0.05, "Do not promote when validation C-H@1 drops more than this (absolute).",
                                   min=0.0)
+    guardrail_min_users: int = opt(20, "The guardrail judges only rounds validated on at least this many users; "
+                                       "smaller rounds are promoted with a warning.", min=0)
     deepspeed: str = opt("", "Path of a DeepSpeed config (e.g. configs/deepspeed/zero2.json) for GPU training.")
 
 

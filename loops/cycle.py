@@ -466,6 +466,11 @@ def guardrail(cfg: Config, workdir: Path, metrics: dict[str, Any]) -> tuple[bool
     old = promoted[0]["metrics"].get("val/C-H@1") if promoted else None
     if new is None or old is None:
         return True, ""
+    n = metrics.get("val/users", 0)
+    if n < cfg.cycle.guardrail_min_users:
+        log.warning("guardrail: only %d validation users (< cycle.guardrail_min_users = %d); promoting without "
+                    "judging C-H@1 %.4f against %.4f", n, cfg.cycle.guardrail_min_users, new, old)
+        return True, ""
     if new < old - cfg.cycle.guardrail_margin:
         return False, (f"guardrail: validation C-H@1 {new:.4f} is more than {cfg.cycle.guardrail_margin} below "
                        f"round {state['promoted_round']}'s {old:.4f}")

@@ -103,9 +103,11 @@ def test_guardrail_refuses_a_drop(cfg, tmp_path):
 
     (tmp_path / "rounds" / "001").mkdir(parents=True)
     record_round(tmp_path, 1, "promoted", metrics={"val/C-H@1": 0.6})
-    ok, reason = guardrail(cfg, tmp_path, {"val/C-H@1": 0.6 - cfg.cycle.guardrail_margin - 0.01})
+    drop = 0.6 - cfg.cycle.guardrail_margin - 0.01
+    ok, reason = guardrail(cfg, tmp_path, {"val/C-H@1": drop, "val/users": 100})
     assert not ok and "C-H@1" in reason
-    assert guardrail(cfg, tmp_path, {"val/C-H@1": 0.59})[0]
+    assert guardrail(cfg, tmp_path, {"val/C-H@1": 0.59, "val/users": 100})[0]
+    assert guardrail(cfg, tmp_path, {"val/C-H@1": drop, "val/users": 3})[0]  # too few users to judge
 
 
 def test_sample_is_one_percent_at_least_one():
