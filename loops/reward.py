@@ -2,7 +2,8 @@
 
 Pairs (docs/llms.md): prompt = D_s + C'_short(t-2:t-1), c_pos = the category clicked at t, c_neg = a category
 exposed but not clicked on the same day where exposures exist, otherwise sampled uniformly from catalogue
-categories the user did not click that day.
+categories the user did not click that day; ``relevance.negatives_per_positive`` distinct negatives per click
+(fewer when the pool is smaller).
 """
 
 from __future__ import annotations
@@ -60,10 +61,14 @@ def relevance_pairs(cfg: Any, clicks: dict[str, list[tuple[int, str]]], exposure
                 pool = [c for c in categories if c not in by_day_clicks[day]]
             if not pool:
                 continue
-            neg = pool[int(rng.integers(len(pool)))]
+            n_neg = cfg.relevance.negatives_per_positive
+            picks = [int(rng.integers(len(pool)))] if n_neg == 1 else \
+                rng.choice(len(pool), size=min(n_neg, len(pool)), replace=False).tolist()
             portrait = portraits_by_user.get(u, "")
-            out.append({"prompt": "", "chosen": relevance_prompt(cfg.prompts, portrait, recent, pos),
-                        "rejected": relevance_prompt(cfg.prompts, portrait, recent, neg), "user_id": u})
+            chosen = relevance_prompt(cfg.prompts, portrait, recent, pos)
+            for i in picks:
+                out.append({"prompt": "", "chosen": chosen, "user_id": u,
+                            "rejected": relevance_prompt(cfg.prompts, portrait, recent, pool[i])})
     return out
 
 

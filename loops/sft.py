@@ -46,7 +46,7 @@ def train_sft(cfg: Any, base_model: str | Path, tokenizer, examples: list[dict[s
                                     accum=n.gradient_accumulation_steps),
                      completion_only_loss=completion_only, max_length=512, packing=False,
                      dataset_num_proc=None)
-    model = load_causal_lm(base_model, cfg)
+    model = load_causal_lm(base_model, cfg, pad_token_id=tokenizer.pad_token_id)
     peft_config = None if (full_weights or not cfg.lora.enabled) else lora_config(cfg.lora, "CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
                          processing_class=tokenizer, peft_config=peft_config)
