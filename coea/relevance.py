@@ -1,8 +1,10 @@
 """Relevance LLM inference: normalised scores s_i in (0, 1) and C_align (Eq. 11-14).
 
-A score is sigmoid(r(x)) of the reward model's logit for the text ``relevance_prompt(...) + EOS`` -- the EOS
-matches what trl's RewardTrainer appends in training. Batches are right-padded (real tokens keep positions 0..n-1 and the classifier reads the last non-pad
-token), so a text's score does not depend on what else is in its batch or on the padding side.
+A score is sigmoid(r(x)) of the reward model's logit for the text ``relevance_prompt(...) + EOS``, tokenised
+exactly as trl's RewardTrainer tokenises it in training (:func:`encode`: the EOS string appended, the
+tokenizer's own special tokens -- e.g. a Llama BOS -- added). Batches are right-padded (real tokens keep
+positions 0..n-1 and the classifier reads the last non-pad token), so a text's score does not depend on what else
+is in its batch or on the padding side.
 """
 
 from __future__ import annotations
@@ -13,14 +15,19 @@ import numpy as np
 import torch
 
 
+def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of Relevance texts as RewardTrainer builds them: ``text + eos`` with default special tokens."""
+    eos = tokenizer.eos_token or ""
+    return [list(tokenizer(t if t.endswith(eos) else t + eos)["input_ids"]) for t in texts]
+
+
 @torch.no_grad()
 def score(model, tokenizer, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
     """Normalised Relevance scores in (0, 1), one per text."""
     if not texts:
         return np.zeros(0, dtype=np.float32)
-    eos = tokenizer.eos_token or ""
     device = next(model.parameters()).device
-    ids = [tokenizer(t if t.endswith(eos) else t + eos, add_special_tokens=False)["input_ids"] for t in texts]
+    ids = encode(tokenizer, texts)
     order = np.argsort([len(x) for x in ids], kind="stable")  # batch by length: less padding
     out = np.zeros(len(texts), dtype=np.float32)
     pad = model.config.pad_token_id
