@@ -158,7 +158,8 @@ class BackboneConfig:
     name: str = opt("embedded", "'embedded' or a Hugging Face path / hub id (e.g. Qwen/Qwen2.5-7B-Instruct).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt("auto", "Model dtype.")
     attn_implementation: str = opt("sdpa", "Attention implementation: eager | sdpa | flash_attention_2.")
-    use_chat_template: bool = opt(False, "Wrap prompts in the tokenizer's chat template when it has one.")
+    use_chat_template: bool = opt(False, "Profile LLM: wrap its prompts in the tokenizer's chat template when it has "
+                                  "one (the fine-tuned Novelty / Relevance LLMs always use the plain templates).")
     hidden_size: int = opt(64, "embedded: hidden size.", min=8)
     num_layers: int = opt(2, "embedded: transformer layers.", min=1)
     num_heads: int = opt(4, "embedded: attention heads.", min=1)
