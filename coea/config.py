@@ -271,11 +271,17 @@ class CycleConfig:
 
 @dataclass
 class TrackingConfig:
+    """Metrics sink (``coea/tracking.py``, docs/metrics.md): W&B offline by default, local files, or none."""
+
     backend: Literal["wandb", "local", "none"] = opt("wandb", "Metrics sink; wandb also writes local files.")
     mode: Literal["offline", "online"] = opt("offline", "W&B mode; offline never needs a network.")
     project: str = opt("coea", "W&B project.")
-    init_timeout_s: float = opt(60.0, "Give up on W&B init after this long and continue without tracking.",
-                                min=1.0)
+    init_timeout_s: float = opt(60.0, "Give up on W&B init (service start and run creation) after this long and "
+                                "continue with local tracking only.", min=1.0)
+    finish_timeout_s: float = opt(300.0, "Online runs: stop waiting for uploads at finish after this long (the "
+                                  "offline files stay for `wandb sync`); 0 = wait as long as it takes.", min=0.0)
+    group: str = opt("", "W&B group; empty = a stable name derived from the workdir path (and run name).")
+    entity: str = opt("", "W&B entity (team or user) for online runs; empty = the logged-in account's default.")
 
 
 @dataclass

@@ -1,52 +1,185 @@
-"""Metric functions on hand-computed cases."""
+"""Metric functions (App. A.4) on hand-computed cases: ties, empty sets, K larger than the list, duplicates."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from coea.metrics import (
-    category_hit, category_ndcg, evaluate_users, long_tail_categories, long_tail_proportion,
+    category_hit,
+    category_ndcg,
+    evaluate_users,
+    long_tail_categories,
+    long_tail_proportion,
     novel_category_proportion,
+    per_user,
+    user_metrics,
 )
+
+L2_3 = 1 / math.log2(3)  # 0.6309, the discount at rank 2
 
 
 def test_category_hit():
-    # top-1 = [B] misses pref {A}; top-5 contains A.
-    assert category_hit(["B", "A", "C"], {"A"}, (1, 5)) == {"C-H@1": 0.0, "C-H@5": 1.0}
-    assert category_hit(["B"], set(), (1,)) == {"C-H@1": 0.0}  # empty pref
+    """ranked [B, A, C], pref {A}: top-1 = {B} misses -> 0; top-2 and top-5 contain A -> 1.
+
+    Empty pref -> 0 at every K, even for a long list.
+    """
+    assert category_hit(["B", "A", "C"], {"A"}, (1, 2, 5)) == {"C-H@1": 0.0, "C-H@2": 1.0, "C-H@5": 1.0}
+    assert category_hit(["B", "A", "C"], set(), (1, 10)) == {"C-H@1": 0.0, "C-H@10": 0.0}
+    assert category_hit([], {"A"}, (1,)) == {"C-H@1": 0.0}  # empty list
 
 
 def test_category_ndcg_hand_computed():
-    # ranked [A, B, C], clicked {B, C}: DCG@5 = 1/log2(3) + 1/log2(4) = 0.6309 + 0.5 = 1.1309
-    # IDCG@5 over min(5, 2) = 2 positions: 1 + 0.6309 = 1.6309 -> 0.6934
-    got = category_ndcg(["A", "B", "C"], {"B", "C"}, (1, 5))
+    """ranked [A, B, C], clicked {B, C}.
+
+    C-N@1: DCG = 0 (A not clicked) -> 0.
+    C-N@2: DCG = 1/log2(3) = 0.6309; IDCG over min(2, 2) = 2 positions = 1 + 0.6309 = 1.6309 -> 0.3869.
+    C-N@5: DCG = 1/log2(3) + 1/log2(4) = 0.6309 + 0.5 = 1.1309; IDCG over min(5, 2) = 2 -> 1.1309 / 1.6309 = 0.6934.
+    """
+    got = category_ndcg(["A", "B", "C"], {"B", "C"}, (1, 2, 5))
     assert got["C-N@1"] == 0.0
-    assert got["C-N@5"] == pytest.approx((1 / math.log2(3) + 0.5) / (1 + 1 / math.log2(3)))
-    assert category_ndcg(["A"], set(), (5,)) == {"C-N@5": 0.0}  # empty clicked
+    assert got["C-N@2"] == pytest.approx(L2_3 / (1 + L2_3))
+    assert got["C-N@5"] == pytest.approx((L2_3 + 0.5) / (1 + L2_3))
+    assert got["C-N@5"] == pytest.approx(0.69342, abs=1e-5)
 
 
-def test_k_larger_than_list_and_duplicates():
-    # duplicates dropped (keep first): [A, B]; K = 10 uses both; hist {A} -> 1 new of |C| = 4
-    got = novel_category_proportion(["A", "A", "B"], {"A"}, 4, (10,))
-    assert got == {"NCP@10": 0.25, "NCP-norm@10": 0.1}
+def test_ndcg_perfect_and_empty_clicked():
+    """ranked [B, C, A], clicked {B, C}: both clicked categories first -> DCG = IDCG -> 1 at K = 2 and 5.
+
+    clicked {} -> IDCG = 0 -> C-N = 0 by convention (not NaN, not an error).
+    """
+    assert category_ndcg(["B", "C", "A"], {"B", "C"}, (2, 5)) == {"C-N@2": 1.0, "C-N@5": 1.0}
+    assert category_ndcg(["A"], set(), (5,)) == {"C-N@5": 0.0}
 
 
-def test_long_tail_and_ties():
-    counts = {"A": 10, "B": 1, "C": 1, "D": 5, "E": 7}
-    # ceil(0.2 * 5) = 1 category; B and C tie at 1 click -> name order picks B
-    assert long_tail_categories(counts) == {"B"}
-    assert long_tail_categories(counts, 0.4) == {"B", "C"}
+def test_ties_keep_the_callers_order():
+    """Two categories a model scored equally come in the order the caller chose; the metric does not re-sort.
+
+    clicked {B}: [A, B] puts B at rank 2 -> C-N@2 = (1/log2(3)) / 1 = 0.6309; [B, A] -> 1.0.
+    """
+    assert category_ndcg(["A", "B"], {"B"}, (2,))["C-N@2"] == pytest.approx(L2_3)
+    assert category_ndcg(["B", "A"], {"B"}, (2,))["C-N@2"] == 1.0
+
+
+def test_k_larger_than_the_list():
+    """ranked [A, B] (2 categories), K = 10, |C| = 4.
+
+    NCP with hist {A}: 1 new (B) -> NCP@10 = 1/4 = 0.25, NCP-norm@10 = 1/10 = 0.1 (divided by K, not by the list).
+    C-N with clicked {B, C, D}: DCG = 1/log2(3) = 0.6309 (B at rank 2); IDCG over min(10, 3) = 3 ideal positions
+        = 1 + 0.6309 + 0.5 = 2.1309 -> 0.2961. A short list cannot find C and D, so it is not rewarded for being short.
+    C-H with pref {B}: B is in the list -> 1.
+    """
+    assert novel_category_proportion(["A", "B"], {"A"}, 4, (10,)) == {"NCP@10": 0.25, "NCP-norm@10": 0.1}
+    assert category_ndcg(["A", "B"], {"B", "C", "D"}, (10,))["C-N@10"] == pytest.approx(L2_3 / (1 + L2_3 + 0.5))
+    assert category_hit(["A", "B"], {"B"}, (10,)) == {"C-H@10": 1.0}
+
+
+def test_duplicates_are_dropped_keeping_the_first():
+    """ranked [A, A, B] is read as [A, B].
+
+    NCP@2 with hist {} counts A and B: 2 / |C| = 2/4 = 0.5 (not A twice). C-N@2 with clicked {A}: DCG = 1 (A at
+    rank 1 only, no second credit), IDCG = 1 -> 1.0. C-H@2 with pref {B}: B is at rank 2 after dedupe -> 1.
+    """
+    assert novel_category_proportion(["A", "A", "B"], set(), 4, (2,)) == {"NCP@2": 0.5, "NCP-norm@2": 1.0}
+    assert category_ndcg(["A", "A", "B"], {"A"}, (2,)) == {"C-N@2": 1.0}
+    assert category_hit(["A", "A", "B"], {"B"}, (2,)) == {"C-H@2": 1.0}
+
+
+def test_long_tail_proportion():
+    """ranked [C, B, A], tail {B, C}, |C| = 5.
+
+    K = 1: C is tail -> CLTP@1 = 1/5 = 0.2, CLTP-norm@1 = 1/1 = 1.0.
+    K = 5: C, B are tail (list has 3) -> CLTP@5 = 2/5 = 0.4, CLTP-norm@5 = 2/5 = 0.4.
+    """
     assert long_tail_proportion(["C", "B", "A"], {"B", "C"}, 5, (1, 5)) == {
         "CLTP@1": 0.2, "CLTP-norm@1": 1.0, "CLTP@5": 0.4, "CLTP-norm@5": 0.4}
+    assert long_tail_proportion(["C"], set(), 5, (1,)) == {"CLTP@1": 0.0, "CLTP-norm@1": 0.0}  # empty tail
 
 
-def test_evaluate_users_means():
+def test_long_tail_categories_ties_and_sizes():
+    """counts {A: 10, B: 1, C: 1, D: 5, E: 7}, |C| = 5.
+
+    fraction 0.2 -> ceil(1.0) = 1 category: B and C tie at 1 click; the name order picks B (exact size, no growth).
+    fraction 0.4 -> 2: {B, C}. fraction 0.5 -> ceil(2.5) = 3: {B, C, D}. fraction 0 -> {}; 1 -> all.
+    Zero-click categories are the first tail members: {X: 0, Y: 3} at 0.2 -> ceil(0.4) = 1 -> {X}.
+    Float care: 0.28 * 25 = 7.000000000000001 in floating point, yet 25 categories at 0.28 have a tail of 7, not 8.
+    """
+    counts = {"A": 10, "B": 1, "C": 1, "D": 5, "E": 7}
+    assert long_tail_categories(counts) == {"B"}
+    assert long_tail_categories(counts, 0.4) == {"B", "C"}
+    assert long_tail_categories(counts, 0.5) == {"B", "C", "D"}
+    assert long_tail_categories(counts, 0.0) == set()
+    assert long_tail_categories(counts, 1.0) == set(counts)
+    assert long_tail_categories({"X": 0, "Y": 3}) == {"X"}
+    assert len(long_tail_categories({f"c{i:02d}": i for i in range(25)}, 0.28)) == 7
+    assert long_tail_categories({}) == set()
+    with pytest.raises(ValueError):
+        long_tail_categories(counts, 1.5)
+
+
+def test_user_metrics_names_and_lists_from_json():
+    """Truth sets may arrive as JSON lists; every metric is present for every K.
+
+    ranked [B, A], pref [A], hist [A], clicked [B], tail [B], |C| = 4, K = 1:
+    C-H@1 = 0 (B not preferred), C-N@1 = 1 (B clicked at rank 1; IDCG over min(1, 1) = 1),
+    NCP@1 = 1/4 (B not in hist), NCP-norm@1 = 1, CLTP@1 = 1/4, CLTP-norm@1 = 1.
+    """
+    got = user_metrics(["B", "A"], {"pref": ["A"], "hist": ["A"], "clicked": ["B"]}, n_categories=4, tail=["B"],
+                       ks=(1,))
+    assert got == {"C-H@1": 0.0, "C-N@1": 1.0, "NCP@1": 0.25, "NCP-norm@1": 1.0, "CLTP@1": 0.25,
+                   "CLTP-norm@1": 1.0}
+    with pytest.raises(ValueError, match="clicked"):
+        user_metrics(["A"], {"pref": [], "hist": []}, n_categories=4, tail=[])
+
+
+def test_evaluate_users_means_and_empty_sets():
+    """Two users, |C| = 4, no tail, K = 1.
+
+    user 1: ranked [A, B], pref {A}, hist {A}, clicked {B} -> C-H@1 = 1, NCP@1 = 0 (A in hist), C-N@1 = 0.
+    user 2: ranked [C], every set empty -> C-H@1 = 0 (empty pref), NCP@1 = 1/4, C-N@1 = 0 (empty clicked).
+    means: C-H@1 = 0.5, NCP@1 = 0.125, C-N@1 = 0.
+    """
     recs = [["A", "B"], ["C"]]
     truth = [{"pref": {"A"}, "hist": {"A"}, "clicked": {"B"}}, {"pref": set(), "hist": set(), "clicked": set()}]
     m = evaluate_users(recs, truth, n_categories=4, tail=set(), ks=(1,))
-    # user 1: C-H@1 = 1, NCP@1 = 0 (A in hist); user 2: C-H@1 = 0, NCP@1 = 1/4
-    assert m["C-H@1"] == 0.5 and m["NCP@1"] == pytest.approx(0.125)
+    assert m["C-H@1"] == 0.5 and m["NCP@1"] == pytest.approx(0.125) and m["C-N@1"] == 0.0
+    assert evaluate_users([], [], n_categories=4, tail=set()) == {}
     with pytest.raises(ValueError):
         evaluate_users(recs, truth[:1], n_categories=4, tail=set())
+
+
+def test_exclude_users_without_clicks_from_cn():
+    """user 1: ranked [B], clicked {B} -> C-N@1 = 1; user 2: clicked {} -> 0 (counted) or NaN (excluded).
+
+    default: C-N@1 = (1 + 0) / 2 = 0.5. exclude_no_clicks: mean over user 1 only = 1.0; the other metrics are
+    unchanged (C-H@1 = (1 + 0) / 2 with pref {B} and {} ). Nobody clicked at all -> 0.0.
+    """
+    recs = [["B"], ["B"]]
+    truth = [{"pref": {"B"}, "hist": set(), "clicked": {"B"}}, {"pref": set(), "hist": set(), "clicked": set()}]
+    kw = {"n_categories": 4, "tail": set(), "ks": (1,)}
+    assert evaluate_users(recs, truth, **kw)["C-N@1"] == 0.5
+    excluded = evaluate_users(recs, truth, exclude_no_clicks=True, **kw)
+    assert excluded["C-N@1"] == 1.0 and excluded["C-H@1"] == 0.5
+    assert evaluate_users(recs[1:], truth[1:], exclude_no_clicks=True, **kw)["C-N@1"] == 0.0
+    arrays = per_user(recs, truth, exclude_no_clicks=True, **kw)
+    assert arrays["C-N@1"][0] == 1.0 and np.isnan(arrays["C-N@1"][1])
+
+
+def test_per_user_arrays_align_with_users():
+    """per_user keeps the user order; its mean is evaluate_users. C-H@1: user 1 hits (A), user 2 misses -> [1, 0]."""
+    recs = [["A"], ["B"]]
+    truth = [{"pref": {"A"}, "hist": set(), "clicked": set()}, {"pref": {"A"}, "hist": set(), "clicked": set()}]
+    arrays = per_user(recs, truth, n_categories=2, tail={"B"}, ks=(1,))
+    np.testing.assert_array_equal(arrays["C-H@1"], [1.0, 0.0])
+    np.testing.assert_array_equal(arrays["CLTP@1"], [0.0, 0.5])
+    means = evaluate_users(recs, truth, n_categories=2, tail={"B"}, ks=(1,))
+    assert means == {name: float(v.mean()) for name, v in arrays.items()}
+
+
+@pytest.mark.parametrize("bad", [{"ks": (0,)}, {"ks": ()}, {"ks": (1.5,)}, {"n_categories": 0}])
+def test_bad_arguments_are_errors(bad):
+    kw = {"n_categories": 4, "tail": set(), "ks": (1,)} | bad
+    with pytest.raises(ValueError):
+        evaluate_users([["A"]], [{"pref": set(), "hist": set(), "clicked": set()}], **kw)
