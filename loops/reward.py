@@ -97,7 +97,7 @@ def train_reward(cfg: Any, init_model: str | Path, tokenizer, pairs: list[dict[s
                         use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available(),
                         deepspeed=cfg.cycle.deepspeed or None, center_rewards_coefficient=0.01)
     peft_config = lora_config(cfg.lora, "SEQ_CLS") if cfg.lora.enabled else None
-    tokenizer.padding_side = "right"
+    # trl's DataCollatorForPreference right-pads by itself; the tokenizer's padding side stays as loaded.
     trainer = RewardTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
                             peft_config=peft_config)
     trainer.train()
@@ -108,7 +108,6 @@ def train_reward(cfg: Any, init_model: str | Path, tokenizer, pairs: list[dict[s
     model.save_pretrained(target)
     curve = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     acc = pairwise_accuracy(model, tokenizer, eval_pairs or [], batch_size=r.per_device_batch_size * 4)
-    tokenizer.padding_side = "left"
     log.info("reward: %d pairs, loss %.3f -> %.3f, held-out pairwise accuracy %.3f", len(pairs),
              curve[0] if curve else float("nan"), curve[-1] if curve else float("nan"), acc)
     return RewardResult(model_dir=target, loss_curve=curve, train_pairs=len(pairs), accuracy=acc)
