@@ -46,24 +46,35 @@ def relevance_prompt(cfg_prompts: Any, portrait: str, recent: Sequence[str], can
 
 
 def render_sample(cfg: Any) -> str:
-    """Every template rendered for a sample user of the configured data set (``coea prompts``)."""
+    """Every template rendered for a sample user of the configured data set (``coea prompts``).
+
+    The sample is the first user with a click whose category differs from the two before it, so the P_ft-nov
+    example shows a real (S_short(t-2:t-1) -> S_short(t)) step; the inference prompts use that user's C'_short.
+    """
     from coea.data.loaders import load_interactions
-    from coea.data.sequences import build_sequences
+    from coea.data.sequences import build_sequences, click_categories_by_user
     from storage.keys import kv_key
 
     inter = load_interactions(cfg.data, cfg.synthetic, cfg.run.seed)
     seqs = build_sequences(inter, cfg.data)
-    i = max(range(len(seqs.user_ids)), key=lambda j: len(seqs.short_categories[j]))
-    short, c_short = seqs.short_categories[i], seqs.c_short[i]
+    clicks = click_categories_by_user(inter)
+    row, recent, target = 0, [], inter.categories[0]
+    for i, u in enumerate(seqs.user_ids):
+        cats = [c for _, c in clicks.get(u, [])]
+        t = next((t for t in range(2, len(cats)) if cats[t] not in cats[t - 2:t]), None)
+        if t is not None:
+            row, recent, target = i, cats[t - 2:t], cats[t]
+            break
+    c_short = seqs.c_short[row]
     portrait = "<portrait of the user's group, written by the Profile LLM>"
-    target = short[-1]
-    novel = next((c for c in inter.categories if c not in c_short), inter.categories[0])
-    ex = novelty_train_example(cfg.prompts, portrait, short[-3:-1], target)
+    candidate = next((c for c in inter.categories if c not in c_short), inter.categories[0])
+    ex = novelty_train_example(cfg.prompts, portrait, recent, target)
     parts = [
-        f"# sample user {seqs.user_ids[i]}: S_short = {short}, C'_short = {list(c_short)}",
+        f"# sample user {seqs.user_ids[row]}: C'_short = {list(c_short)}; "
+        f"P_ft-nov step: S_short(t-2:t-1) = {recent} -> S_short(t) = {target!r}",
         f"# KV key (csid 'default'): {kv_key('default', c_short).decode()}",
         "## P_ft-nov (prompt + completion)", ex["prompt"] + ex["completion"],
         "## P_infer-nov", novelty_infer_prompt(cfg.prompts, portrait, c_short),
-        "## P_ft-rel / P_infer-rel", relevance_prompt(cfg.prompts, portrait, c_short, novel),
+        "## P_ft-rel / P_infer-rel", relevance_prompt(cfg.prompts, portrait, c_short, candidate),
     ]
     return "\n".join(parts)

@@ -30,3 +30,15 @@ def test_empty_recent_and_relevance_prompt():
     assert "Recent categories: none" in novelty_infer_prompt(p, "D", ())
     text = relevance_prompt(p, "likes music", ["Jazz"], "Opera")
     assert text.startswith("Group portrait: likes music") and text.endswith("Candidate category: Opera")
+
+
+def test_render_sample_shows_a_novel_training_step(tiny_cfg):
+    from coea.prompts import render_sample
+
+    text = render_sample(tiny_cfg)
+    for header in ("## P_ft-nov", "## P_infer-nov", "## P_ft-rel / P_infer-rel", "# KV key"):
+        assert header in text
+    train = text.split("## P_ft-nov (prompt + completion)\n", 1)[1].split("\n## ", 1)[0]
+    recent = train.split("Recent categories: ", 1)[1].split("\n", 1)[0].split(", ")
+    target = train.rsplit("Next category: ", 1)[1]
+    assert target not in recent
