@@ -83,7 +83,8 @@ def run_bootstrap(cfg: Config, workdir: Path) -> BootstrapResult:
     portrait_of = {u: portraits.get(csid_of.get(u, "default"), portraits.get("default", "")) for u in seqs.user_ids}
     times["data_dsie_s"] = round(time.perf_counter() - t, 2)
 
-    item_cat = {j + 1: inter.item_category.get(i) for j, i in enumerate(seqs.item_vocab)}
+    category_of = inter.item_category  # a property that builds the dict: once, not per item
+    item_cat = {j + 1: category_of.get(i) for j, i in enumerate(seqs.item_vocab)}
     long_cats = {u: {item_cat[j] for j in items} for u, items in zip(seqs.user_ids, seqs.long_items)}
     clicks = click_categories_by_user(inter, end=c0)
     exposures = exposures_by_user(inter, end=c0)
@@ -185,7 +186,8 @@ def novelty_cases(cfg: Config, inter, seqs, users: list[str], c0: int,
     from storage.keys import canonical_recent
 
     clicks = click_categories_by_user(inter)
-    item_cat = {j + 1: inter.item_category.get(i) for j, i in enumerate(seqs.item_vocab)}
+    category_of = inter.item_category  # a property that builds the dict: once, not per item
+    item_cat = {j + 1: category_of.get(i) for j, i in enumerate(seqs.item_vocab)}
     row_of = {u: i for i, u in enumerate(seqs.user_ids)}
     k = cfg.data.short_k
     cases = []

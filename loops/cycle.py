@@ -327,8 +327,8 @@ def validation_metrics(cfg: Config, models: Models, inter, seqs_prev, csids_prev
     from coea.metrics import evaluate_users, long_tail_categories
 
     clicks = click_categories_by_user(inter, start=start, end=end)
-    item_cat = dict(zip(range(1, len(seqs_prev.item_vocab) + 1),
-                        (inter.item_category.get(i) for i in seqs_prev.item_vocab)))
+    category_of = inter.item_category
+    item_cat = {j + 1: category_of.get(i) for j, i in enumerate(seqs_prev.item_vocab)}
     rows = [i for i, u in enumerate(seqs_prev.user_ids) if is_validation_user(u) and u in clicks]
     if not rows:
         return {}
