@@ -242,6 +242,12 @@ class PcoConfig:
     per_device_batch_size: int = opt(2, "Per-device train batch size.", min=1)
     gradient_accumulation_steps: int = opt(8, "Gradient accumulation steps.", min=1)
     max_length: int = opt(1024, "Truncate prompt + completion to this many tokens (trl keeps the start).", min=2)
+    shared_prompt: bool = opt(
+        True, "Fast path: run each pair's prompt once for chosen and rejected (one packed row with a block-causal "
+              "mask; same loss; sdpa or eager attention, else the two-row forward). docs/dpo.md")
+    precompute_reference: bool = opt(
+        True, "Fast path: run the reference once per round before training, cache its completion log-probs and "
+              "hidden states, and free it (same loss; needs an LM head LoRA does not adapt). docs/dpo.md")
     alert_saturation_accuracy: float = opt(
         0.95, "Alert when DPO pair accuracy exceeds this early in a round (with alert_saturation_margin).",
         min=0.0, max=1.0)

@@ -26,6 +26,7 @@ distributions replaces them without touching the loss.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import statistics
@@ -35,11 +36,13 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
 from coea.config import LoraConfig as CoeaLoraConfig
 from coea.config import PcoConfig
 from coea.workdir import library_versions, write_json
+from loops.dpo_fast import ReferenceCache, additive_mask, lm_head_inputs, pack_pairs, pair_keys
 
 log = logging.getLogger("coea.dpo")
 
@@ -247,6 +250,13 @@ class DPOKLConfig(DPOConfig):
     alert_eos_logratio: float = field(default=0.7, metadata=_help(
         "Alert when |policy - reference log-prob of the completion's last (EOS) token| exceeds this "
         "(0.7 ~ log 2: stopping twice or half as likely), i.e. completion length drifts."))
+    shared_prompt: bool = field(default=False, metadata=_help(
+        "Run each pair's prompt once for chosen and rejected: one packed [prompt | chosen | rejected] row with a "
+        "block-causal mask instead of two rows (same values; sdpa or eager attention, else the two-row forward)."))
+    precompute_reference: bool = field(default=False, metadata=_help(
+        "Run the reference once over the training pairs before training and free it: the loss then reads the "
+        "reference's token log-probs and rebuilds its full distributions (for the KL) from cached final hidden "
+        "states through the shared, frozen LM head. Exact; needs an LM head that LoRA does not adapt."))
 
     def __post_init__(self):
         super().__post_init__()
@@ -264,6 +274,8 @@ class DPOKLConfig(DPOConfig):
         bad = [name for name, is_set in unsupported.items() if is_set]
         if bad:
             raise ValueError(f"{bad[0]}: not supported by DPOKLTrainer (leave trl's default)")
+        if self.precompute_reference and self.precompute_ref_log_probs:
+            raise ValueError("precompute_reference: use it instead of trl's precompute_ref_log_probs, not with it")
         if self.precompute_ref_log_probs and self.loss_type[0] == "sigmoid" and self.alpha > 0:
             raise ValueError("precompute_ref_log_probs: trl caches only the reference's sequence log-probs, but the "
                              "KL term needs its full distributions; set alpha 0, loss_type 'ipo', or turn it off")
@@ -346,41 +358,139 @@ class DPOKLTrainer(DPOTrainer):
             early_fraction=args.alert_early_fraction, kl_spike_factor=args.alert_kl_spike_factor,
             kl_floor=args.alert_kl_floor, eos_logratio=args.alert_eos_logratio,
         )
+        self.pad_token_id = self._tokenizer.pad_token_id
+        self.attn_implementation = self.accelerator.unwrap_model(self.model).config._attn_implementation
+        self.use_packing = args.shared_prompt and self.attn_implementation in ("sdpa", "eager")
+        if args.shared_prompt and not self.use_packing:
+            log.warning("shared_prompt: needs sdpa or eager attention (a block-causal mask), not %s; "
+                        "running the two-row forward", self.attn_implementation)
+        self.reference_cache: ReferenceCache | None = None
+        if args.precompute_reference:
+            self._check_shared_lm_head()
+            cache = self.precompute_reference(self.train_dataset)
+            if isinstance(self.eval_dataset, Dataset):
+                cache.merge(self.precompute_reference(self.eval_dataset))
+            self.reference_cache = cache
+            self.ref_model = None  # its work is done: free its weights for the training steps
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
     def _send_telemetry(self):
         # trl pings the Hugging Face Hub on construction; a cron job on an air-gapped host must never try.
         return
 
-    # --- forwards (the only model calls; issue 7 replaces these) ---
+    # --- forwards (the only model calls) ---
 
     def window_scores(self, model, inputs: dict[str, torch.Tensor], full_chosen: bool) -> Scores:
+        """One forward of ``model`` over the batch, projecting only the completion windows through the LM head."""
+        return self.window_forward(model, inputs, full_chosen)[0]
+
+    def window_forward(self, model, inputs: dict[str, torch.Tensor], full_chosen: bool,
+                       keep_hidden: bool = False) -> tuple[Scores, torch.Tensor | None]:
         """One forward of ``model`` over the batch, projecting only the completion windows through the LM head.
 
         ``logits_to_keep`` with (N, L) positions (transformers >= 5) builds logits for 2B * L positions instead of
-        2B * T, which matters with ~256-token prompts, ~8-token completions and a 150k vocabulary.
+        2B * T, which matters with ~256-token prompts, ~8-token completions and a 150k vocabulary. With
+        ``shared_prompt`` the pair's two rows run as one packed row (:func:`loops.dpo_fast.pack_pairs`), so the
+        prompt is computed once; the windows, and so everything downstream, are laid out the same either way.
+
+        Returns:
+            The scores and, with ``keep_hidden``, the (B, L, d) hidden states the LM head saw on the chosen windows.
         """
-        input_ids = inputs["input_ids"]  # (2B, T)
-        targets, mask = completion_windows(inputs["completion_mask"])  # (2B, L), (2B, L)
-        out = model(input_ids=input_ids, attention_mask=inputs["attention_mask"],
-                    logits_to_keep=(targets - 1).clamp(min=0), use_cache=False)
-        logprobs = out.logits.float().log_softmax(-1)  # (2B, L, V): the position before each target predicts it
-        labels = input_ids.gather(1, targets)  # (2B, L)
+        packed = pack_pairs(inputs, self.pad_token_id) if self.use_packing else None
+        if packed is None:
+            input_ids = inputs["input_ids"]  # (2B, T)
+            targets, mask = completion_windows(inputs["completion_mask"])  # (2B, L), (2B, L)
+            kwargs = {"input_ids": input_ids, "attention_mask": inputs["attention_mask"],
+                      "logits_to_keep": (targets - 1).clamp(min=0)}
+            labels = input_ids.gather(1, targets)  # (2B, L)
+        else:
+            mask, labels = packed.mask, packed.labels  # (2B, L)
+            kwargs = {"input_ids": packed.input_ids, "position_ids": packed.position_ids,  # (B, S)
+                      "attention_mask": self._mask_for_attention(packed.attention), "logits_to_keep": packed.predictors}
+        with lm_head_inputs(self.accelerator.unwrap_model(model)) if keep_hidden else contextlib.nullcontext() as seen:
+            out = model(**kwargs, use_cache=False)
+        logits = out.logits  # (2B, L, V) unpacked; (B, 2L, V) packed: chosen windows, then rejected
+        width = mask.size(1)
+        if packed is not None:
+            logits = torch.cat([logits[:, :width], logits[:, width:]])  # (2B, L, V)
+        logprobs = logits.float().log_softmax(-1)  # the position before each target predicts it
         token_logps = logprobs.gather(-1, labels.unsqueeze(-1)).squeeze(-1).masked_fill(~mask, 0.0)  # (2B, L)
-        n_pairs = input_ids.size(0) // 2
+        n_pairs = logprobs.size(0) // 2
         chosen_logprobs = logprobs[:n_pairs] if full_chosen else None  # (B, L, V)
-        return Scores(token_logps.sum(-1), token_logps, mask, chosen_logprobs)
+        hidden = None
+        if keep_hidden:
+            hidden = seen[-1][:, :width] if packed is not None else seen[-1][:n_pairs]  # (B, L, d)
+        return Scores(token_logps.sum(-1), token_logps, mask, chosen_logprobs), hidden
+
+    def _mask_for_attention(self, attention: torch.Tensor) -> torch.Tensor:
+        # sdpa takes a boolean mask in any dtype (also under autocast); eager adds a float mask to its scores.
+        if self.attn_implementation == "eager":
+            return additive_mask(attention, self.accelerator.unwrap_model(self.model).dtype)
+        return attention[:, None]  # (B, 1, S, S)
 
     def policy_scores(self, model, inputs: dict[str, torch.Tensor]) -> Scores:
         """Policy log-probabilities with gradients; full chosen distributions whenever a KL can be formed."""
         return self.window_scores(model, inputs, full_chosen=not self.precompute_ref_logps)
 
     def reference_scores(self, inputs: dict[str, torch.Tensor]) -> Scores:
-        """Reference log-probabilities: precomputed sequence log-probs (trl's cache) or a no-grad forward."""
+        """Reference log-probabilities: from the per-round cache, trl's sequence log-probs, or a no-grad forward."""
+        if self.reference_cache is not None:
+            _, mask = completion_windows(inputs["completion_mask"])  # (2B, L)
+            token_logps, chosen_logprobs = self.reference_cache.lookup(
+                pair_keys(inputs), mask.size(1), self._lm_head(), mask.device)
+            token_logps = token_logps.masked_fill(~mask, 0.0)
+            return Scores(token_logps.sum(-1), token_logps, mask, chosen_logprobs)
         if self.precompute_ref_logps:
             logps = torch.cat([inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]])  # (2B,)
             return Scores(logps, None, None, None)
         with torch.no_grad():
             return self.window_scores(self.ref_model, inputs, full_chosen=True)
+
+    # --- the reference, once per round ---
+
+    def _lm_head(self):
+        return self.accelerator.unwrap_model(self.model).get_output_embeddings()
+
+    def _check_shared_lm_head(self) -> None:
+        """The cache rebuilds the reference's distributions with the policy's LM head: it must be the frozen base's."""
+        head, ref_head = self._lm_head(), self.accelerator.unwrap_model(self.ref_model).get_output_embeddings()
+        if not isinstance(head, torch.nn.Linear) or any(p.requires_grad for p in head.parameters()):
+            raise ValueError("precompute_reference: the policy's LM head is trained or adapted (e.g. LoRA on "
+                             "lm_head), so it is not the reference's; turn precompute_reference off")
+        if not torch.equal(head.weight.detach().cpu(), ref_head.weight.detach().cpu()):
+            raise ValueError("precompute_reference: the policy's and the reference's LM heads differ; turn it off")
+
+    def precompute_reference(self, dataset) -> ReferenceCache:
+        """Run the reference once over ``dataset`` (this rank's share) and cache what the loss needs from it.
+
+        Every rank computes a contiguous share of the pairs and the shares are exchanged, so the reference costs one
+        packed forward per pair per round, whatever the number of processes, instead of one per pair per step.
+        """
+        from torch.utils.data import DataLoader
+
+        state = self.accelerator.state
+        rank, world = state.process_index, state.num_processes
+        share = dataset.select(range(rank * len(dataset) // world, (rank + 1) * len(dataset) // world))
+        batch_size = self.args.precompute_ref_batch_size or self.args.per_device_train_batch_size
+        loader = DataLoader(share, batch_size=batch_size, collate_fn=self.data_collator, shuffle=False)
+        cache = ReferenceCache()
+        device = self.accelerator.device
+        self.ref_model.eval()
+        with torch.no_grad():
+            for batch in loader:
+                batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+                scores, hidden = self.window_forward(self.ref_model, batch, full_chosen=False, keep_hidden=True)
+                cache.add_batch(pair_keys(batch), hidden, scores.token_logps, batch["completion_mask"].sum(1))
+        if world > 1:
+            import torch.distributed as dist
+
+            shares: list[ReferenceCache | None] = [None] * world
+            dist.all_gather_object(shares, cache)
+            for other in shares:
+                cache.merge(other)
+        log.info("reference: precomputed %d pairs (rank %d of %d)", len(cache), rank, world)
+        return cache
 
     # --- loss ---
 
@@ -547,7 +657,7 @@ def _args_from_pco(cfg: PcoConfig, out_dir: Path, *, seed: int, deepspeed: str, 
         learning_rate=cfg.lr, num_train_epochs=cfg.epochs, max_steps=max_steps,
         per_device_train_batch_size=cfg.per_device_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        max_length=cfg.max_length,
+        max_length=cfg.max_length, shared_prompt=cfg.shared_prompt, precompute_reference=cfg.precompute_reference,
         alert_saturation_accuracy=cfg.alert_saturation_accuracy, alert_saturation_margin=cfg.alert_saturation_margin,
         alert_early_fraction=cfg.alert_early_fraction, alert_kl_spike_factor=cfg.alert_kl_spike_factor,
         alert_eos_logratio=cfg.alert_eos_logratio,
@@ -622,6 +732,8 @@ def run_dpo(
             "pco": asdict(cfg), "base_model": str(base_model),
             "policy_start": str(previous_adapter) if previous_adapter else None,
             "reference": str(anchor_adapter or previous_adapter or base_model),
+            "fast_path": {"shared_prompt": trainer.use_packing,
+                          "precomputed_reference_pairs": len(trainer.reference_cache or ())},
         })
     _finite_or_raise(metrics)
     return DpoResult(adapter_dir, metrics, alerts, versions)
