@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -56,6 +57,16 @@ def _cfg(args: argparse.Namespace):
     return load_config(args.config, args.overrides)
 
 
+def _orchestrator_cfg(args: argparse.Namespace):
+    """The config of a command that trains; refuses to run as one of several launched processes."""
+    size = os.environ.get("WORLD_SIZE", "1")
+    if size.isdigit() and int(size) > 1:
+        # N orchestrators would race for the workdir lock and run every stage N times.
+        raise ConfigError(f"WORLD_SIZE={size}: run `coea {args.command}` as one plain process, not under a "
+                          "launcher; set cycle.num_processes and it launches its GPU workers itself (docs/gpu.md)")
+    return _cfg(args)
+
+
 # ------------------------------------------------------------------------------------------------- commands
 
 
@@ -72,7 +83,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_dsie(args: argparse.Namespace) -> int:
     from loops.cycle import run_dsie_stage
 
-    result = run_dsie_stage(_cfg(args), Path(args.workdir))
+    result = run_dsie_stage(_orchestrator_cfg(args), Path(args.workdir))
     emit(json.dumps(result, indent=2))
     return 0
 
@@ -80,7 +91,7 @@ def cmd_dsie(args: argparse.Namespace) -> int:
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     from loops.bootstrap import run_bootstrap
 
-    result = run_bootstrap(_cfg(args), Path(args.workdir))
+    result = run_bootstrap(_orchestrator_cfg(args), Path(args.workdir))
     emit(json.dumps(_summary(result), indent=2, default=str))
     return 0
 
@@ -88,7 +99,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 def cmd_cycle(args: argparse.Namespace) -> int:
     from loops.cycle import run_cycle
 
-    result = run_cycle(_cfg(args), Path(args.workdir))
+    result = run_cycle(_orchestrator_cfg(args), Path(args.workdir))
     emit(json.dumps(_summary(result), indent=2, default=str))
     return 0 if result.promoted else 4
 
@@ -96,7 +107,7 @@ def cmd_cycle(args: argparse.Namespace) -> int:
 def cmd_rounds(args: argparse.Namespace) -> int:
     from loops.cycle import run_cycle
 
-    cfg = _cfg(args)
+    cfg = _orchestrator_cfg(args)
     for i in range(args.n):
         result = run_cycle(cfg, Path(args.workdir))
         log.info("cycle %d/%d: round %s promoted=%s", i + 1, args.n, result.round, result.promoted)

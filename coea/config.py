@@ -273,6 +273,15 @@ class CycleConfig:
     guardrail_min_users: int = opt(20, "The guardrail judges only rounds validated on at least this many users; "
                                        "smaller rounds are promoted with a warning.", min=0)
     deepspeed: str = opt("", "Path of a DeepSpeed config (e.g. configs/deepspeed/zero2.json) for GPU training.")
+    num_processes: int = opt(
+        1, "1 = every stage runs in this process. N > 1 = candidate scoring and the SFT / reward / DPO training run "
+        "as `accelerate launch --num_processes N` workers (one per GPU: keys sharded, training data-parallel, "
+        "DDP or cycle.deepspeed); the cycle itself stays one process that holds the lock and commits the stages "
+        "(docs/cycle.md).", min=1)
+    launcher_args: str = opt(
+        "", "Extra arguments for `accelerate launch` when num_processes > 1, e.g. '--multi_gpu --mixed_precision "
+        "bf16'. On a CPU-only machine '--multi_gpu' starts N gloo processes (torchrun); '--cpu' alone starts one, "
+        "which the workers refuse.")
 
 
 @dataclass

@@ -9,7 +9,9 @@
     report.json SFT loss curve, Novelty hit@5 vs "most popular category not in C'_short", Relevance held-out
                 pairwise accuracy, keys vs users, wall times
 
-Each stage is restartable (docs/cycle.md). Validation users (loops.cycle.is_validation_user) are held out.
+Each stage is restartable (docs/cycle.md). Validation users (loops.cycle.is_validation_user) are held out. With
+``cycle.num_processes > 1`` (or ``cycle.deepspeed`` set) the pretraining, SFT and reward training run as launched
+workers (loops/workers.py); this process keeps the stages.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 
 from coea.config import Config
 from coea.workdir import read_json, round_dir, setup_run, stage, stage_done, write_json, write_manifest
+from loops.launch import trains_in_workers
 
 log = logging.getLogger("coea.bootstrap")
 
@@ -116,20 +119,17 @@ def run_bootstrap(cfg: Config, workdir: Path) -> BootstrapResult:
 
     t = time.perf_counter()
     if not stage_done(rp, "novelty"):
-        from loops.sft import train_sft
-
         with stage(rp, "novelty") as tmp:
-            sft = train_sft(cfg, base, tok, examples, tmp)
+            sft = _sft(cfg, base, tok, tokenizer_path(workdir), examples, tmp)
             write_json(tmp / "metrics.json", {"loss_curve": sft.loss_curve, "train_examples": sft.train_examples})
             write_manifest(tmp, cfg)
     times["novelty_sft_s"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
     if not stage_done(rp, "relevance"):
-        from loops.reward import train_reward
-
         with stage(rp, "relevance") as tmp:
-            rew = train_reward(cfg, base, tok, pairs, tmp, epochs=cfg.relevance.epochs, eval_pairs=val_pairs)
+            rew = _reward(cfg, base, tok, tokenizer_path(workdir), pairs, tmp, epochs=cfg.relevance.epochs,
+                          eval_pairs=val_pairs)
             write_json(tmp / "metrics.json", {"loss_curve": rew.loss_curve, "train_pairs": rew.train_pairs,
                                               "accuracy": rew.accuracy, "eval_pairs": len(val_pairs)})
             write_manifest(tmp, cfg)
@@ -154,7 +154,6 @@ def _build_backbone(cfg: Config, tmp: Path, categories: list[str], portraits: di
                     examples: list[dict[str, str]], pairs: list[dict[str, str]]) -> None:
     """Embedded: tokenizer + model, pretrained (full weights, loss on every token) on the round-0 corpus."""
     from coea.backbones import build_embedded_backbone, load_tokenizer
-    from loops.sft import train_sft
 
     if cfg.backbone.name != "embedded":
         load_tokenizer(cfg.backbone.name, cfg).save_pretrained(tmp / "tokenizer")
@@ -166,12 +165,36 @@ def _build_backbone(cfg: Config, tmp: Path, categories: list[str], portraits: di
     model_dir, tok_dir = build_embedded_backbone(cfg, texts, tmp)
     tok = load_tokenizer(tok_dir, cfg)
     corpus = examples + [{"prompt": "", "completion": r["chosen"]} for r in pairs]
-    train_sft(cfg, model_dir, tok, corpus, tmp / "pretrain", full_weights=True, completion_only=False, epochs=1,
-              lr=max(cfg.novelty.sft_lr, 1e-3))
+    _sft(cfg, model_dir, tok, tok_dir, corpus, tmp / "pretrain", full_weights=True, completion_only=False, epochs=1,
+         lr=max(cfg.novelty.sft_lr, 1e-3))
     import shutil
 
     shutil.rmtree(model_dir)
     (tmp / "pretrain" / "model").rename(model_dir)
+
+
+def _sft(cfg: Config, base: str | Path, tok, tok_dir: Path, examples: list[dict[str, str]], out_dir: Path,
+         **options: Any):
+    """:func:`loops.sft.train_sft` here, or on ``cycle.num_processes`` workers (which reload ``tok_dir``)."""
+    if trains_in_workers(cfg):
+        from loops.workers import launch_sft
+
+        return launch_sft(cfg, base, tok_dir, examples, out_dir, **options)
+    from loops.sft import train_sft
+
+    return train_sft(cfg, base, tok, examples, out_dir, **options)
+
+
+def _reward(cfg: Config, base: str | Path, tok, tok_dir: Path, pairs: list[dict[str, str]], out_dir: Path, *,
+            epochs: float, eval_pairs: list[dict[str, str]]):
+    """:func:`loops.reward.train_reward` here, or on ``cycle.num_processes`` workers (which reload ``tok_dir``)."""
+    if trains_in_workers(cfg):
+        from loops.workers import launch_reward
+
+        return launch_reward(cfg, base, tok_dir, pairs, out_dir, epochs=epochs, eval_pairs=eval_pairs)
+    from loops.reward import train_reward
+
+    return train_reward(cfg, base, tok, pairs, out_dir, epochs=epochs, eval_pairs=eval_pairs)
 
 
 def novelty_cases(cfg: Config, inter, seqs, users: list[str], c0: int,

@@ -12,7 +12,10 @@
     promote     guardrail on validation C-H@1, then KV pointer + ``current`` link + state.json
 
 Each stage writes into ``rounds/NNN/<stage>`` through :func:`coea.workdir.stage`, so a rerun after a crash skips
-what finished. Validation users (a stable hash of the user id) never contribute training signal.
+what finished. Validation users (a stable hash of the user id) never contribute training signal. With
+``cycle.num_processes > 1`` candidate scoring, DPO and the Relevance update run on that many ``accelerate launch``
+workers (loops/workers.py; training also with ``cycle.deepspeed`` on one GPU); this process keeps the lock, the
+stages and promotion.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from coea.workdir import (
     fault_point, read_json, round_dir, setup_run, stage, stage_done, write_json, write_manifest,
 )
 from loops.state import last_finished_round, promote_link, read_state, record_round, workdir_lock
+from loops.launch import scores_in_workers, trains_in_workers
 
 log = logging.getLogger("coea.cycle")
 
@@ -222,13 +226,24 @@ def propose_and_score(cfg: Config, models: Models, keys: list[Key], portraits: d
     return rows
 
 
-def stage_candidates(cfg: Config, rp: Path, models: Models, keys: list[Key], portraits: dict[str, str],
-                     categories: list[str]) -> pd.DataFrame:
-    """``rounds/NNN/candidates``: one row per unique key with candidates, Relevance scores and C_align."""
+def stage_candidates(cfg: Config, workdir: Path, k: int, base: int, keys: list[Key], portraits: dict[str, str],
+                     categories: list[str], device: str) -> pd.DataFrame:
+    """``rounds/NNN/candidates``: one row per unique key with candidates, Relevance scores and C_align.
+
+    Scored by round ``base``'s models, in this process or, with ``cycle.num_processes > 1``, sharded over that many
+    workers (loops/workers.py): the same rows either way (scores to float32 rounding, docs/cycle.md).
+    """
+    rp = round_dir(workdir, k)
     if not stage_done(rp, "candidates"):
         with stage(rp, "candidates") as tmp:
             t0 = time.perf_counter()
-            rows = propose_and_score(cfg, models, keys, portraits, categories)
+            if scores_in_workers(cfg):
+                from loops.workers import launch_candidates
+
+                rows = launch_candidates(cfg, workdir, base, base, keys, portraits, categories, tmp)
+            else:
+                rows = propose_and_score(cfg, load_models(cfg, workdir, base, base, device), keys, portraits,
+                                         categories)
             table = pd.DataFrame(rows)
             table.to_parquet(tmp / "candidates.parquet", index=False)
             write_json(tmp / "summary.json", {"keys": len(keys), "aligned": int(table["aligned"].map(len).sum()),
@@ -306,10 +321,17 @@ def stage_pco(cfg: Config, workdir: Path, k: int, pairs: list[dict[str, str]]) -
         anchor = novelty_adapter(workdir, 0) if cfg.pco.anchor == "round0" else None
         if not pairs:
             raise RuntimeError("pco: no preference pairs in the sample (every key had < 2 distinct scores)")
-        result = run_dpo(cfg.pco, cfg.lora, base_model_path(cfg, workdir), previous, anchor,
-                         str(tokenizer_path(workdir)), preference_dataset(pairs), tmp, seed=cfg.run.seed + k,
-                         dtype=cfg.backbone.dtype, deepspeed=cfg.cycle.deepspeed)
-        write_manifest(tmp, cfg, {"pairs": len(pairs), "alerts": [list(a) for a in result.alerts]})
+        if trains_in_workers(cfg):
+            from loops.workers import launch_dpo
+
+            result = launch_dpo(cfg, base_model_path(cfg, workdir), previous, anchor, tokenizer_path(workdir),
+                                tmp / "pairs.json", tmp, seed=cfg.run.seed + k)
+        else:
+            result = run_dpo(cfg.pco, cfg.lora, base_model_path(cfg, workdir), previous, anchor,
+                             str(tokenizer_path(workdir)), preference_dataset(pairs), tmp, seed=cfg.run.seed + k,
+                             dtype=cfg.backbone.dtype, deepspeed=cfg.cycle.deepspeed)
+        # DpoResult.alerts are "[kind] step N: message" lines, kept whole.
+        write_manifest(tmp, cfg, {"pairs": len(pairs), "alerts": list(result.alerts)})
     return read_json(rp / "pco" / "metrics.json")
 
 
@@ -416,11 +438,11 @@ def _run_round(cfg: Config, workdir: Path, k: int, base: int, inter, start: int,
     portraits = dsie.portraits
     lap("data_dsie")
 
-    models = load_models(cfg, workdir, base, base, device)
     keys_by_user = user_keys(seqs, csids)
     keys = sorted({(kk.csid, kk.recent) for kk in keys_by_user.values()})
     write_users_table(rp, keys_by_user)
-    table = stage_candidates(cfg, rp, models, [Key(c, r) for c, r in keys], portraits, inter.categories)
+    table = stage_candidates(cfg, workdir, k, base, [Key(c, r) for c, r in keys], portraits, inter.categories,
+                             device)
     lap("candidates")
     kv = stage_kv(workdir, k, table)
     lap("kv")
@@ -430,7 +452,6 @@ def _run_round(cfg: Config, workdir: Path, k: int, base: int, inter, start: int,
     train_users = [u for u in active if not is_validation_user(u)]
     sample = sample_users(train_users, cfg.pco.sample_fraction, cfg.run.seed + k)
     pairs = preference_pairs(cfg, table, keys_by_user, sample, portraits)
-    del models
     pco = stage_pco(cfg, workdir, k, pairs)
     lap("pco")
     rel = stage_relevance(cfg, workdir, k, base, inter, seqs_prev, csids_prev, portraits, start, end)
@@ -573,9 +594,8 @@ def track(cfg: Config, workdir: Path, k: int, metrics: dict[str, Any]) -> None:
 def stage_relevance(cfg: Config, workdir: Path, k: int, base: int, inter, seqs_prev, csids_prev: dict[str, str],
                     portraits: dict[str, str], start: int, end: int) -> dict[str, Any]:
     """``rounds/NNN/relevance``: continue the promoted Relevance LLM on D_k's new clicks (validation users held out)."""
-    from coea.backbones import load_tokenizer
     from coea.data.sequences import click_categories_by_user, exposures_by_user
-    from loops.reward import relevance_pairs, train_reward
+    from loops.reward import relevance_pairs
     from storage.keys import DEFAULT_CSID
 
     rp = round_dir(workdir, k)
@@ -597,11 +617,9 @@ def stage_relevance(cfg: Config, workdir: Path, k: int, base: int, inter, seqs_p
         rng = np.random.default_rng(cfg.run.seed + k)
         pairs = [pairs[i] for i in sorted(rng.choice(len(pairs), cfg.relevance.max_train_pairs, replace=False))]
     with stage(rp, "relevance") as tmp:
-        tok = load_tokenizer(tokenizer_path(workdir), cfg)
         previous = relevance_model_dir(workdir, base)
         if pairs and cfg.relevance.update_epochs > 0:
-            res = train_reward(cfg, previous, tok, pairs, tmp, epochs=cfg.relevance.update_epochs,
-                               eval_pairs=val_pairs[:2000])
+            res = _update_relevance(cfg, workdir, previous, pairs, val_pairs[:2000], tmp)
             metrics = {"accuracy": res.accuracy, "train_pairs": res.train_pairs,
                        "loss": res.loss_curve[-1] if res.loss_curve else float("nan"), "eval_pairs": len(val_pairs)}
         else:  # nothing new to learn from: carry the previous model forward unchanged
@@ -612,3 +630,19 @@ def stage_relevance(cfg: Config, workdir: Path, k: int, base: int, inter, seqs_p
         write_json(tmp / "metrics.json", metrics)
         write_manifest(tmp, cfg)
     return metrics
+
+
+def _update_relevance(cfg: Config, workdir: Path, previous: Path, pairs: list[dict[str, str]],
+                      eval_pairs: list[dict[str, str]], out_dir: Path):
+    """Continue ``previous`` on ``pairs`` for ``relevance.update_epochs``, here or on the (num_processes) workers."""
+    if trains_in_workers(cfg):
+        from loops.workers import launch_reward
+
+        return launch_reward(cfg, previous, tokenizer_path(workdir), pairs, out_dir,
+                             epochs=cfg.relevance.update_epochs, eval_pairs=eval_pairs)
+    from coea.backbones import load_tokenizer
+    from loops.reward import train_reward
+
+    tok = load_tokenizer(tokenizer_path(workdir), cfg)
+    return train_reward(cfg, previous, tok, pairs, out_dir, epochs=cfg.relevance.update_epochs,
+                        eval_pairs=eval_pairs)

@@ -664,6 +664,7 @@ def _args_from_pco(cfg: PcoConfig, out_dir: Path, *, seed: int, deepspeed: str, 
         seed=seed, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
         use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), gradient_checkpointing=cuda,
         deepspeed=deepspeed or None,
+        ddp_find_unused_parameters=False,  # every LoRA matrix takes part in every forward: skip DDP's search
     )
 
 

@@ -78,7 +78,8 @@ def train_reward(cfg: Any, init_model: str | Path, tokenizer, pairs: list[dict[s
 
     ``init_model`` is the backbone (round 0: a fresh score head on the pretrained LM) or the previous round's
     Relevance model. With ``lora.enabled`` a LoRA adapter (plus the score head) is trained and merged before
-    saving, so every round's Relevance LLM loads with plain ``from_pretrained``.
+    saving, so every round's Relevance LLM loads with plain ``from_pretrained``. Under ``accelerate launch``
+    (loops/workers.py) it trains data-parallel; only the main process saves and reports ``accuracy`` (nan elsewhere).
     """
     import torch
     from trl import RewardConfig, RewardTrainer
@@ -95,7 +96,8 @@ def train_reward(cfg: Any, init_model: str | Path, tokenizer, pairs: list[dict[s
                         gradient_accumulation_steps=r.gradient_accumulation_steps, logging_steps=1,
                         save_strategy="no", report_to=[], seed=cfg.run.seed, disable_tqdm=True, max_length=512,
                         use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available(),
-                        deepspeed=cfg.cycle.deepspeed or None, center_rewards_coefficient=0.01)
+                        deepspeed=cfg.cycle.deepspeed or None, ddp_find_unused_parameters=False,
+                        center_rewards_coefficient=0.01)
     peft_config = lora_config(cfg.lora, "SEQ_CLS") if cfg.lora.enabled else None
     # trl's DataCollatorForPreference right-pads by itself; the tokenizer's padding side stays as loaded.
     trainer = RewardTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
@@ -105,9 +107,13 @@ def train_reward(cfg: Any, init_model: str | Path, tokenizer, pairs: list[dict[s
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     target = out_dir / "model"
-    model.save_pretrained(target)
     curve = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    acc = pairwise_accuracy(model, tokenizer, eval_pairs or [], batch_size=r.per_device_batch_size * 4)
+    acc = float("nan")
+    # Data-parallel runs (loops/workers.py): every rank holds the same merged weights; the main process alone
+    # writes them and measures the held-out accuracy (the other ranks would only repeat it).
+    if trainer.is_world_process_zero():
+        model.save_pretrained(target)
+        acc = pairwise_accuracy(model, tokenizer, eval_pairs or [], batch_size=r.per_device_batch_size * 4)
     log.info("reward: %d pairs, loss %.3f -> %.3f, held-out pairwise accuracy %.3f", len(pairs),
              curve[0] if curve else float("nan"), curve[-1] if curve else float("nan"), acc)
     return RewardResult(model_dir=target, loss_curve=curve, train_pairs=len(pairs), accuracy=acc)

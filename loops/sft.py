@@ -24,7 +24,8 @@ def _common_args(cfg: Any, out_dir: Path, *, epochs: float, lr: float, batch: in
                 per_device_train_batch_size=batch, gradient_accumulation_steps=accum, logging_steps=1,
                 save_strategy="no", report_to=[], seed=cfg.run.seed, disable_tqdm=True,
                 use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available(),
-                deepspeed=cfg.cycle.deepspeed or None, lr_scheduler_type="constant_with_warmup", warmup_steps=0)
+                deepspeed=cfg.cycle.deepspeed or None, ddp_find_unused_parameters=False,
+                lr_scheduler_type="constant_with_warmup", warmup_steps=0)
 
 
 def train_sft(cfg: Any, base_model: str | Path, tokenizer, examples: list[dict[str, str]], out_dir: Path, *,
@@ -34,6 +35,7 @@ def train_sft(cfg: Any, base_model: str | Path, tokenizer, examples: list[dict[s
 
     ``full_weights`` trains every weight and saves a full model to ``out_dir/model`` -- used only to pretrain the
     embedded backbone on the round-0 corpus (a stand-in for the pretraining a hub checkpoint already has).
+    Under ``accelerate launch`` (loops/workers.py) it trains data-parallel and only the main process saves.
     """
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -53,9 +55,11 @@ def train_sft(cfg: Any, base_model: str | Path, tokenizer, examples: list[dict[s
     trainer.train()
     curve = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     target = out_dir / ("model" if full_weights else "adapter")
-    trainer.model.save_pretrained(target)
-    if full_weights:
-        tokenizer.save_pretrained(target)
+    # Data-parallel runs (loops/workers.py): every rank holds the same weights (DDP, ZeRO-2); one writes them.
+    if trainer.is_world_process_zero():
+        trainer.model.save_pretrained(target)
+        if full_weights:
+            tokenizer.save_pretrained(target)
     log.info("sft: %d examples, loss %.3f -> %.3f", len(examples), curve[0] if curve else float("nan"),
              curve[-1] if curve else float("nan"))
     return SftResult(adapter_dir=target, loss_curve=curve, train_examples=len(examples))

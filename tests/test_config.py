@@ -93,3 +93,13 @@ def test_deepspeed_zero2_has_paper_settings():
     assert (ds["fp16"]["initial_scale_power"], ds["fp16"]["loss_scale_window"], ds["fp16"]["min_loss_scale"]) == (
         16, 1000, 1)
     assert ds["bf16"]["enabled"] == "auto"
+
+
+def test_cycle_under_a_launcher_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
+    from coea.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "8")  # `accelerate launch ... coea cycle`: eight orchestrators
+    code = main(["cycle", "--config", str(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"), "--workdir", str(tmp_path / "w")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "WORLD_SIZE=8" in err and "cycle.num_processes" in err
+    assert not (tmp_path / "w").exists()  # refused before touching the workdir
