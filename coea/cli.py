@@ -160,6 +160,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_wheelhouse(args: argparse.Namespace) -> int:
+    from coea.wheelhouse import build_wheelhouse
+
+    extras = [e.strip() for e in (args.extras or "").split(",") if e.strip()]
+    result = build_wheelhouse(Path(args.out), python=args.python, platform=args.platform,
+                              torch_index=args.torch_index, extras=extras, dry_run=args.dry_run)
+    emit("\n".join(result.report()))
+    return 0
+
+
 def _summary(result) -> dict:
     import dataclasses
 
@@ -228,6 +238,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(fn=cmd_evaluate)
+
+    from coea.wheelhouse import DEFAULT_PLATFORM, DEFAULT_PYTHON, DEFAULT_TORCH_INDEX
+
+    p = sub.add_parser("wheelhouse", help="download every wheel coea needs into DIR for an air-gapped GPU host",
+                       description="Download, with pip, the wheels of coea's dependencies for the target Python "
+                                   "and platform (deepspeed as an sdist: it publishes no wheel), torch from the "
+                                   "CUDA index and coea's own wheel into DIR; write DIR/requirements.txt and "
+                                   "DIR/MANIFEST.json. Install on the host with: pip install --no-index "
+                                   "--find-links DIR -r DIR/requirements.txt (docs/gpu.md).")
+    p.add_argument("--out", required=True, metavar="DIR", help="wheelhouse folder (created; a rerun resumes)")
+    p.add_argument("--python", default=DEFAULT_PYTHON, help=f"the host's Python MAJOR.MINOR (default {DEFAULT_PYTHON})")
+    p.add_argument("--platform", default=DEFAULT_PLATFORM,
+                   help=f"the host's platform tag (default {DEFAULT_PLATFORM}; legacy tags such as "
+                        "manylinux2014_x86_64 work too); wheels for older glibc tags are accepted")
+    p.add_argument("--torch-index", default=DEFAULT_TORCH_INDEX, metavar="URL",
+                   help=f"index serving torch for the host's CUDA (default {DEFAULT_TORCH_INDEX})")
+    p.add_argument("--extras", default="", metavar="A,B", help="coea extras to include, e.g. deepspeed,spark")
+    p.add_argument("--dry-run", action="store_true", help="print the pip command lines without running them")
+    p.set_defaults(fn=cmd_wheelhouse)
     return parser
 
 
