@@ -3,6 +3,8 @@
     python benchmarks/gpu.py                                  # Qwen2.5-0.5B- and 7B-shaped, CUDA, bf16
     python benchmarks/gpu.py --shapes qwen2.5-0.5b --steps 8  # one shape, shorter
     python benchmarks/gpu.py --smoke                          # tiny shapes on CPU: exercises every code path
+    python benchmarks/gpu.py --device cpu --dtype float32 --shapes small --steps 4 --warmup 1 --keys 32 \
+        --out benchmarks/results/gpu_bench_cpu.jsonl          # indicative CPU ratios (not the GPU targets)
 
 Prints one JSON line per measurement and appends them to ``--out`` (default on CUDA:
 benchmarks/results/gpu_<gpu-name>.jsonl). Models are random-init Qwen2.5-shaped (weights do not change
@@ -60,6 +62,9 @@ SHAPES = {  # Qwen2.5 configs (hidden, MLP, layers, heads, kv heads, vocab, tied
                          num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
     "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
                        num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+    # not Qwen2.5: a body heavy enough for indicative CPU ratios in minutes, and the --smoke shape
+    "small": dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=8, num_attention_heads=8,
+                  num_key_value_heads=2, vocab_size=32000, tie_word_embeddings=False),
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=1024, tie_word_embeddings=False),
 }
