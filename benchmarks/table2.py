@@ -2,6 +2,9 @@
 
     python benchmarks/table2.py                      # train what is missing, evaluate, print the table
     python benchmarks/table2.py --seeds 0 --variants coea --rounds 1     # a quicker, partial table
+    python benchmarks/table2.py --seeds 1 --train-only --set run.num_threads=1 &   # train shards in parallel,
+    python benchmarks/table2.py --seeds 2 --train-only --set run.num_threads=1 &   # one thread each,
+    wait; python benchmarks/table2.py --evaluate-only                              # then evaluate once
 
 Layout: ``--root`` (default workdirs/table2-ml100k) holds one workdir per seed and variant,
 ``seed<S>/<variant>/``, trained with ``coea cycle`` (bootstrap + rounds) in a fresh process each, with the
@@ -99,6 +102,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="co-evolution rounds after the bootstrap")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra overrides, every run")
     ap.add_argument("--evaluate-only", action="store_true", help="train nothing; evaluate what exists")
+    ap.add_argument("--train-only", action="store_true",
+                    help="train what is missing and stop (run shards of --seeds / --variants in parallel processes, "
+                         "then one --evaluate-only)")
     ap.add_argument("--out", default="benchmarks/results/table2_ml100k")
     args = ap.parse_args()
 
@@ -125,6 +131,9 @@ def main() -> None:
                 log(f"seed {seed} {v}: training")
                 train(args.config, wd, [*args.overrides, f"run.seed={seed}", f"cycle.replay_days={days}",
                                         *VARIANTS[v]], args.rounds, log)
+    if args.train_only:
+        log(f"trained in {time.perf_counter() - t0:.0f}s; evaluate with --evaluate-only")
+        return
     log("evaluating")
     out = REPO / args.out
     summary = run_evaluate(cfg, root, out)
