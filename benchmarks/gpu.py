@@ -203,23 +203,8 @@ def make_trainer(method: str, shape: str, tokenizer, data, args, device, dtype, 
     fast = method == "dpo_kl_fast"
     cfg = _training_args(DPOKLConfig, out, args, device, alpha=alpha, shared_prompt=fast, precompute_reference=fast)
     ref = _reference(shape, tokenizer, device, dtype)
-    timing = {"s": 0.0}
-    original = DPOKLTrainer.precompute_reference
-
-    def timed_precompute(self, dataset):
-        sync(device)
-        t0 = time.perf_counter()
-        result = original(self, dataset)
-        sync(device)
-        timing["s"] += time.perf_counter() - t0
-        return result
-
-    DPOKLTrainer.precompute_reference = timed_precompute
-    try:
-        trainer = DPOKLTrainer(policy, ref, cfg, train_dataset=data, processing_class=tokenizer)
-    finally:
-        DPOKLTrainer.precompute_reference = original
-    return trainer, timing["s"]
+    trainer = DPOKLTrainer(policy, ref, cfg, train_dataset=data, processing_class=tokenizer)
+    return trainer, trainer.reference_precompute_s
 
 
 def dpo_rows(shape: str, tokenizer, args, device, dtype, out: Path | None) -> list[dict]:

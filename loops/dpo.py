@@ -30,6 +30,7 @@ import contextlib
 import logging
 import math
 import statistics
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -365,11 +366,16 @@ class DPOKLTrainer(DPOTrainer):
             log.warning("shared_prompt: needs sdpa or eager attention (a block-causal mask), not %s; "
                         "running the two-row forward", self.attn_implementation)
         self.reference_cache: ReferenceCache | None = None
+        self.reference_precompute_s = 0.0  # wall time of the once-per-round reference pass (synchronised on CUDA)
         if args.precompute_reference:
             self._check_shared_lm_head()
+            t0 = time.perf_counter()
             cache = self.precompute_reference(self.train_dataset)
             if isinstance(self.eval_dataset, Dataset):
                 cache.merge(self.precompute_reference(self.eval_dataset))
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.reference_precompute_s = time.perf_counter() - t0
             self.reference_cache = cache
             self.ref_model = None  # its work is done: free its weights for the training steps
             if torch.cuda.is_available():
@@ -469,9 +475,11 @@ class DPOKLTrainer(DPOTrainer):
         """
         from torch.utils.data import DataLoader
 
+        from loops.launch import shard_bounds
+
         state = self.accelerator.state
         rank, world = state.process_index, state.num_processes
-        share = dataset.select(range(rank * len(dataset) // world, (rank + 1) * len(dataset) // world))
+        share = dataset.select(range(*shard_bounds(len(dataset), world, rank)))
         batch_size = self.args.precompute_ref_batch_size or self.args.per_device_train_batch_size
         loader = DataLoader(share, batch_size=batch_size, collate_fn=self.data_collator, shuffle=False)
         cache = ReferenceCache()
@@ -734,7 +742,8 @@ def run_dpo(
             "policy_start": str(previous_adapter) if previous_adapter else None,
             "reference": str(anchor_adapter or previous_adapter or base_model),
             "fast_path": {"shared_prompt": trainer.use_packing,
-                          "precomputed_reference_pairs": len(trainer.reference_cache or ())},
+                          "precomputed_reference_pairs": len(trainer.reference_cache or ()),
+                          "reference_precompute_s": round(trainer.reference_precompute_s, 3)},
         })
     _finite_or_raise(metrics)
     return DpoResult(adapter_dir, metrics, alerts, versions)

@@ -130,7 +130,7 @@ def block_causal_mask(segment: torch.Tensor) -> torch.Tensor:
 
 
 def additive_mask(attention: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, S, S) bool -> (B, 1, S, S) additive mask (0 where allowed, dtype min elsewhere): eager and sdpa take it."""
+    """(B, S, S) bool -> (B, 1, S, S) additive mask (0 where allowed, dtype min elsewhere), for eager attention."""
     return torch.zeros(attention.shape, dtype=dtype, device=attention.device).masked_fill(
         ~attention, torch.finfo(dtype).min)[:, None]
 
@@ -142,8 +142,8 @@ def pair_keys(inputs: dict[str, torch.Tensor]) -> list[bytes]:
     """
     input_ids = inputs["input_ids"].cpu()
     n_pairs = input_ids.size(0) // 2
-    prompt_len, comp_len = (t.tolist() for t in _spans({k: v.cpu() for k, v in inputs.items()
-                                                          if k in ("attention_mask", "completion_mask")}))
+    masks = {k: inputs[k].cpu() for k in ("attention_mask", "completion_mask")}
+    prompt_len, comp_len = (t.tolist() for t in _spans(masks))
     keys = []
     for b in range(n_pairs):
         p = prompt_len[b]

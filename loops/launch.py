@@ -151,7 +151,7 @@ def _release_cached_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _worker_env(num_processes: int = 2) -> dict[str, str]:
+def _worker_env(num_processes: int) -> dict[str, str]:
     # The workers must import this checkout's loops/ and coea/, whatever the current directory (which they keep:
     # relative config paths such as cycle.deepspeed resolve as they do for the orchestrator).
     env = dict(os.environ)
