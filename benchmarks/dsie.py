@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from coea.config import load_config  # noqa: E402
 from coea.data.sequences import build_sequences  # noqa: E402
 from coea.groups import category_counts  # noqa: E402
-from loops.cycle import cutoff, load_data, run_dsie_stage  # noqa: E402
+from coea.rounds import cutoff, load_data  # noqa: E402
+from loops.cycle import run_dsie_stage  # noqa: E402
 
 
 def purity_nmi(truth: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -133,7 +133,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from loops.state import read_state
+    from coea.rounds import read_state
 
     emit(json.dumps(read_state(Path(args.workdir)), indent=2))
     return 0

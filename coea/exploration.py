@@ -110,7 +110,7 @@ def load_novelty(cfg, workdir: Path, k: int, device: str) -> Novelty:
     from peft import PeftModel
 
     from coea.backbones import load_causal_lm, load_tokenizer
-    from loops.cycle import base_model_path, novelty_adapter, tokenizer_path
+    from coea.rounds import base_model_path, novelty_adapter, tokenizer_path
 
     tok = load_tokenizer(tokenizer_path(workdir), cfg)
     base = load_causal_lm(base_model_path(cfg, workdir), cfg, pad_token_id=tok.pad_token_id)
@@ -153,7 +153,7 @@ class CoeaLists:
 
 
 def promoted_round(workdir: Path) -> int | None:
-    from loops.state import read_state
+    from coea.rounds import read_state
 
     if not (Path(workdir) / "state.json").exists():
         return None
@@ -163,7 +163,7 @@ def promoted_round(workdir: Path) -> int | None:
 def user_keys_at(workdir: Path, k: int, seqs) -> dict[str, tuple[str, tuple[str, ...]]]:
     """(CSID, canonical C'_short) of every user of ``seqs``, CSIDs from the newest DSIE at or before round k."""
     from coea.dsie import assign_csids, load_dsie
-    from loops.cycle import latest_dsie_dir
+    from coea.rounds import latest_dsie_dir
     from storage.keys import DEFAULT_CSID
 
     csids = assign_csids(load_dsie(latest_dsie_dir(workdir, k)), seqs)
@@ -182,7 +182,8 @@ def coea_unexplored(cfg, workdir: Path, seqs, users: Sequence[str], hist: Sequen
     import pandas as pd
 
     from coea.dsie import load_dsie
-    from loops.cycle import Key, latest_dsie_dir, load_models, propose_and_score
+    from coea.inference import Key, load_models, propose_and_score
+    from coea.rounds import latest_dsie_dir
     from storage.kv import KVReader
 
     k = promoted_round(workdir)
@@ -222,7 +223,7 @@ def round0_unexplored(cfg, workdir: Path, seqs, users: Sequence[str], hist: Sequ
     """Round-0 Novelty LLM, no Relevance LLM: ``portrait=False`` is Google-v1, ``True`` is CoEA w/o R-LLM."""
     from coea.dsie import load_dsie
     from coea.prompts import novelty_infer_prompt
-    from loops.cycle import latest_dsie_dir
+    from coea.rounds import latest_dsie_dir
     from storage.keys import DEFAULT_CSID
 
     novelty = load_novelty(cfg, workdir, 0, device)

@@ -9,7 +9,7 @@
     report.json SFT loss curve, Novelty hit@5 vs "most popular category not in C'_short", Relevance held-out
                 pairwise accuracy, keys vs users, wall times
 
-Each stage is restartable (docs/cycle.md). Validation users (loops.cycle.is_validation_user) are held out. With
+Each stage is restartable (docs/cycle.md). Validation users (coea.rounds.is_validation_user) are held out. With
 ``cycle.num_processes > 1`` (or ``cycle.deepspeed`` set) the pretraining, SFT and reward training run as launched
 workers (loops/workers.py); this process keeps the stages.
 """
@@ -67,7 +67,7 @@ def _cap(rows: list, n: int, seed: int) -> list:
 def run_bootstrap(cfg: Config, workdir: Path) -> BootstrapResult:
     from coea.data.sequences import build_sequences, click_categories_by_user, exposures_by_user
     from coea.dsie import load_dsie, run_dsie
-    from loops.cycle import cutoff, is_validation_user, load_data, write_data_stage
+    from coea.rounds import cutoff, is_validation_user, load_data, write_data_stage
 
     workdir = Path(workdir)
     setup_run(cfg)
@@ -112,7 +112,7 @@ def run_bootstrap(cfg: Config, workdir: Path) -> BootstrapResult:
             write_manifest(tmp, cfg)
     times["backbone_s"] = round(time.perf_counter() - t, 2)
     from coea.backbones import load_tokenizer
-    from loops.cycle import base_model_path, tokenizer_path
+    from coea.rounds import base_model_path, tokenizer_path
 
     tok = load_tokenizer(tokenizer_path(workdir), cfg)
     base = base_model_path(cfg, workdir)
@@ -232,7 +232,7 @@ def _report(cfg: Config, workdir: Path, inter, seqs, csid_of: dict[str, str], po
     """Novelty hit@5 vs popularity on validation users' next novel click; Relevance accuracy; keys vs users."""
     from coea.candidates import rank_categories
     from coea.prompts import completion_text, novelty_infer_prompt
-    from loops.cycle import load_models
+    from coea.inference import load_models
 
     rp = round_dir(workdir, 0)
     before = inter.events[(inter.events["timestamp"] < c0) & (inter.events["event"] == "click")]

@@ -20,7 +20,6 @@ stages and promotion.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -35,13 +34,15 @@ from coea.config import Config
 from coea.workdir import (
     fault_point, read_json, round_dir, setup_run, stage, stage_done, write_json, write_manifest,
 )
-from loops.state import last_finished_round, promote_link, read_state, record_round, workdir_lock
+from coea.inference import Key, Models, load_models, propose_and_score, user_keys
+from coea.rounds import (
+    base_model_path, cutoff, is_validation_user, latest_dsie_dir, load_data, novelty_adapter, relevance_model_dir,
+    timeline, tokenizer_path, write_data_stage,
+)
 from loops.launch import scores_in_workers, trains_in_workers
+from loops.state import last_finished_round, promote_link, read_state, record_round, workdir_lock
 
 log = logging.getLogger("coea.cycle")
-
-DAY = 86_400
-VALIDATION_SHARE = 0.1
 
 
 @dataclass
@@ -51,58 +52,6 @@ class CycleResult:
     reason: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
-
-
-# ------------------------------------------------------------------------------------------------ replay windows
-
-
-def timeline(inter) -> tuple[int, int]:
-    ts = inter.events["timestamp"]
-    return int(ts.min()), int(ts.max()) + 1
-
-
-def cutoff(cfg: Config, inter, k: int) -> int:
-    """Events with timestamp < cutoff(k) are known at the end of round k (round 0 = the bootstrap share)."""
-    start, end = timeline(inter)
-    c0 = start + int(cfg.data.bootstrap_fraction * (end - start))
-    return min(end, c0 + int(round(k * cfg.cycle.replay_days * DAY)))
-
-
-def is_validation_user(user_id: str) -> bool:
-    """Stable 10% of users held out from every training signal of the cycle."""
-    h = int.from_bytes(hashlib.blake2b(str(user_id).encode(), digest_size=4).digest(), "big")
-    return h / 2**32 < VALIDATION_SHARE
-
-
-# -------------------------------------------------------------------------------------------------- data + DSIE
-
-
-def load_data(cfg: Config):
-    """Load and clean the configured data set (rejects are counted, never fatal)."""
-    from coea.data.loaders import load_interactions
-
-    return load_interactions(cfg.data, cfg.synthetic, cfg.run.seed)
-
-
-def write_data_stage(cfg: Config, round_path: Path, inter, *, start: int | None, end: int) -> dict[str, Any]:
-    """``rounds/NNN/data``: the round's window and the rejects file (every rejected row with its reason)."""
-    from coea.data.loaders import write_rejects
-
-    if stage_done(round_path, "data"):
-        return read_json(round_path / "data" / "window.json")
-    with stage(round_path, "data") as tmp:
-        counts = write_rejects(inter.rejects, tmp / "rejects.jsonl")
-        ev = inter.events
-        in_window = (ev["timestamp"] < end) & ((ev["timestamp"] >= start) if start is not None else True)
-        window = {"start": start, "end": end, "events": int(in_window.sum()),
-                  "clicks": int((in_window & (ev["event"] == "click")).sum()),
-                  "users": int(ev.loc[in_window, "user_id"].nunique()), "rejects": counts}
-        write_json(tmp / "window.json", window)
-        write_manifest(tmp, cfg)
-    if inter.rejects.total:
-        log.warning("data: %d input rows rejected (%s); see %s", inter.rejects.total, inter.rejects.counts,
-                    round_path / "data" / "rejects.jsonl")
-    return window
 
 
 def run_dsie_stage(cfg: Config, workdir: Path) -> dict[str, Any]:
@@ -127,103 +76,7 @@ def run_dsie_stage(cfg: Config, workdir: Path) -> dict[str, Any]:
     return report
 
 
-# ------------------------------------------------------------------------------------------------ model artifacts
-
-
-def base_model_path(cfg: Config, workdir: Path) -> str:
-    """The Novelty base model: the embedded model saved in round 0, or the configured HF path / id."""
-    saved = round_dir(workdir, 0) / "backbone" / "model"
-    return str(saved) if cfg.backbone.name == "embedded" else cfg.backbone.name
-
-
-def tokenizer_path(workdir: Path) -> Path:
-    return round_dir(workdir, 0) / "backbone" / "tokenizer"
-
-
-def novelty_adapter(workdir: Path, k: int) -> Path:
-    return round_dir(workdir, 0) / "novelty" / "adapter" if k == 0 else round_dir(workdir, k) / "pco" / "adapter"
-
-
-def relevance_model_dir(workdir: Path, k: int) -> Path:
-    return round_dir(workdir, k) / "relevance" / "model"
-
-
-def latest_dsie_dir(workdir: Path, k: int) -> Path:
-    """The newest ``dsie`` stage at or before round k."""
-    for j in range(k, -1, -1):
-        if stage_done(round_dir(workdir, j), "dsie"):
-            return round_dir(workdir, j) / "dsie"
-    raise FileNotFoundError(f"no DSIE stage at or before round {k} in {workdir}")
-
-
-@dataclass
-class Models:
-    """The Novelty LLM (base + adapter) and the Relevance LLM of one round, loaded for inference."""
-
-    novelty: Any
-    relevance: Any
-    tokenizer: Any
-
-
-def load_models(cfg: Config, workdir: Path, novelty_round: int, relevance_round: int, device: str) -> Models:
-    from peft import PeftModel
-
-    from coea.backbones import load_causal_lm, load_reward_model, load_tokenizer
-
-    tok = load_tokenizer(tokenizer_path(workdir), cfg)
-    base = load_causal_lm(base_model_path(cfg, workdir), cfg, pad_token_id=tok.pad_token_id)
-    novelty = PeftModel.from_pretrained(base, str(novelty_adapter(workdir, novelty_round))).to(device).eval()
-    relevance = load_reward_model(relevance_model_dir(workdir, relevance_round), cfg,
-                                  pad_token_id=tok.pad_token_id).to(device).eval()
-    return Models(novelty=novelty, relevance=relevance, tokenizer=tok)
-
-
 # ---------------------------------------------------------------------------------------------- candidates + KV
-
-
-@dataclass
-class Key:
-    csid: str
-    recent: tuple[str, ...]  # canonical C'_short
-
-
-def user_keys(seqs, csids: dict[str, str]) -> dict[str, Key]:
-    from storage.keys import DEFAULT_CSID
-
-    return {u: Key(csids.get(u, DEFAULT_CSID), tuple(c)) for u, c in zip(seqs.user_ids, seqs.c_short)}
-
-
-def propose_and_score(cfg: Config, models: Models, keys: list[Key], portraits: dict[str, str],
-                      categories: list[str]) -> list[dict[str, Any]]:
-    """Novelty candidates for every key, Relevance scores for each, C_align = scores > tau_align (ordered)."""
-    from coea.candidates import propose
-    from coea.prompts import novelty_infer_prompt, relevance_prompt
-    from coea.relevance import score
-    from storage.keys import DEFAULT_CSID
-
-    def portrait(csid: str) -> str:
-        return portraits.get(csid) or portraits.get(DEFAULT_CSID, "")
-
-    prompts = [novelty_infer_prompt(cfg.prompts, portrait(k.csid), k.recent) for k in keys]
-    result = propose(models.novelty, models.tokenizer, prompts, categories, recent=[set(k.recent) for k in keys],
-                     config=cfg.novelty, seed=cfg.run.seed)
-    candidates = result.candidates
-    if result.dropped:
-        log.warning("candidates: %d constrained outputs dropped (no allowed token; failing closed)", result.dropped)
-    flat = [(i, c) for i, cands in enumerate(candidates) for c in cands]
-    rel_prompts = [relevance_prompt(cfg.prompts, portrait(keys[i].csid), keys[i].recent, c) for i, c in flat]
-    scores = score(models.relevance, models.tokenizer, rel_prompts, batch_size=cfg.novelty.inference_batch_size) \
-        if flat else np.zeros(0)
-    rows = [{"csid": k.csid, "recent": list(k.recent), "candidates": list(c), "scores": []} for k, c in
-            zip(keys, candidates)]
-    for (i, _), s in zip(flat, scores):
-        rows[i]["scores"].append(float(s))
-    tau = cfg.relevance.tau_align
-    for row in rows:
-        kept = sorted(((c, s) for c, s in zip(row["candidates"], row["scores"]) if s > tau), key=lambda t: -t[1])
-        row["aligned"] = [c for c, _ in kept]
-        row["aligned_scores"] = [s for _, s in kept]
-    return rows
 
 
 def stage_candidates(cfg: Config, workdir: Path, k: int, base: int, keys: list[Key], portraits: dict[str, str],

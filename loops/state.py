@@ -23,21 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from coea.errors import LockHeldError
-from coea.workdir import read_json, round_dir, write_json
+from coea.rounds import STATE_FILE, read_state, write_state  # noqa: F401  (re-exported for the loops)
+from coea.workdir import round_dir
 
-STATE_FILE = "state.json"
-
-
-def read_state(workdir: Path) -> dict[str, Any]:
-    path = Path(workdir) / STATE_FILE
-    if not path.exists():
-        return {"promoted_round": None, "config_fingerprint": None, "rounds": []}
-    return read_json(path)
-
-
-def write_state(workdir: Path, state: dict[str, Any]) -> None:
-    Path(workdir).mkdir(parents=True, exist_ok=True)
-    write_json(Path(workdir) / STATE_FILE, state)
 
 
 def record_round(workdir: Path, k: int, status: str, *, reason: str = "", metrics: dict | None = None,

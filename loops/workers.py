@@ -93,7 +93,7 @@ def _launch(cfg: Config, task: str, spec: dict[str, Any], stage_dir: Path) -> di
 
 def launch_candidates(cfg: Config, workdir: Path, novelty_round: int, relevance_round: int, keys: list,
                       portraits: dict[str, str], categories: list[str], stage_dir: Path) -> list[dict[str, Any]]:
-    """:func:`loops.cycle.propose_and_score` over ``keys`` on ``cycle.num_processes`` workers; same rows, same order.
+    """:func:`coea.inference.propose_and_score` over ``keys`` on ``cycle.num_processes`` workers; same rows, same order.
 
     Score mode (the default) is deterministic: candidates and C_align equal the in-process ones, and scores agree to
     float32 rounding (~1e-7; scoring batches texts by length over its own input, so a shard's batches differ from the
@@ -171,7 +171,7 @@ def launch_dpo(cfg: Config, base_model: str | Path, previous_adapter: Path | Non
 def _candidates(cfg: Config, spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from loops.cycle import Key, load_models, propose_and_score
+    from coea.inference import Key, load_models, propose_and_score
 
     w = world()
     keys = [Key(r["csid"], tuple(r["recent"])) for r in read_rows(Path(spec["keys"]))]

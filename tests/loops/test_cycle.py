@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from coea.errors import LockHeldError
-from loops.cycle import cutoff, guardrail, is_validation_user, lookup, rollback, run_cycle, sample_users
+from coea.rounds import cutoff, is_validation_user
+from loops.cycle import guardrail, lookup, rollback, run_cycle, sample_users
 from loops.state import read_state, workdir_lock
 
 REPO = Path(__file__).resolve().parents[2]

@@ -20,7 +20,8 @@ import torch
 from safetensors.torch import load_file
 
 from coea.workdir import round_dir, write_json
-from loops.cycle import Key, load_models, propose_and_score, stage_candidates
+from coea.inference import Key, load_models, propose_and_score
+from loops.cycle import stage_candidates
 from loops.launch import World, launch_command, run_worker, shard_bounds, world
 from loops.workers import _check_world, launch_candidates, launch_dpo, merge_shards, read_rows, write_rows
 

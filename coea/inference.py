@@ -1,0 +1,88 @@
+"""A round's models loaded for inference, and the key table they produce (candidates, scores, C_align).
+
+Used by the cycle's candidates stage and its workers, by validation and by offline evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coea.config import Config
+from coea.rounds import base_model_path, novelty_adapter, relevance_model_dir, tokenizer_path
+
+log = logging.getLogger("coea.inference")
+
+
+@dataclass
+class Models:
+    """The Novelty LLM (base + adapter) and the Relevance LLM of one round, loaded for inference."""
+
+    novelty: Any
+    relevance: Any
+    tokenizer: Any
+
+
+def load_models(cfg: Config, workdir: Path, novelty_round: int, relevance_round: int, device: str) -> Models:
+    from peft import PeftModel
+
+    from coea.backbones import load_causal_lm, load_reward_model, load_tokenizer
+
+    tok = load_tokenizer(tokenizer_path(workdir), cfg)
+    base = load_causal_lm(base_model_path(cfg, workdir), cfg, pad_token_id=tok.pad_token_id)
+    novelty = PeftModel.from_pretrained(base, str(novelty_adapter(workdir, novelty_round))).to(device).eval()
+    relevance = load_reward_model(relevance_model_dir(workdir, relevance_round), cfg,
+                                  pad_token_id=tok.pad_token_id).to(device).eval()
+    return Models(novelty=novelty, relevance=relevance, tokenizer=tok)
+
+
+# ------------------------------------------------------------------------------------------------------ keys
+
+
+@dataclass
+class Key:
+    csid: str
+    recent: tuple[str, ...]  # canonical C'_short
+
+
+def user_keys(seqs, csids: dict[str, str]) -> dict[str, Key]:
+    from storage.keys import DEFAULT_CSID
+
+    return {u: Key(csids.get(u, DEFAULT_CSID), tuple(c)) for u, c in zip(seqs.user_ids, seqs.c_short)}
+
+
+def propose_and_score(cfg: Config, models: Models, keys: list[Key], portraits: dict[str, str],
+                      categories: list[str]) -> list[dict[str, Any]]:
+    """Novelty candidates for every key, Relevance scores for each, C_align = scores > tau_align (ordered)."""
+    from coea.candidates import propose
+    from coea.prompts import novelty_infer_prompt, relevance_prompt
+    from coea.relevance import score
+    from storage.keys import DEFAULT_CSID
+
+    def portrait(csid: str) -> str:
+        return portraits.get(csid) or portraits.get(DEFAULT_CSID, "")
+
+    prompts = [novelty_infer_prompt(cfg.prompts, portrait(k.csid), k.recent) for k in keys]
+    result = propose(models.novelty, models.tokenizer, prompts, categories, recent=[set(k.recent) for k in keys],
+                     config=cfg.novelty, seed=cfg.run.seed)
+    candidates = result.candidates
+    if result.dropped:
+        log.warning("candidates: %d constrained outputs dropped (no allowed token; failing closed)", result.dropped)
+    flat = [(i, c) for i, cands in enumerate(candidates) for c in cands]
+    rel_prompts = [relevance_prompt(cfg.prompts, portrait(keys[i].csid), keys[i].recent, c) for i, c in flat]
+    scores = score(models.relevance, models.tokenizer, rel_prompts, batch_size=cfg.novelty.inference_batch_size) \
+        if flat else np.zeros(0)
+    rows = [{"csid": k.csid, "recent": list(k.recent), "candidates": list(c), "scores": []} for k, c in
+            zip(keys, candidates)]
+    for (i, _), s in zip(flat, scores):
+        rows[i]["scores"].append(float(s))
+    tau = cfg.relevance.tau_align
+    for row in rows:
+        kept = sorted(((c, s) for c, s in zip(row["candidates"], row["scores"]) if s > tau), key=lambda t: -t[1])
+        row["aligned"] = [c for c, _ in kept]
+        row["aligned_scores"] = [s for _, s in kept]
+    return rows
