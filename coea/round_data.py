@@ -113,11 +113,12 @@ def load_round(cfg: Config, workdir: Path, k: int, *, until: int | None = None) 
     seqs_prev = prev_state.to_sequences(vocab, users, batch.start) if k > 0 else None
     history = prev_state.history(vocab) if k > 0 else {}
     before = dict(prev_state.category_clicks)
+    first_time = set(events["user_id"].astype(str).unique()) - prev_state.users  # first consumed event this round
     state = prev_state
     state.apply(events, vocab, batch.end)
     seqs = state.to_sequences(vocab, users, batch.end)
 
-    window = _window(cfg, k, mode, batch, events, seqs, seqs_prev, update)
+    window = _window(cfg, k, mode, batch, events, len(first_time), update)
     if mode == "live" and k > 0 and window["events"] == 0:
         # An empty window (e.g. a day without events) trains nothing; late rows and rejects wait for the next
         # round with events, which reads the same files (nothing is marked consumed here).
@@ -454,13 +455,12 @@ def _assemble(rows: pd.DataFrame, like: Sequences, vocab: Vocabulary) -> Sequenc
 # -------------------------------------------------------------------------------------------------- reports
 
 
-def _window(cfg: Config, k: int, mode: str, batch: _Batch, events: pd.DataFrame, seqs: Sequences,
-            seqs_prev: Sequences | None, update) -> dict[str, Any]:
+def _window(cfg: Config, k: int, mode: str, batch: _Batch, events: pd.DataFrame, new_users: int,
+            update) -> dict[str, Any]:
     ts = events["timestamp"]
     start = batch.start
     late = (ts < start) if start is not None else pd.Series(False, index=events.index)
     in_window = ~late
-    prev_users = set(seqs_prev.user_ids) if seqs_prev is not None else set()
     window = {
         "round": k, "clock": mode, "engine": cfg.data.engine,
         "start": start, "end": batch.end, "start_utc": utc(start), "end_utc": utc(batch.end),
@@ -473,7 +473,7 @@ def _window(cfg: Config, k: int, mode: str, batch: _Batch, events: pd.DataFrame,
         "late": int(late.sum()), "late_clicks": int((late & (events["event"] == "click")).sum()),
         "late_oldest_utc": utc(int(ts[late].min())) if late.any() else None,
         "late_unconsumed": batch.late_unconsumed,
-        "new_users": len(set(seqs.user_ids) - prev_users) if seqs_prev is not None else len(seqs.user_ids),
+        "new_users": new_users,  # users whose first consumed event is in this round
         "vocab": update.summary(), "unreadable_files": batch.unreadable, "ignored_paths": batch.ignored,
     }
     if mode == "replay":  # one static data set: no files, every row belongs to its time span
