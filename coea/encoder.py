@@ -254,7 +254,7 @@ def grow_item_embeddings(model: UserEncoder, item_categories: list[str]) -> int:
 
     ``item_categories`` is the (V,) category of every vocabulary item, trained ones first (the vocabulary is
     append-only, coea/data/vocab.py). A new item's row is the mean of the trained rows of its category, or of
-    every trained row when the category is new (docs/dsie.md, "New items"): a deterministic function of the
+    every trained row when the category is new (docs/data.md, "Vocabularies"): a deterministic function of the
     trained encoder and the item's fixed category, so a DSIE that is not refreshed encodes the same history the
     same way every round. The logits of next-item prediction are tied to this table, which growth does not
     train. Padding (row 0) stays zero.

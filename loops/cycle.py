@@ -291,7 +291,7 @@ def _run_round(cfg: Config, workdir: Path, k: int, base: int, data: RoundData, d
         run_dsie(cfg, rp, inter, seqs)
     dsie_dir = latest_dsie_dir(workdir, k)
     dsie = load_dsie(dsie_dir)
-    # A user keeps last round's CSID unless DSIE was refreshed or their I_long / features changed (docs/dsie.md).
+    # A user keeps last round's CSID unless DSIE was refreshed or their I_long / features changed (docs/data.md).
     csids_prev = previous_csids(workdir, k, dsie_dir)
     if csids_prev is None:
         csids_prev = assign_csids(dsie, seqs_prev)
