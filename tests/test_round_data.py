@@ -237,3 +237,27 @@ def test_replay_mode_records_its_clock(tiny_cfg, tmp_path):
     assert clock["mode"] == "replay" and clock["round0_cutoff"] == r0.end == r1.start
     assert r1.end - r1.start == int(tiny_cfg.cycle.replay_days * DAY)
     assert clock["windows"]["1"]["end_utc"] == r1.window["end_utc"]
+
+
+def test_changed_data_settings_rebuild_the_state_and_a_lost_data_stage_is_an_error(world, tmp_path):
+    import shutil
+
+    from coea.data.schema import DataError
+
+    log_dir, wd = tmp_path / "log", tmp_path / "wd"
+    write_interactions(world, log_dir, through=day(7))
+    load_round(_cfg(log_dir), wd, 0)
+    load_round(_cfg(log_dir), wd, 1)
+    write_day(log_dir, day(8), _day_events(world, 8))
+    stricter = _cfg(log_dir, "data.tau=3", "data.max_long_len=5")
+    r2 = load_round(stricter, wd, 2)  # round 1's state has tau 2: rebuilt from the consumed files
+    allev = pd.concat([pd.read_parquet(wd / "rounds" / f"{k:03d}" / "data" / "events.parquet") for k in range(3)])
+    full = Interactions(events=allev.sort_values(["timestamp", "user_id", "item_id"], kind="mergesort")
+                        .reset_index(drop=True), items=r2.vocab.items_frame(),
+                        users=_complete_users(r2.inter.users, allev["user_id"]), categories=r2.inter.categories)
+    ref = build_sequences(full, stricter.data, cutoff=r2.end, vocab=r2.vocab)
+    assert r2.seqs.long_items == ref.long_items and r2.seqs.short_categories == ref.short_categories
+    shutil.rmtree(wd / "rounds" / "002" / "data")
+    write_day(log_dir, day(9), _day_events(world, 9))
+    with pytest.raises(DataError, match="cannot continue"):
+        load_round(stricter, wd, 3)
