@@ -226,17 +226,17 @@ def _read_live(cfg: Config, workdir: Path, k: int, until: int | None, registry: 
             c0 = recorded_round0_cutoff(workdir, "live")
             start = _start_of(workdir, k, c0, cfg, None)
             mark = end = partition_watermark(listing, start, until)
-        done = set(registry["path"])
+        done = dict(zip(registry["path"], registry["size"].astype(int)))
         todo = [f for p in listing.partitions if p.complete and day_start(p.day) + DAY <= end for f in p.files
                 if f.path not in done]
-        changed = [f.path for p in listing.partitions for f in p.files
-                   if f.path in done and int(registry.loc[registry["path"] == f.path, "size"].iloc[0]) != f.size]
+        changed = [f.path for p in listing.partitions for f in p.files if f.path in done and done[f.path] != f.size]
         if changed:
             log.warning("data: %d consumed file(s) changed size since a round read them; they are not read "
                         "again (write late events as new files): %s", len(changed), ", ".join(changed[:3]))
         raw, sizes, bad = read_event_files(listing.events_dir, todo)
+        size_of = {f.path: f.size for f in todo}
         new = pd.DataFrame({"path": list(sizes), "round": k, "rows": list(sizes.values()),
-                            "size": [next(f.size for f in todo if f.path == p) for p in sizes]})
+                            "size": [size_of[p] for p in sizes]})
         batch = _Batch(status="ok", start=start, end=end, watermark=mark, raw=raw, items=items, users=users,
                        rejects=rejects, registry=pd.concat([registry, new], ignore_index=True), rows=len(raw),
                        files=len(sizes), unreadable=bad, ignored=list(listing.ignored))

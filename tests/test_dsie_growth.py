@@ -3,15 +3,14 @@ category's mean), a user's CSID stays put unless their history changed, a shifte
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from coea.config import load_config
 from coea.data.partitions import DAY, EPOCH, write_day, write_interactions, write_table
 from coea.data.synthetic import generate_world
 from coea.dsie import assign_csids, load_dsie, run_dsie
@@ -19,16 +18,13 @@ from coea.encoder import grow_item_embeddings
 from coea.round_data import load_round
 from coea.rounds import previous_csids, round_dir
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def grown(tmp_path_factory):
-    from conftest import TINY
-
+def grown(tmp_path_factory, tiny_cfg):
     root = tmp_path_factory.mktemp("growth")
-    cfg = load_config(REPO / "configs" / "demo.yaml", [*TINY, "data.source=parquet", f"data.path={root / 'log'}",
-                                                       "data.bootstrap_fraction=1.0"])
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg.data.source, cfg.data.path, cfg.data.bootstrap_fraction = "parquet", str(root / "log"), 1.0
     world = generate_world(cfg.synthetic, cfg.run.seed)
     write_interactions(world, root / "log", through=EPOCH + dt.timedelta(days=9))
     r0 = load_round(cfg, root / "wd", 0)

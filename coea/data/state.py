@@ -16,7 +16,7 @@ keeps exactly what that rebuild needs from the past, per user, and nothing else:
   ``category_clicks``: clicks per category over everything consumed (the long-tail popularity).
 
 Applying a round's events and then :meth:`SequenceState.to_sequences` gives the same Sequences as
-``build_sequences`` over all events consumed so far with the same vocabulary (tests/data/test_state.py checks it
+``build_sequences`` over all events consumed so far with the same vocabulary (tests/data/test_sequence_state.py checks it
 over several rounds with new users, new items, an empty day and late events). The one difference is by design:
 duplicates are removed within what one round reads, not against earlier rounds (a rebuild would drop a repeat
 of a consumed event that a later file carries again).

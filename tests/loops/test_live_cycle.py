@@ -3,6 +3,7 @@ again (nothing new, exit 0), a new user / new items / a brand-new category, an e
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 from pathlib import Path
@@ -12,12 +13,10 @@ import pandas as pd
 import pytest
 
 from coea.cli import main
-from coea.config import load_config
 from coea.data.partitions import DAY, EPOCH, write_day, write_interactions, write_table
 from coea.data.synthetic import generate_world
 from coea.rounds import read_state
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def day(n: int) -> dt.date:
@@ -25,11 +24,10 @@ def day(n: int) -> dt.date:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    from conftest import TINY
-
+def live(tmp_path_factory, tiny_cfg):
     root = tmp_path_factory.mktemp("live")
-    cfg = load_config(REPO / "configs" / "demo.yaml", [*TINY, "data.source=parquet", f"data.path={root / 'log'}"])
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg.data.source, cfg.data.path = "parquet", str(root / "log")
     world = generate_world(cfg.synthetic, cfg.run.seed)
     write_interactions(world, root / "log", through=day(9))
     cfg_path = root / "live.yaml"
