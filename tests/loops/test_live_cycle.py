@@ -59,10 +59,12 @@ def test_daily_cycles_on_a_live_log(live, capsys):
     err = capsys.readouterr().err
     assert "nothing new" in err and [r["round"] for r in read_state(wd)["rounds"]] == [0, 1]
 
-    # day 10: a new user, items new to the catalogue, one of a brand-new category
-    items = pd.concat([world.items, pd.DataFrame({"item_id": ["i000a", "n-1", "n-2"],
-                                                  "category": [world.categories[0], "Zorbing", "Zorbing"],
-                                                  "title": ""})], ignore_index=True)
+    # day 10: a new user, items new to the catalogue, one of a brand-new category; one category leaves it
+    gone = world.categories[-1]
+    items = pd.concat([world.items[world.items["category"] != gone],
+                       pd.DataFrame({"item_id": ["i000a", "n-1", "n-2"],
+                                     "category": [world.categories[0], "Zorbing", "Zorbing"], "title": ""})],
+                      ignore_index=True)
     write_table(log_dir, "items.parquet", items)
     extra = pd.DataFrame([(u, it, 10 * DAY + 100 * j + 3 * i, "click", np.nan)
                           for i, u in enumerate(["u00", "u01", "newbie"])
@@ -72,6 +74,9 @@ def test_daily_cycles_on_a_live_log(live, capsys):
     assert _cycle(cfg_path, wd) in (0, 4)
     m2 = json.loads((wd / "rounds" / "002" / "metrics.json").read_text())
     assert m2["data/new_categories"] == 1 and m2["data/new_items"] == 3 and m2["data/new_users"] == 1
+    assert m2["data/removed_items"] == int((world.items["category"] == gone).sum())
+    proposed = pd.read_parquet(wd / "rounds" / "002" / "candidates" / "candidates.parquet")["candidates"]
+    assert gone not in {c for row in proposed for c in row}  # a removed category is no longer proposed
     assert m2["data/events"] == len(_day(world, 10)) + len(extra)
     users = pd.read_parquet(wd / "rounds" / "002" / "users.parquet")
     assert "newbie" in set(users["user_id"])
