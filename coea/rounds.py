@@ -8,6 +8,10 @@ Shared by the loops (which write these paths) and by evaluation and the CLI (whi
     WORKDIR/rounds/NNN/pco/adapter                  Novelty LLM after round NNN's DPO + KL
     WORKDIR/rounds/NNN/relevance/model              Relevance LLM of round NNN
     WORKDIR/rounds/NNN/dsie                         DSIE of round NNN (round 0, then every refresh)
+    WORKDIR/rounds/NNN/data                         round NNN's window, vocabularies, sequence state (round_data)
+
+The replay schedule of a static data set (:func:`cutoff`) is here; the clock that places each round's window
+(live and replay, round 0's cut-off fixed in state.json) is coea/clock.py, and a round's data coea/round_data.py.
 """
 
 from __future__ import annotations

@@ -261,3 +261,17 @@ def test_changed_data_settings_rebuild_the_state_and_a_lost_data_stage_is_an_err
     write_day(log_dir, day(9), _day_events(world, 9))
     with pytest.raises(DataError, match="cannot continue"):
         load_round(stricter, wd, 3)
+
+
+def test_clock_and_engine_need_a_parquet_log():
+    from coea.config import ConfigError
+
+    with pytest.raises(ConfigError, match="cycle.clock: live needs data.source: parquet"):
+        load_config(REPO / "configs" / "demo.yaml", ["cycle.clock=live"])
+    with pytest.raises(ConfigError, match="data.engine: spark"):
+        load_config(REPO / "configs" / "demo.yaml", ["data.engine=spark"])
+    from coea.clock import clock_mode
+
+    assert clock_mode(load_config(REPO / "configs" / "demo.yaml")) == "replay"
+    assert clock_mode(_cfg(Path("/nowhere"))) == "live"
+    assert clock_mode(_cfg(Path("/nowhere"), "cycle.clock=replay")) == "replay"
