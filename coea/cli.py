@@ -80,10 +80,20 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _until(args: argparse.Namespace) -> int | None:
+    """``--until`` as unix seconds (a configuration error, exit 2, when it is neither form)."""
+    from coea.clock import parse_until
+
+    try:
+        return parse_until(getattr(args, "until", None))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def cmd_dsie(args: argparse.Namespace) -> int:
     from loops.cycle import run_dsie_stage
 
-    result = run_dsie_stage(_orchestrator_cfg(args), Path(args.workdir))
+    result = run_dsie_stage(_orchestrator_cfg(args), Path(args.workdir), until=_until(args))
     emit(json.dumps(result, indent=2))
     return 0
 
@@ -91,7 +101,7 @@ def cmd_dsie(args: argparse.Namespace) -> int:
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     from loops.bootstrap import run_bootstrap
 
-    result = run_bootstrap(_orchestrator_cfg(args), Path(args.workdir))
+    result = run_bootstrap(_orchestrator_cfg(args), Path(args.workdir), until=_until(args))
     emit(json.dumps(_summary(result), indent=2, default=str))
     return 0
 
@@ -99,17 +109,20 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 def cmd_cycle(args: argparse.Namespace) -> int:
     from loops.cycle import run_cycle
 
-    result = run_cycle(_orchestrator_cfg(args), Path(args.workdir))
+    result = run_cycle(_orchestrator_cfg(args), Path(args.workdir), until=_until(args))
+    if result.status == "nothing_new":
+        print(f"coea: {result.reason}", file=sys.stderr)
     emit(json.dumps(_summary(result), indent=2, default=str))
-    return 0 if result.promoted else 4
+    return 0 if result.promoted or result.status == "nothing_new" else 4
 
 
 def cmd_rounds(args: argparse.Namespace) -> int:
     from loops.cycle import run_cycle
 
     cfg = _orchestrator_cfg(args)
+    until = _until(args)
     for i in range(args.n):
-        result = run_cycle(cfg, Path(args.workdir))
+        result = run_cycle(cfg, Path(args.workdir), until=until)
         log.info("cycle %d/%d: round %s promoted=%s", i + 1, args.n, result.round, result.promoted)
     return 0
 
@@ -192,20 +205,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explain", action="store_true", help="list every key, its default and its meaning")
     p.set_defaults(fn=cmd_config)
 
+    until_help = ("watermark: unix seconds (exclusive) or YYYY-MM-DD (through that UTC day); lowers the live "
+                  "clock's newest complete day, or ends the replay round there (docs/cycle.md, 'The clock')")
     p = sub.add_parser("dsie", help="run the DSIE stage (encoder, RQ-VAE, CSIDs, portraits) into rounds/000/dsie")
     _add_config_args(p)
+    p.add_argument("--until", help=until_help)
     p.set_defaults(fn=cmd_dsie)
 
     p = sub.add_parser("bootstrap", help="round 0: DSIE if missing, Novelty SFT and Relevance reward training")
     _add_config_args(p)
+    p.add_argument("--until", help=until_help)
     p.set_defaults(fn=cmd_bootstrap)
 
     p = sub.add_parser("cycle", help="one co-evolution round (bootstraps first when round 0 is missing)")
     _add_config_args(p)
+    p.add_argument("--until", help=until_help)
     p.set_defaults(fn=cmd_cycle)
 
     p = sub.add_parser("rounds", help="run N cycles back to back")
     _add_config_args(p)
+    p.add_argument("--until", help=until_help)
     p.add_argument("--n", type=int, required=True, help="number of cycles")
     p.set_defaults(fn=cmd_rounds)
 

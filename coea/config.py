@@ -49,7 +49,12 @@ class DataConfig:
     source: Literal["synthetic", "movielens-100k", "movielens-1m", "parquet"] = opt(
         "synthetic", "Where events come from. synthetic = the embedded demo world."
     )
-    path: str = opt("", "Directory of the data set (MovieLens layout or events/items/users Parquet).")
+    path: str = opt("", "Directory of the data set (MovieLens layout, or a Parquet log: items.parquet, users.parquet "
+                    "and events.parquet or events/date=YYYY-MM-DD/ day partitions; docs/data.md).")
+    engine: Literal["pandas", "spark"] = opt(
+        "pandas", "What builds each round's sequences: 'pandas' = the in-process sequence state carried from round "
+        "to round; 'spark' = spark_jobs/build_sequences.py over every consumed file (needs data.source: parquet, "
+        "pyspark and Java 17; checked against the in-process state, docs/spark.md).")
     click_min_rating: float = opt(4.0, "MovieLens: a rating >= this is a click; lower ratings are exposures.")
     tau: int = opt(5, "Long-term filter threshold (Eq. 3): minimum click frequency.", min=1)
     long_filter: Literal["category", "item"] = opt(
@@ -60,7 +65,8 @@ class DataConfig:
     short_k: int = opt(10, "K: the short-term window I_short is the user's last K clicks.", min=1)
     max_long_len: int = opt(200, "Keep the most recent N items of I_long for the encoder.", min=1)
     bootstrap_fraction: float = opt(
-        0.7, "Share of the timeline (by time) that round 0 trains on; later events are replayed by the cycle.",
+        0.7, "Share of the timeline that round 0 trains on (live clock: of the complete days when round 0 runs, "
+        "rounded down to whole days); fixed in state.json when round 0 runs.",
         min=0.05, max=1.0,
     )
     validation_fraction: float = opt(
@@ -264,7 +270,12 @@ class PcoConfig:
 
 @dataclass
 class CycleConfig:
-    replay_days: float = opt(1.0, "Static data sets: each round reveals the next this-many days of events.",
+    clock: Literal["auto", "live", "replay"] = opt(
+        "auto", "Which events a round consumes (docs/cycle.md, 'The clock'). live: [end of the previous round, "
+        "the newest complete day of a growing Parquet log); replay: a static data set revealed cycle.replay_days "
+        "at a time. auto = live for data.source: parquet, replay otherwise. A workdir keeps the clock it started "
+        "with.")
+    replay_days: float = opt(1.0, "Replay clock: each round reveals the next this-many days of events.",
                              min=0.0)
     dsie_refresh_every: int = opt(0, "Re-run DSIE every N rounds (0 = only in round 0).", min=0)
     keep_rounds: int = opt(5, "KV versions kept on disk (older rounds expire whole).", min=1)
@@ -459,6 +470,11 @@ def _check_cross_fields(cfg: Config) -> None:
                           f"got {cfg.backbone.num_heads}")
     if cfg.data.source in ("movielens-100k", "movielens-1m", "parquet") and not cfg.data.path:
         raise ConfigError(f"data.path: required when data.source is {cfg.data.source!r}")
+    if cfg.cycle.clock == "live" and cfg.data.source != "parquet":
+        raise ConfigError(f"cycle.clock: live needs data.source: parquet (a log that grows); {cfg.data.source!r} "
+                          "is a static data set, replayed with cycle.clock: replay")
+    if cfg.data.engine == "spark" and cfg.data.source != "parquet":
+        raise ConfigError(f"data.engine: spark reads Parquet logs (data.source: parquet); got {cfg.data.source!r}")
     if cfg.synthetic.categories_per_group > cfg.synthetic.n_categories:
         raise ConfigError("synthetic.categories_per_group: must be <= synthetic.n_categories")
 

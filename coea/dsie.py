@@ -41,6 +41,7 @@ STAGE = "dsie"
 FILES = {
     "users": "users.parquet", "groups": "groups.jsonl", "encoder": "encoder.pt", "rqvae": "rqvae.pt",
     "csid_map": "csid_map.json", "u_long": "u_long.npy", "report": "report.json", "cache": "portrait_cache.json",
+    "items": "items.parquet",
 }
 
 
@@ -92,6 +93,9 @@ def run_dsie(cfg: Config, round_path: Path, inter: Interactions, seqs: Sequences
         encoder, enc_metrics = train_encoder(seqs, cfg.encoder, out_dir=out, max_len=cfg.data.max_long_len,
                                              device=device, seed=cfg.run.seed)
         save_encoder(encoder, out / FILES["encoder"])
+        # the item vocabulary the encoder was trained on (its rows 1..V): later rounds check they extend it
+        pd.DataFrame({"item_id": list(seqs.item_vocab), "category": list(seqs.item_categories) or
+                      [""] * len(seqs.item_vocab)}).to_parquet(out / FILES["items"], index=False)
         times["encoder"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -261,11 +265,33 @@ def load_dsie(dsie_dir: str | Path) -> DsieArtifacts:
                          u_long=np.load(path / FILES["u_long"]))
 
 
-def assign_csids(dsie_dir: str | Path | DsieArtifacts, seqs: Sequences, batch_size: int = 256) -> dict[str, str]:
+def assign_csids(dsie_dir: str | Path | DsieArtifacts, seqs: Sequences, batch_size: int = 256, *,
+                 previous: tuple[Sequences | None, dict[str, str]] | None = None) -> dict[str, str]:
     """CSID of every user of ``seqs`` under a saved DSIE (new and known users alike; the encoding is recomputed
     from the user's current I_long). Empty I_long -> DEFAULT_CSID; unseen code tuples -> nearest surviving
-    centroid in u_long space (quantizer/csid.py)."""
+    centroid in u_long space (quantizer/csid.py).
+
+    Items the vocabulary gained after the DSIE was trained get encoder rows first
+    (:func:`coea.encoder.grow_item_embeddings`). ``previous = (sequences, csids)`` of the last round under the
+    same DSIE: a user whose I_long and sparse features are unchanged keeps that CSID exactly (no re-encoding,
+    so no floating-point drift can move them); only the others are encoded.
+    """
     art = dsie_dir if isinstance(dsie_dir, DsieArtifacts) else load_dsie(dsie_dir)
+    _check_vocabulary(art, seqs)
+    if previous is not None and previous[0] is not None:
+        prev_seqs, prev_csids = previous
+        row = {u: i for i, u in enumerate(prev_seqs.user_ids)}
+        kept: dict[str, str] = {}
+        changed: list[int] = []
+        for i, u in enumerate(seqs.user_ids):
+            j = row.get(u)
+            if (j is not None and u in prev_csids and seqs.long_items[i] == prev_seqs.long_items[j]
+                    and np.array_equal(seqs.features[i], prev_seqs.features[j])):
+                kept[u] = prev_csids[u]
+            else:
+                changed.append(i)
+        fresh = assign_csids(art, _rows(seqs, changed), batch_size) if changed else {}
+        return {u: kept[u] if u in kept else fresh[u] for u in seqs.user_ids}
     u_long = encode_users(art.encoder, seqs, batch_size=batch_size)  # (N, d)
     warm = np.array([len(s) > 0 for s in seqs.long_items], dtype=bool)
     csids = np.full(len(seqs.user_ids), DEFAULT_CSID, dtype=object)
@@ -275,3 +301,32 @@ def assign_csids(dsie_dir: str | Path | DsieArtifacts, seqs: Sequences, batch_si
         with torch.no_grad():
             csids[warm] = art.csid_map.assign(indices, embeddings=art.rqvae.prepare(x).numpy())
     return dict(zip(seqs.user_ids, csids.tolist()))
+
+
+def _check_vocabulary(art: DsieArtifacts, seqs: Sequences) -> None:
+    """The encoder's item rows must be a prefix of today's vocabulary; grow rows for the items added since."""
+    from coea.encoder import grow_item_embeddings
+
+    trained = art.encoder.hparams["n_items"]
+    saved = art.path / FILES["items"]
+    if saved.exists():
+        ids = pd.read_parquet(saved, columns=["item_id"])["item_id"].astype(str).tolist()
+        if list(seqs.item_vocab[:len(ids)]) != ids:
+            raise ValueError(f"{art.path}: the item vocabulary shifted since this DSIE was trained (item ids must "
+                             "only be appended; docs/data.md, 'Vocabularies')")
+    elif len(seqs.item_vocab) < trained:
+        raise ValueError(f"{art.path}: encoder has {trained} item rows but the vocabulary only {len(seqs.item_vocab)}")
+    if len(seqs.item_vocab) > trained:
+        cats = list(seqs.item_categories) or [""] * len(seqs.item_vocab)
+        added = grow_item_embeddings(art.encoder, cats)
+        log.info("dsie: %d item(s) new since %s got encoder rows (their category's mean)", added, art.path)
+
+
+def _rows(seqs: Sequences, rows: list[int]) -> Sequences:
+    """The sub-Sequences of ``rows`` (same vocabulary and features layout)."""
+    return Sequences(user_ids=[seqs.user_ids[i] for i in rows], item_vocab=seqs.item_vocab,
+                     long_items=[seqs.long_items[i] for i in rows],
+                     short_categories=[seqs.short_categories[i] for i in rows],
+                     c_short=[seqs.c_short[i] for i in rows], features=seqs.features[rows],
+                     feature_cardinalities=seqs.feature_cardinalities, cutoff=seqs.cutoff,
+                     feature_names=seqs.feature_names, item_categories=seqs.item_categories)

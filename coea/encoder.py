@@ -249,6 +249,36 @@ def encode_users(model: UserEncoder, sequences: Sequences, batch_size: int = 256
     return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, d), np.float32)
 
 
+def grow_item_embeddings(model: UserEncoder, item_categories: list[str]) -> int:
+    """Give items added to the vocabulary after training their own rows (in place); returns how many were added.
+
+    ``item_categories`` is the (V,) category of every vocabulary item, trained ones first (the vocabulary is
+    append-only, coea/data/vocab.py). A new item's row is the mean of the trained rows of its category, or of
+    every trained row when the category is new (docs/data.md, "Vocabularies"): a deterministic function of the
+    trained encoder and the item's fixed category, so a DSIE that is not refreshed encodes the same history the
+    same way every round. The logits of next-item prediction are tied to this table, which growth does not
+    train. Padding (row 0) stays zero.
+    """
+    trained = model.hparams["n_items"]
+    total = len(item_categories)
+    if total <= trained:
+        return 0
+    with torch.no_grad():
+        old = model.item_emb.weight.data  # (trained + 1, d)
+        rows = old[1:]  # (trained, d)
+        overall = rows.mean(dim=0) if trained else torch.zeros(old.shape[1])
+        by_cat: dict[str, list[int]] = {}
+        for j, c in enumerate(item_categories[:trained]):
+            by_cat.setdefault(c, []).append(j)
+        new = torch.stack([rows[by_cat[c]].mean(dim=0) if c in by_cat else overall
+                           for c in item_categories[trained:]])  # (total - trained, d)
+        emb = nn.Embedding(total + 1, old.shape[1], padding_idx=0)
+        emb.weight.data.copy_(torch.cat([old, new]))
+    model.item_emb = emb
+    model.hparams["n_items"] = total
+    return total - trained
+
+
 def save_encoder(model: UserEncoder, path: str | Path) -> None:
     torch.save({"hparams": model.hparams, "state_dict": model.state_dict()}, path)
 

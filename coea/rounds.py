@@ -8,6 +8,10 @@ Shared by the loops (which write these paths) and by evaluation and the CLI (whi
     WORKDIR/rounds/NNN/pco/adapter                  Novelty LLM after round NNN's DPO + KL
     WORKDIR/rounds/NNN/relevance/model              Relevance LLM of round NNN
     WORKDIR/rounds/NNN/dsie                         DSIE of round NNN (round 0, then every refresh)
+    WORKDIR/rounds/NNN/data                         round NNN's window, vocabularies, sequence state (round_data)
+
+The replay schedule of a static data set (:func:`cutoff`) is here; the clock that places each round's window
+(live and replay, round 0's cut-off fixed in state.json) is coea/clock.py, and a round's data coea/round_data.py.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from coea.config import Config
-from coea.workdir import read_json, round_dir, stage, stage_done, write_json, write_manifest
+from coea.workdir import read_json, round_dir, stage_done, write_json
 
 log = logging.getLogger("coea.rounds")
 
@@ -52,7 +56,9 @@ def timeline(inter) -> tuple[int, int]:
 
 
 def cutoff(cfg: Config, inter, k: int) -> int:
-    """Events with timestamp < cutoff(k) are known at the end of round k (round 0 = the bootstrap share)."""
+    """The replay schedule of a static data set: events with timestamp < cutoff(k) are known at the end of round k
+    (round 0 = the ``data.bootstrap_fraction`` share). The cycle computes round 0's value once and keeps it in
+    state.json; the live clock and the recorded windows are in coea/clock.py and coea/round_data.py."""
     start, end = timeline(inter)
     c0 = start + int(cfg.data.bootstrap_fraction * (end - start))
     return min(end, c0 + int(round(k * cfg.cycle.replay_days * DAY)))
@@ -69,27 +75,6 @@ def load_data(cfg: Config):
     from coea.data.loaders import load_interactions
 
     return load_interactions(cfg.data, cfg.synthetic, cfg.run.seed)
-
-
-def write_data_stage(cfg: Config, round_path: Path, inter, *, start: int | None, end: int) -> dict[str, Any]:
-    """``rounds/NNN/data``: the round's window and the rejects file (every rejected row with its reason)."""
-    from coea.data.loaders import write_rejects
-
-    if stage_done(round_path, "data"):
-        return read_json(round_path / "data" / "window.json")
-    with stage(round_path, "data") as tmp:
-        counts = write_rejects(inter.rejects, tmp / "rejects.jsonl")
-        ev = inter.events
-        in_window = (ev["timestamp"] < end) & ((ev["timestamp"] >= start) if start is not None else True)
-        window = {"start": start, "end": end, "events": int(in_window.sum()),
-                  "clicks": int((in_window & (ev["event"] == "click")).sum()),
-                  "users": int(ev.loc[in_window, "user_id"].nunique()), "rejects": counts}
-        write_json(tmp / "window.json", window)
-        write_manifest(tmp, cfg)
-    if inter.rejects.total:
-        log.warning("data: %d input rows rejected (%s); see %s", inter.rejects.total, inter.rejects.counts,
-                    round_path / "data" / "rejects.jsonl")
-    return window
 
 
 # ------------------------------------------------------------------------------------------------ model artifacts
@@ -119,3 +104,25 @@ def latest_dsie_dir(workdir: Path, k: int) -> Path:
         if stage_done(round_dir(workdir, j), "dsie"):
             return round_dir(workdir, j) / "dsie"
     raise FileNotFoundError(f"no DSIE stage at or before round {k} in {workdir}")
+
+
+def previous_csids(workdir: Path, k: int, dsie_dir: Path) -> dict[str, str] | None:
+    """user -> CSID served by round k-1, when round k-1 used the same DSIE as ``dsie_dir`` (else None).
+
+    Round 0's are DSIE's own ``users.parquet``; later rounds' the round's ``users.parquet`` (what lookup reads).
+    """
+    import pandas as pd
+
+    prev = k - 1
+    if prev < 0:
+        return None
+    try:
+        if latest_dsie_dir(workdir, prev) != Path(dsie_dir):
+            return None
+    except FileNotFoundError:
+        return None
+    path = round_dir(workdir, 0) / "dsie" / "users.parquet" if prev == 0 else round_dir(workdir, prev) / "users.parquet"
+    if not path.exists():
+        return None
+    table = pd.read_parquet(path, columns=["user_id", "csid"])
+    return dict(zip(table["user_id"].astype(str), table["csid"].astype(str)))

@@ -1,6 +1,7 @@
 """Round 0 (`coea bootstrap`): DSIE if missing, then the embedded backbone, Novelty SFT and Relevance training.
 
-    data        round-0 window (the first ``data.bootstrap_fraction`` of the timeline) and rejects
+    data        round-0 window (the first ``data.bootstrap_fraction`` of the timeline, fixed in state.json), rejects,
+                vocabularies and sequence state (coea/round_data.py)
     dsie        encoder + RQ-VAE + CSIDs + portraits (docs/dsie.md)
     backbone    embedded: word-level tokenizer + Qwen2 model, pretrained on the round-0 corpus (full weights);
                 a Hugging Face backbone: its tokenizer is saved here, the model is loaded by name
@@ -64,20 +65,20 @@ def _cap(rows: list, n: int, seed: int) -> list:
     return [rows[i] for i in sorted(idx)]
 
 
-def run_bootstrap(cfg: Config, workdir: Path) -> BootstrapResult:
-    from coea.data.sequences import build_sequences, click_categories_by_user, exposures_by_user
+def run_bootstrap(cfg: Config, workdir: Path, *, until: int | None = None) -> BootstrapResult:
+    from coea.data.sequences import click_categories_by_user, exposures_by_user
     from coea.dsie import load_dsie, run_dsie
-    from coea.rounds import cutoff, is_validation_user, load_data, write_data_stage
+    from coea.round_data import load_round
+    from coea.rounds import is_validation_user
 
     workdir = Path(workdir)
     setup_run(cfg)
     rp = round_dir(workdir, 0)
     times: dict[str, float] = {}
     t = time.perf_counter()
-    inter = load_data(cfg)
-    c0 = cutoff(cfg, inter, 0)
-    write_data_stage(cfg, rp, inter, start=None, end=c0)
-    seqs = build_sequences(inter, cfg.data, cutoff=c0)
+    # Round 0's cut-off is fixed here (state.json) and never recomputed (docs/cycle.md, "The clock").
+    data = load_round(cfg, workdir, 0, until=until)
+    inter, c0, seqs = data.inter, data.end, data.seqs
     if not stage_done(rp, "dsie"):
         run_dsie(cfg, rp, inter, seqs)
     dsie = load_dsie(rp / "dsie")

@@ -1,6 +1,6 @@
 """One co-evolution cycle (round k), top to bottom. See docs/cycle.md.
 
-    window      events since round k-1 (static data: the replay schedule reveals the next ``cycle.replay_days``)
+    window      events since round k-1, up to the watermark (coea/clock.py, coea/round_data.py: live log or replay)
     dsie        refreshed every ``cycle.dsie_refresh_every`` rounds, reused otherwise
     candidates  every unique key (CSID, canonical C'_short) at the round's cut-off -> Novelty LLM (round k-1)
                 -> Relevance LLM scores -> C_align (s_i > tau_align)
@@ -35,9 +35,11 @@ from coea.workdir import (
     fault_point, read_json, round_dir, setup_run, stage, stage_done, write_json, write_manifest,
 )
 from coea.inference import Key, Models, load_models, propose_and_score, user_keys
+from coea.data.partitions import utc
+from coea.round_data import RoundData, load_round, metrics_of
 from coea.rounds import (
-    base_model_path, cutoff, is_validation_user, latest_dsie_dir, load_data, novelty_adapter, relevance_model_dir,
-    timeline, tokenizer_path, write_data_stage,
+    base_model_path, is_validation_user, latest_dsie_dir, novelty_adapter, previous_csids, relevance_model_dir,
+    tokenizer_path,
 )
 from loops.launch import scores_in_workers, trains_in_workers
 from loops.state import last_finished_round, promote_link, read_state, record_round, workdir_lock
@@ -52,11 +54,12 @@ class CycleResult:
     reason: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    status: str = "promoted"  # "promoted" | "refused" | "nothing_new" (no round ran: the log held nothing new)
+    window: dict[str, Any] = field(default_factory=dict)  # the round's data/window.json (UTC bounds, counts, late)
 
 
-def run_dsie_stage(cfg: Config, workdir: Path) -> dict[str, Any]:
+def run_dsie_stage(cfg: Config, workdir: Path, *, until: int | None = None) -> dict[str, Any]:
     """``coea dsie``: DSIE on the round-0 share of the timeline into ``rounds/000/dsie``; returns its report."""
-    from coea.data.sequences import build_sequences
     from coea.dsie import run_dsie
 
     setup_run(cfg)
@@ -65,11 +68,8 @@ def run_dsie_stage(cfg: Config, workdir: Path) -> dict[str, Any]:
         log.info("dsie: already finished in %s", rp / "dsie")
         return read_json(rp / "dsie" / "report.json")
     t0 = time.perf_counter()
-    inter = load_data(cfg)
-    end = cutoff(cfg, inter, 0)
-    write_data_stage(cfg, rp, inter, start=None, end=end)
-    seqs = build_sequences(inter, cfg.data, cutoff=end)
-    result = run_dsie(cfg, rp, inter, seqs)
+    data = load_round(cfg, workdir, 0, until=until)
+    result = run_dsie(cfg, rp, data.inter, data.seqs)
     report = dict(result.report)
     report["wall_time_total_s"] = round(time.perf_counter() - t0, 2)
     write_json(rp / "dsie" / "stage_time.json", {"wall_time_total_s": report["wall_time_total_s"]})
@@ -192,11 +192,13 @@ def stage_pco(cfg: Config, workdir: Path, k: int, pairs: list[dict[str, str]]) -
 
 
 def validation_metrics(cfg: Config, models: Models, inter, seqs_prev, csids_prev: dict[str, str],
-                       portraits: dict[str, str], start: int, end: int) -> dict[str, float]:
+                       portraits: dict[str, str], start: int, end: int,
+                       popularity: dict[str, int] | None = None) -> dict[str, float]:
     """Held-out users: lists from their state at the previous cut-off with the round-k models; truth = D_k clicks.
 
     C_u^pref = categories of I_long at the previous cut-off; C_u^hist = C'_short there; clicked = categories the
-    user clicked in [start, end). Validation users never contribute training signal to the cycle.
+    user clicked in [start, end). Validation users never contribute training signal to the cycle. The long tail
+    comes from ``popularity`` (clicks per category before ``start``; ``None``: the clicks in ``inter``).
     """
     from coea.data.sequences import click_categories_by_user
     from coea.metrics import evaluate_users, long_tail_categories
@@ -218,7 +220,8 @@ def validation_metrics(cfg: Config, models: Models, inter, seqs_prev, csids_prev
         recs.append(row["aligned"] or row["candidates"])
         truth.append({"pref": {item_cat[j] for j in seqs_prev.long_items[i]}, "hist": set(seqs_prev.c_short[i]),
                       "clicked": {c for _, c in clicks[u]}})
-    counts = inter.events.loc[inter.events["event"] == "click", "item_id"].map(inter.item_category).value_counts()
+    counts = popularity if popularity is not None else \
+        inter.events.loc[inter.events["event"] == "click", "item_id"].map(inter.item_category).value_counts()
     tail = long_tail_categories({c: int(counts.get(c, 0)) for c in inter.categories})
     metrics = evaluate_users(recs, truth, n_categories=len(inter.categories), tail=tail, ks=(1, 5, 10))
     metrics = {f"val/{k}": float(v) for k, v in metrics.items()}
@@ -237,8 +240,12 @@ def next_round(workdir: Path) -> tuple[int, int]:
     return (finished or 0) + 1, base
 
 
-def run_cycle(cfg: Config, workdir: Path) -> CycleResult:
-    """One co-evolution round; bootstraps round 0 first when it is missing. See the module docstring."""
+def run_cycle(cfg: Config, workdir: Path, *, until: int | None = None) -> CycleResult:
+    """One co-evolution round; bootstraps round 0 first when it is missing. See the module docstring.
+
+    ``until`` (unix seconds) sets the watermark explicitly (``coea cycle --until``; docs/cycle.md, "The clock").
+    A log with nothing new after the previous round returns ``status == "nothing_new"`` and runs no round.
+    """
     workdir = Path(workdir)
     with workdir_lock(workdir):
         device = setup_run(cfg)
@@ -254,19 +261,18 @@ def run_cycle(cfg: Config, workdir: Path) -> CycleResult:
         if not any(r["round"] == 0 for r in read_state(workdir)["rounds"]):
             from loops.bootstrap import run_bootstrap
 
-            boot = run_bootstrap(cfg, workdir)
+            boot = run_bootstrap(cfg, workdir, until=until)
             record_round(workdir, 0, "bootstrapped", metrics=_flat_metrics(boot), fingerprint=cfg.fingerprint())
             lap("bootstrap")
         k, base = next_round(workdir)
-        inter = load_data(cfg)
-        start, end = cutoff(cfg, inter, k - 1), cutoff(cfg, inter, k)
-        if start >= timeline(inter)[1]:
-            log.warning("cycle: no new events after round %d (the replay schedule reached the end of the data)",
-                        k - 1)
-            return CycleResult(round=k - 1, promoted=False, reason="no new events")
-        log.info("round %d: events in [%d, %d), starting from round %d's models", k, start, end, base)
+        data = load_round(cfg, workdir, k, until=until)
+        if data.status == "nothing_new":
+            return CycleResult(round=k - 1, promoted=False, reason=data.message, status="nothing_new",
+                               window={"start_utc": utc(data.start), "end_utc": utc(data.end)})
+        log.info("round %d: events in [%s, %s), starting from round %d's models", k, utc(data.start),
+                 utc(data.end), base)
         try:
-            result = _run_round(cfg, workdir, k, base, inter, start, end, device, timings, lap)
+            result = _run_round(cfg, workdir, k, base, data, device, timings, lap)
         except Exception as exc:
             record_round(workdir, k, "failed", reason=f"{type(exc).__name__}: {exc}"[:500])
             log.error("round %d failed; round %s stays promoted", k, read_state(workdir)["promoted_round"])
@@ -274,20 +280,22 @@ def run_cycle(cfg: Config, workdir: Path) -> CycleResult:
         return result
 
 
-def _run_round(cfg: Config, workdir: Path, k: int, base: int, inter, start: int, end: int, device: str,
+def _run_round(cfg: Config, workdir: Path, k: int, base: int, data: RoundData, device: str,
                timings: dict[str, float], lap) -> CycleResult:
-    from coea.data.sequences import build_sequences
     from coea.dsie import assign_csids, load_dsie, run_dsie
 
     rp = round_dir(workdir, k)
-    window = write_data_stage(cfg, rp, inter, start=start, end=end)
-    seqs = build_sequences(inter, cfg.data, cutoff=end)
-    seqs_prev = build_sequences(inter, cfg.data, cutoff=start)
+    inter, seqs, seqs_prev, start, end = data.inter, data.seqs, data.seqs_prev, data.start, data.end
     every = cfg.cycle.dsie_refresh_every
     if every and k % every == 0 and not stage_done(rp, "dsie"):
         run_dsie(cfg, rp, inter, seqs)
-    dsie = load_dsie(latest_dsie_dir(workdir, k))
-    csids, csids_prev = assign_csids(dsie, seqs), assign_csids(dsie, seqs_prev)
+    dsie_dir = latest_dsie_dir(workdir, k)
+    dsie = load_dsie(dsie_dir)
+    # A user keeps last round's CSID unless DSIE was refreshed or their I_long / features changed (docs/data.md).
+    csids_prev = previous_csids(workdir, k, dsie_dir)
+    if csids_prev is None:
+        csids_prev = assign_csids(dsie, seqs_prev)
+    csids = assign_csids(dsie, seqs, previous=(seqs_prev, csids_prev))
     portraits = dsie.portraits
     lap("data_dsie")
 
@@ -307,18 +315,19 @@ def _run_round(cfg: Config, workdir: Path, k: int, base: int, inter, start: int,
     pairs = preference_pairs(cfg, table, keys_by_user, sample, portraits)
     pco = stage_pco(cfg, workdir, k, pairs)
     lap("pco")
-    rel = stage_relevance(cfg, workdir, k, base, inter, seqs_prev, csids_prev, portraits, start, end)
+    rel = stage_relevance(cfg, workdir, k, base, inter, seqs_prev, csids_prev, portraits, start, end,
+                          history=data.history)
     lap("relevance")
 
     new_models = load_models(cfg, workdir, k, k, device)
-    val = validation_metrics(cfg, new_models, inter, seqs_prev, csids_prev, portraits, start, end)
+    val = validation_metrics(cfg, new_models, inter, seqs_prev, csids_prev, portraits, start, end,
+                             popularity=data.category_clicks)
     lap("validation")
 
     metrics = {"round": k, **val, **_prefixed("pco", pco.get("summary", {})), **_prefixed("relevance", rel),
                "keys/count": len(keys), "keys/users": len(keys_by_user),
                "keys/aligned": int(table["aligned"].map(len).sum()), "pco/pairs": len(pairs),
-               "pco/alerts": len(pco.get("alerts", [])),
-               "data/events": window["events"], "data/users": window["users"], "kv/entries": kv["count"],
+               "pco/alerts": len(pco.get("alerts", [])), **metrics_of(data.window), "kv/entries": kv["count"],
                **timings}
     promoted, reason = guardrail(cfg, workdir, metrics)
     if promoted:
@@ -329,7 +338,8 @@ def _run_round(cfg: Config, workdir: Path, k: int, base: int, inter, start: int,
     track(cfg, workdir, k, metrics)
     log.info("round %d %s%s: %s", k, "promoted" if promoted else "NOT promoted", f" ({reason})" if reason else "",
              {m: metrics[m] for m in ("val/C-H@1", "val/NCP@5", "keys/count", "keys/aligned") if m in metrics})
-    return CycleResult(round=k, promoted=promoted, reason=reason, metrics=metrics, timings=timings)
+    return CycleResult(round=k, promoted=promoted, reason=reason, metrics=metrics, timings=timings,
+                       status="promoted" if promoted else "refused", window=data.window)
 
 
 def guardrail(cfg: Config, workdir: Path, metrics: dict[str, Any]) -> tuple[bool, str]:
@@ -445,7 +455,8 @@ def track(cfg: Config, workdir: Path, k: int, metrics: dict[str, Any]) -> None:
 
 
 def stage_relevance(cfg: Config, workdir: Path, k: int, base: int, inter, seqs_prev, csids_prev: dict[str, str],
-                    portraits: dict[str, str], start: int, end: int) -> dict[str, Any]:
+                    portraits: dict[str, str], start: int, end: int,
+                    history: dict[str, list[tuple[int, str]]] | None = None) -> dict[str, Any]:
     """``rounds/NNN/relevance``: continue the promoted Relevance LLM on D_k's new clicks (validation users held out)."""
     from coea.data.sequences import click_categories_by_user, exposures_by_user
     from loops.reward import relevance_pairs
@@ -456,7 +467,8 @@ def stage_relevance(cfg: Config, workdir: Path, k: int, base: int, inter, seqs_p
         return read_json(rp / "relevance" / "metrics.json")
     clicks = click_categories_by_user(inter, start=start, end=end)
     exposures = exposures_by_user(inter, start=start, end=end)
-    history = click_categories_by_user(inter, end=start)
+    if history is None:  # the round's data carries each user's last clicks before the window (coea/round_data.py)
+        history = click_categories_by_user(inter, end=start)
     portrait_of = {u: portraits.get(csids_prev.get(u, DEFAULT_CSID)) or portraits.get(DEFAULT_CSID, "")
                    for u in clicks}
     users = sorted(clicks)

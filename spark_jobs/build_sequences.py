@@ -52,14 +52,16 @@ log = logging.getLogger("coea.spark")
 LONG_FILTERS = ("category", "item")
 
 
-def build_sequences(spark: Any, events_path: str, items_path: str, out_path: str, *, tau: int, long_filter: str,
-                    short_k: int, max_long_len: int, cutoff: int | None = None,
+def build_sequences(spark: Any, events_path: str | list[str], items_path: str, out_path: str, *, tau: int,
+                    long_filter: str, short_k: int, max_long_len: int, cutoff: int | None = None,
                     user_csid_path: str | None = None) -> dict[str, Any]:
     """Build per-user sequences (and keys, given a user -> csid table) and write them as Parquet.
 
     Args:
         spark: a SparkSession (``spark_jobs.session.get_spark()``).
-        events_path: Parquet of events (columns of ``coea.data.schema.EVENT_COLUMNS``; ``rating`` optional).
+        events_path: Parquet of events (columns of ``coea.data.schema.EVENT_COLUMNS``; ``rating`` optional): a
+            file, a directory, or a list of files (the daily cycle passes every file it consumed so far, across
+            ``events/date=YYYY-MM-DD`` partitions; their schemas are merged, a missing ``rating`` is null).
         items_path: Parquet of items (``item_id``, ``category``; ``title`` optional).
         out_path: output directory (local path or any Hadoop URI); ``sequences/`` and ``keys/`` are overwritten.
         tau: long-term filter threshold (Eq. 3), >= 1.
@@ -202,7 +204,7 @@ def keys_frame(seqs_with_keys: Any) -> Any:
 # ------------------------------------------------------------------------------------------------ reading
 
 
-def clean_events(spark: Any, events_path: str, items_path: str) -> tuple[Any, Any, dict[str, int], int]:
+def clean_events(spark: Any, events_path: str | list[str], items_path: str) -> tuple[Any, Any, dict[str, int], int]:
     """Read raw events and items and clean them like ``coea.data.loaders.clean_interactions``.
 
     Rules (docs/data.md, "Cleaning"), checked in this order, each dropped row counted under its reason:
@@ -220,7 +222,11 @@ def clean_events(spark: Any, events_path: str, items_path: str) -> tuple[Any, An
     from pyspark.sql import functions as F
 
     items, item_rejects = _clean_items(spark, items_path)
-    raw = spark.read.parquet(events_path)
+    paths = [events_path] if isinstance(events_path, str) else list(events_path)
+    if not paths:
+        raise ValueError("no event files given")
+    # Files of a live log may differ in optional columns (one has rating, another not): merge the schemas.
+    raw = spark.read.option("mergeSchema", "true").parquet(*paths)
     missing = [c for c in ("user_id", "item_id", "timestamp", "event") if c not in raw.columns]
     if missing:
         raise ValueError(f"events at {events_path} lack required column(s) {missing}; found {raw.columns}")
@@ -356,7 +362,7 @@ def _check_args(*, tau: int, long_filter: str, short_k: int, max_long_len: int) 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--events", required=True, help="events Parquet (file or directory)")
+    p.add_argument("--events", required=True, nargs="+", help="events Parquet (files or directories)")
     p.add_argument("--items", required=True, help="items Parquet (item_id, category)")
     p.add_argument("--out", required=True, help="output directory (sequences/, keys/)")
     p.add_argument("--tau", type=int, default=5, help="long-term filter threshold (Eq. 3)")

@@ -30,9 +30,11 @@ REJECT_REASONS = (
     "item_without_category",   # item with no category (MovieLens: only the "unknown" genre)
     "malformed_user",          # users table row that cannot be parsed
     "duplicate_user",          # second row for a user id (the first is kept)
+    "future_timestamp",        # live log: event timestamp at or after the round's watermark in a file it consumes
 )
 KEPT_REASONS = (
     "out_of_order_timestamp",  # timestamp earlier than the previous line of the same user: kept, events are sorted
+    "category_changed",        # items row whose category differs from the item's vocabulary category: first kept
 )
 
 
@@ -112,6 +114,7 @@ class Sequences:
         feature_cardinalities: (F,) number of codes per feature including 0.
         cutoff: events with timestamp < cutoff were used (``None`` asked: max timestamp + 1).
         feature_names: (F,) the users-table column behind each feature.
+        item_categories: (V,) category of each ``item_vocab`` entry (empty when not known).
     """
 
     user_ids: list[str]
@@ -123,3 +126,4 @@ class Sequences:
     feature_cardinalities: list[int]
     cutoff: int
     feature_names: list[str] = field(default_factory=list)  # (F,) users-table column of each feature
+    item_categories: list[str] = field(default_factory=list)  # (V,) category of each item_vocab entry

@@ -11,7 +11,8 @@ The rules (docs/data.md, "Sequences"); ``spark_jobs/build_sequences.py`` impleme
 - I_short / S_short: the categories of the user's last ``data.short_k`` clicks, chronological, unfiltered.
 - C'_short = ``storage.keys.canonical_recent(S_short)``: unique, non-empty, code-point order.
 - Features: one integer code per sparse feature; 0 = unknown (``"unk"``, empty, or a user missing from the users
-  table), 1.. = the feature's other values in sorted order (so codes do not depend on the cut-off).
+  table), 1.. = the feature's other values in sorted order (so codes do not depend on the cut-off), or, given a
+  vocabulary (coea/data/vocab.py), its append-only codes.
 """
 
 from __future__ import annotations
@@ -26,15 +27,22 @@ from storage.keys import canonical_recent
 
 if TYPE_CHECKING:
     from coea.config import DataConfig
+    from coea.data.vocab import Vocabulary
 
 
-def build_sequences(inter: Interactions, data: DataConfig, cutoff: int | None = None) -> Sequences:
+def build_sequences(inter: Interactions, data: DataConfig, cutoff: int | None = None, *,
+                    vocab: Vocabulary | None = None) -> Sequences:
     """Build every user's sequences from the clicks before ``cutoff`` (see the module docstring).
+
+    This is the full rebuild; the cycle carries :class:`coea.data.state.SequenceState` from round to round
+    instead, and its tests check that both give the same Sequences.
 
     Args:
         inter: a cleaned data set.
         data: the ``data`` config section (``tau``, ``long_filter``, ``short_k``, ``max_long_len``).
         cutoff: use events with ``timestamp < cutoff``; ``None`` uses all (recorded as max timestamp + 1).
+        vocab: stable vocabularies (coea/data/vocab.py): item indices, item categories and feature codes come
+            from it. ``None``: items in ``inter.items`` order, their categories there, features sorted.
 
     Returns:
         Sequences for every user in ``inter.users`` (in its order) then any other event user (sorted); a user
@@ -45,11 +53,18 @@ def build_sequences(inter: Interactions, data: DataConfig, cutoff: int | None = 
         cutoff = int(events["timestamp"].max()) + 1 if len(events) else 0
     user_ids = _all_users(inter)
     n_users = len(user_ids)
-    item_vocab = inter.items["item_id"].astype(str).tolist()
+    if vocab is not None:
+        item_vocab, item_categories = list(vocab.item_ids), list(vocab.item_categories)
+        category_of = vocab.category_of()
+    else:
+        item_vocab = inter.items["item_id"].astype(str).tolist()
+        item_categories = inter.items["category"].astype(str).tolist()
+        category_of = None
 
-    clicks = _events_in(inter, "click", None, cutoff)  # (n,) chronological, with "category"
+    clicks = _events_in(inter, "click", None, cutoff, category_of=category_of)  # (n,) chronological, "category"
     user_code = pd.Index(user_ids).get_indexer(clicks["user_id"])  # (n,)
-    item_code = pd.Index(item_vocab).get_indexer(clicks["item_id"]) + 1  # (n,) 1-based, 0 = padding
+    item_code = (vocab.item_index(clicks["item_id"].tolist()) if vocab is not None
+                 else pd.Index(item_vocab).get_indexer(clicks["item_id"]) + 1)  # (n,) 1-based, 0 = padding
     level = item_code if data.long_filter == "item" else pd.factorize(clicks["category"])[0]
     freq = _pair_counts(user_code, level)  # (n,) the user's clicks at the filter level (Eq. 3)
 
@@ -63,7 +78,8 @@ def build_sequences(inter: Interactions, data: DataConfig, cutoff: int | None = 
     short_mask = _rank_from_end(user_code, np.ones_like(kept)) < data.short_k
     long_items = [a.tolist() for a in _split(item_code[long_mask], user_code[long_mask], n_users)]
     short_categories = [a.tolist() for a in _split(category[short_mask], user_code[short_mask], n_users)]
-    features, cardinalities, names = _feature_codes(inter.users, user_ids)
+    features, cardinalities, names = (vocab.feature_codes(inter.users, user_ids) if vocab is not None
+                                      else _feature_codes(inter.users, user_ids))
     return Sequences(
         user_ids=user_ids,
         item_vocab=item_vocab,
@@ -74,6 +90,7 @@ def build_sequences(inter: Interactions, data: DataConfig, cutoff: int | None = 
         feature_cardinalities=cardinalities,
         cutoff=int(cutoff),
         feature_names=names,
+        item_categories=item_categories,
     )
 
 
@@ -101,8 +118,11 @@ def _all_users(inter: Interactions) -> list[str]:
     return listed + sorted(extra)
 
 
-def _events_in(inter: Interactions, kind: str, start: int | None, end: int | None) -> pd.DataFrame:
-    """Events of one kind in ``[start, end)`` whose item has a category, in (timestamp, user_id, item_id) order."""
+def _events_in(inter: Interactions, kind: str, start: int | None, end: int | None, *,
+               category_of: dict[str, str] | None = None) -> pd.DataFrame:
+    """Events of one kind in ``[start, end)`` whose item has a category, in (timestamp, user_id, item_id) order.
+
+    ``category_of`` (item -> category) replaces ``inter.item_category`` (the vocabulary's fixed categories)."""
     ev = inter.events
     mask = (ev["event"] == kind).to_numpy().copy()
     if start is not None:
@@ -112,7 +132,7 @@ def _events_in(inter: Interactions, kind: str, start: int | None, end: int | Non
     out = ev.loc[mask, ["user_id", "item_id", "timestamp"]].copy()
     out["user_id"] = out["user_id"].astype(str)
     out["item_id"] = out["item_id"].astype(str)
-    out["category"] = out["item_id"].map(inter.item_category)
+    out["category"] = out["item_id"].map(category_of if category_of is not None else inter.item_category)
     out = out[out["category"].notna()]
     return out.sort_values(["timestamp", "user_id", "item_id"], kind="mergesort").reset_index(drop=True)
 
