@@ -15,8 +15,11 @@ Measurements:
   naive_pairwise         one full forward per (key, category) (on a subset of keys; it is slow)
   hf_generate_sample     plain generate, M sampled sequences per key, unconstrained (the baseline of issue 7)
   hf_generate_beam       plain generate, beam search with M beams, unconstrained
-  constrained_sample     generate_candidates(mode="sample"): the trie processor + up to 3 top-up rounds
+  constrained_sample     generate_candidates(mode="sample"): the trie as transformers' prefix_allowed_tokens_fn
+                         + up to 3 top-up rounds
   constrained_beam       generate_candidates(mode="beam")
+  constrained_*_processor  the same with coea's own TrieLogitsProcessor (constraint="processor"); the script
+                         checks that both constraints return identical candidates
 """
 
 from __future__ import annotations
@@ -189,7 +192,16 @@ def run_shape(shape_name: str, preset: dict, tokenizer, args, device) -> list[di
         "constrained_beam": (keys, lambda: generate_candidates(
             model, tokenizer, prompts, CATEGORIES, mode="beam", num_candidates=args.m, exclude=recent,
             batch_size=args.batch_size)),
+        "constrained_sample_processor": (keys, lambda: generate_candidates(
+            model, tokenizer, prompts, CATEGORIES, mode="sample", num_candidates=args.m, exclude=recent,
+            batch_size=args.batch_size, constraint="processor")),
+        "constrained_beam_processor": (keys, lambda: generate_candidates(
+            model, tokenizer, prompts, CATEGORIES, mode="beam", num_candidates=args.m, exclude=recent,
+            batch_size=args.batch_size, constraint="processor")),
     }
+    # Sanity: transformers' prefix constraint and coea's processor propose the same candidates.
+    for mode in ("sample", "beam"):
+        assert runs[f"constrained_{mode}"][1]() == runs[f"constrained_{mode}_processor"][1](), mode
     # Sanity: the shared-prompt scorer ranks exactly like the naive forward.
     fast = [[c for c, _ in r] for r in rank_categories(model, tokenizer, prompts[:4], CATEGORIES, exclude=recent[:4],
                                                       top_m=args.m)]

@@ -7,8 +7,9 @@ Two modes (docs/candidates.md):
   tokens ``y`` (plus EOS when SFT completions end with it). The prompt is run once per prompt; its KV cache is
   gathered across all category completions, which then cost one short forward. Top-M returned, sorted.
 - **Constrained decoding** (:func:`generate_candidates`): sampling or beam search through Hugging Face
-  ``generate`` with a :class:`TrieLogitsProcessor` that only allows token ids on a prefix trie of the
-  categories' completions, EOS only at a complete name. Fails closed: a sequence with no allowed token is forced
+  ``generate(prefix_allowed_tokens_fn=...)`` (:class:`TriePrefixConstraint`; coea's own
+  :class:`TrieLogitsProcessor` gives identical candidates and stays as the reference) that only allows token ids
+  on a prefix trie of the categories' completions, EOS only at a complete name. Fails closed: a sequence with no allowed token is forced
   to end, then dropped and counted; it is never decoded unconstrained. Outputs map back to categories through the
   trie, not by string matching.
 
@@ -42,6 +43,7 @@ __all__ = [
     "CategoryTrie",
     "CompletionTokenizer",
     "TrieLogitsProcessor",
+    "TriePrefixConstraint",
     "category_logprobs",
     "default_completion_format",
     "generate_candidates",
@@ -313,7 +315,7 @@ def _score_batch(model, jobs: list[_Job], scores: torch.Tensor, pad_id: int, dev
     ctx_pos = (ctx_mask.cumsum(-1) - 1).clamp(min=0)  # positions restart at 0 after the left padding
     out = model(input_ids=ctx_ids, attention_mask=ctx_mask, position_ids=ctx_pos, use_cache=True, logits_to_keep=1)
     first = F.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (B, V): predicts every completion's y_0
-    cache = out.past_key_values
+    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
     ctx_len = ctx_mask.sum(-1)  # (B,)
 
     rows = [(j, job.prompt, c, completion) for j, job in enumerate(jobs) for c, completion in job.rows]
@@ -336,10 +338,23 @@ def _score_batch(model, jobs: list[_Job], scores: torch.Tensor, pad_id: int, dev
             mask = torch.cat([ctx_mask[job_idx], torch.ones_like(seqs[:, :-1])], dim=1)  # (R, Tp + n - 1)
             pos = ctx_len[job_idx, None] + torch.arange(length - 1, device=device)[None, :]  # (R, n - 1)
             logits = model(input_ids=seqs[:, :-1], attention_mask=mask, position_ids=pos,
-                           past_key_values=_gathered(cache, job_idx), use_cache=True).logits  # (R, n - 1, V)
+                           use_cache=True, **{_CACHE_KWARG: _gathered(cache, job_idx)}).logits  # (R, n - 1, V)
             logp = F.log_softmax(logits.float(), dim=-1).gather(-1, seqs[:, 1:, None]).squeeze(-1)  # (R, n - 1)
             where = (torch.tensor([r[1] for r in chunk]), torch.tensor([r[2] for r in chunk]))
             scores.index_put_(where, logp.sum(-1).cpu(), accumulate=True)
+
+
+def _cache_kwarg() -> str:
+    """The forward keyword of a KV cache: ``cache`` since transformers 5.2x (``past_key_values`` is deprecated
+    there, with a FutureWarning), ``past_key_values`` before."""
+    try:
+        from transformers.generation.utils import ALL_CACHE_NAMES
+    except ImportError:  # pragma: no cover - older transformers
+        return "past_key_values"
+    return "cache" if "cache" in ALL_CACHE_NAMES else "past_key_values"
+
+
+_CACHE_KWARG = _cache_kwarg()
 
 
 def _gathered(cache, index: torch.Tensor):
@@ -453,6 +468,49 @@ class CategoryTrie:
         return node.category
 
 
+def _allowed_next(trie: CategoryTrie, allowed_mask: int, generated: Sequence[int], eos_id: int) -> list[int]:
+    """Token ids a row may produce next; empty for a dead end (no allowed continuation and no complete name).
+
+    A finished row (EOS already generated; sampling keeps scoring finished rows, generate pads them) may only
+    repeat EOS.
+    """
+    if eos_id in generated:
+        return [eos_id]
+    node = trie.walk(generated)
+    tokens, ends = ([], False) if node is None else CategoryTrie.allowed(node, allowed_mask)
+    return tokens + [eos_id] if ends else tokens
+
+
+class TriePrefixConstraint:
+    """The trie as transformers' ``prefix_allowed_tokens_fn``: ``(batch_id, input_ids) -> allowed token ids``.
+
+    ``generate(prefix_allowed_tokens_fn=...)`` wraps it in ``PrefixConstrainedLogitsProcessor``, which calls it for
+    every row (``batch_id`` = the row's prompt within the batch, rows grouped per prompt) and adds ``-inf`` to every
+    token it does not return. A dead end (nothing allowed) returns EOS alone: transformers refuses an empty list,
+    and EOS is the only way to stop the row; the row is dropped afterwards (fail-closed, as with
+    :class:`TrieLogitsProcessor`).
+
+    Args:
+        tries: one :class:`CategoryTrie` per prompt of the batch.
+        allowed_masks: per prompt, the bitmask of categories it may produce.
+        prompt_len: padded prompt width; generated ids start there.
+        eos_id: the terminator.
+    """
+
+    def __init__(self, tries: list[CategoryTrie], allowed_masks: list[int], *, prompt_len: int, eos_id: int):
+        self.tries, self.allowed_masks = tries, allowed_masks
+        self.prompt_len, self.eos_id = prompt_len, eos_id
+        self.dead_ends = 0  # rows forced to stop at some step (a row counts once per step it is dead)
+
+    def __call__(self, batch_id: int, input_ids: torch.Tensor) -> list[int]:
+        tokens = _allowed_next(self.tries[batch_id], self.allowed_masks[batch_id],
+                               input_ids[self.prompt_len:].tolist(), self.eos_id)
+        if not tokens:
+            self.dead_ends += 1
+            return [self.eos_id]
+        return tokens
+
+
 class TrieLogitsProcessor(LogitsProcessor):
     """Masks every token the trie does not allow; EOS only at complete names; dead ends are forced to stop.
 
@@ -485,14 +543,7 @@ class TrieLogitsProcessor(LogitsProcessor):
         dead: list[int] = []
         for r, gen in enumerate(generated):
             p = r // self.rows_per_prompt
-            if self.eos_id in gen:  # finished (sampling keeps calling on finished rows; generate pads them)
-                rows.append(r)
-                cols.append(self.eos_id)
-                continue
-            node = self.tries[p].walk(gen)
-            tokens, ends = ([], False) if node is None else CategoryTrie.allowed(node, self.allowed_masks[p])
-            if ends:
-                tokens = tokens + [self.eos_id]
+            tokens = _allowed_next(self.tries[p], self.allowed_masks[p], gen, self.eos_id)
             if not tokens:
                 dead.append(r)
                 continue
@@ -566,6 +617,7 @@ def generate_candidates(
     num_beams: int | None = None,
     sample_rounds: int = 3,
     boundary_chars: int | None = 64,
+    constraint: Literal["transformers", "processor"] = "transformers",
 ) -> CandidateResult:
     """Trie-constrained decoding of up to ``num_candidates`` (M) distinct categories per prompt.
 
@@ -600,9 +652,15 @@ def generate_candidates(
         num_beams: beam width (beam mode).
         sample_rounds: maximum sampling rounds (sample mode).
         boundary_chars: see :class:`CompletionTokenizer`.
+        constraint: how ``generate`` is constrained: ``"transformers"`` (default) passes the trie as
+            ``prefix_allowed_tokens_fn`` (:class:`TriePrefixConstraint`); ``"processor"`` passes coea's own
+            :class:`TrieLogitsProcessor`. Both give identical candidates in both modes (tested); the processor
+            is kept as the reference and for transformers versions whose prefix constraint differs.
     """
     if mode not in ("sample", "beam"):
         raise ValueError(f"mode must be 'sample' or 'beam', got {mode!r}")
+    if constraint not in ("transformers", "processor"):
+        raise ValueError(f"constraint must be 'transformers' or 'processor', got {constraint!r}")
     if num_candidates < 1:
         raise ValueError("num_candidates must be >= 1")
     if temperature < 0:
@@ -653,14 +711,16 @@ def generate_candidates(
                 else:
                     rows = num_candidates if temperature > 0 else 1
                 ids, mask = _left_pad([prompt_ids[p] for p in batch], pad_id, device)
-                processor = TrieLogitsProcessor(
-                    [prompt_trie[p] for p in batch], [allowed[p] for p in batch], rows_per_prompt=rows,
-                    prompt_len=ids.shape[1], eos_id=eos_id,
-                )
+                tries_b, allowed_b = [prompt_trie[p] for p in batch], [allowed[p] for p in batch]
+                if constraint == "transformers":
+                    hook: dict = {"prefix_allowed_tokens_fn": TriePrefixConstraint(
+                        tries_b, allowed_b, prompt_len=ids.shape[1], eos_id=eos_id)}
+                else:
+                    hook = {"logits_processor": LogitsProcessorList([TrieLogitsProcessor(
+                        tries_b, allowed_b, rows_per_prompt=rows, prompt_len=ids.shape[1], eos_id=eos_id)])}
                 config = _decoding_config(mode, rows=rows, temperature=temperature, max_new_tokens=max_new_tokens,
                                           eos_id=eos_id, pad_id=pad_id)
-                out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                                     logits_processor=LogitsProcessorList([processor]))
+                out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config, **hook)
                 generated = out.sequences[:, ids.shape[1]:].tolist()
                 keep = num_candidates if mode == "beam" else rows
                 for i, p in enumerate(batch):

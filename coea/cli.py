@@ -152,6 +152,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_groups(args: argparse.Namespace) -> int:
+    from coea.groups_report import as_json, load_groups, render_table, write_html
+
+    if args.html and Path(args.html).is_dir():
+        raise ConfigError(f"--html {args.html} is a directory; give a file name, e.g. {Path(args.html) / 'groups.html'}")
+    if args.max_points < 1:
+        raise ConfigError(f"--max-points must be at least 1, got {args.max_points}")
+    view = load_groups(Path(args.workdir), args.round)
+    if args.json:
+        emit(json.dumps(as_json(view), indent=2))
+    else:
+        import shutil
+
+        emit(render_table(view, width=shutil.get_terminal_size((160, 24)).columns if sys.stdout.isatty() else 160),
+             end="")
+    if args.html:
+        out = write_html(view, Path(args.html), method=args.map, max_points=args.max_points, seed=args.seed)
+        log.info("groups: wrote %s (open it in a browser)", out)
+    return 0
+
+
 def cmd_prompts(args: argparse.Namespace) -> int:
     from coea.prompts import render_sample
 
@@ -243,6 +264,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="promoted round, history and guardrail decisions")
     p.add_argument("--workdir", required=True)
     p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("groups", help="the promoted round's CSID groups: a table, or an HTML page with a map",
+                       description="Print the CSID groups the promoted round uses (CSID, size, top categories, "
+                                   "portrait, representatives); --html also writes a static page with one card per "
+                                   "group and a 2-D map of the users' long-term representations coloured by group.")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--round", type=int, default=None, help="show the groups round K used (default: the promoted round)")
+    p.add_argument("--html", metavar="OUT", help="also write a static HTML page to OUT (e.g. groups.html)")
+    p.add_argument("--map", choices=["pca", "tsne"], default="pca", help="2-D projection of the map (default pca)")
+    p.add_argument("--max-points", type=int, default=5000, help="users drawn on the map at most (a seeded sample)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the map's sample and projection")
+    p.add_argument("--json", action="store_true", help="print the groups as JSON instead of a table")
+    p.set_defaults(fn=cmd_groups)
 
     p = sub.add_parser("prompts", help="show every prompt template rendered for a sample user")
     _add_config_args(p, workdir=False)

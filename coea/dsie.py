@@ -31,7 +31,7 @@ from coea.config import Config
 from coea.data.schema import Interactions, Sequences
 from coea.encoder import UserEncoder, encode_users, load_encoder, save_encoder, train_encoder
 from coea.groups import GroupPortrait, PortraitCache, build_portraits, category_counts
-from coea.workdir import progress, read_json, setup_run, stage, stage_done, write_json, write_manifest
+from coea.workdir import read_json, setup_run, stage, stage_done, write_json, write_manifest
 from quantizer import RQVAE, CsidMap, build_csid_map, train_rqvae
 from storage.keys import DEFAULT_CSID
 
@@ -105,7 +105,8 @@ def run_dsie(cfg: Config, round_path: Path, inter: Interactions, seqs: Sequences
         times["embed"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        rq_report: dict[str, Any] = {"reconstruction_error": None, "code_utilisation": [], "epoch_losses": []}
+        rq_report: dict[str, Any] = {"reconstruction_error": None, "code_utilisation": [], "epoch_losses": [],
+                                     "rqvae_history": []}
         indices = np.zeros((0, cfg.quantizer.levels), dtype=np.int64)
         space = u_long  # (N, d) what the merge rule, representatives and Figure 3 compare: standardised u_long
         if warm.any():
@@ -116,15 +117,15 @@ def run_dsie(cfg: Config, round_path: Path, inter: Interactions, seqs: Sequences
                           commitment_weight=q.commitment_weight, kmeans_init=q.kmeans_init,
                           threshold_ema_dead_code=q.threshold_ema_dead_code, decay=q.ema_decay,
                           standardize=q.standardize)
-            with progress() as bar:
-                res = train_rqvae(rqvae, torch.from_numpy(u_long[warm]), epochs=q.epochs, batch_size=q.batch_size,
-                                  lr=q.lr, seed=cfg.run.seed, device=device, progress=bar)
+            res = train_rqvae(rqvae, torch.from_numpy(u_long[warm]), epochs=q.epochs, batch_size=q.batch_size,
+                              lr=q.lr, seed=cfg.run.seed, device=device,
+                              checkpoint_dir=out / "checkpoints" / "rqvae")
             rqvae.cpu().save(out / FILES["rqvae"])
             indices = rqvae.encode(torch.from_numpy(u_long[warm])).numpy()  # (N_warm, l)
             with torch.no_grad():
                 space = rqvae.prepare(torch.from_numpy(u_long)).numpy()  # (N, d)
             rq_report = {"reconstruction_error": res.reconstruction_error, "code_utilisation": res.utilisation,
-                         "epoch_losses": res.epoch_losses}
+                         "epoch_losses": res.epoch_losses, "rqvae_history": res.history}
         times["rqvae"] = time.perf_counter() - t
 
         t = time.perf_counter()

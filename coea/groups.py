@@ -7,8 +7,9 @@
     of the group's long-term clicks over its share of everyone's (``profile.top_categories`` of them), plus
     the globally popular category the group avoids most, when there is one. Deterministic, microseconds.
   - ``llm``: any Hugging Face causal LM (``profile.model`` or ``backbone.name``) prompted with
-    ``profile.prompt`` filled with the representatives' long-term categories; greedy decoding, no fine-tuning.
-    An empty generation falls back to the statistical portrait.
+    ``profile.prompt`` filled with the representatives' long-term categories; greedy decoding, no fine-tuning;
+    whitespace collapsed, a text cut off by ``max_new_tokens`` trimmed to its last full sentence
+    (:func:`tidy_portrait`). An empty generation falls back to the statistical portrait.
 
 * :class:`PortraitCache`: llm portraits keyed by (csid, hash of the writer and of the representatives'
   long-term categories) in a JSON file, so groups whose representatives did not change are not regenerated.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,8 @@ import numpy as np
 
 from coea.config import BackboneConfig, ProfileConfig
 from coea.data.schema import Sequences
+
+log = logging.getLogger("coea.groups")
 
 
 @dataclass
@@ -126,7 +130,13 @@ def user_line(counts: np.ndarray, categories: list[str], n: int) -> str:
 
 
 class LlmPortraitWriter:
-    """Profile LLM: native greedy generation from any HF causal LM (no fine-tuning)."""
+    """Profile LLM: native greedy generation from any HF causal LM (no fine-tuning).
+
+    Loads ``model_path`` with ``from_pretrained`` (straight onto ``device`` through ``device_map`` when it is
+    not the CPU, so a 7B model never sits in host memory first); :meth:`from_model` wraps a model already loaded.
+    ``identity`` names the writer in the portrait cache: model, max_new_tokens, prompt hash (and ``chat`` when
+    the chat template is used), so changing any of them regenerates the portraits.
+    """
 
     def __init__(self, *, model_path: str, prompt: str, max_new_tokens: int, device: str = "cpu",
                  dtype: str = "auto", use_chat_template: bool = False) -> None:
@@ -136,30 +146,72 @@ class LlmPortraitWriter:
         if model_path in ("", "embedded"):
             raise ValueError("profile.backend 'llm' needs profile.model or backbone.name to name a Hugging Face "
                              "model; the untrained embedded backbone cannot write portraits (use 'statistical')")
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
         torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).to(device).eval()
+        placement = {} if device == "cpu" else {"device_map": device}
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype, **placement)
+        self._setup(model.to(device).eval(), tokenizer, name=model_path, prompt=prompt,
+                    max_new_tokens=max_new_tokens, device=device, use_chat_template=use_chat_template)
+
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any, *, name: str, prompt: str, max_new_tokens: int,
+                   device: str = "cpu", use_chat_template: bool = False) -> LlmPortraitWriter:
+        """A writer around an already loaded model and tokenizer (``name`` goes into the cache identity)."""
+        writer = cls.__new__(cls)
+        writer._setup(model.eval(), tokenizer, name=name, prompt=prompt, max_new_tokens=max_new_tokens,
+                      device=device, use_chat_template=use_chat_template)
+        return writer
+
+    def _setup(self, model: Any, tokenizer: Any, *, name: str, prompt: str, max_new_tokens: int, device: str,
+               use_chat_template: bool) -> None:
+        self.model, self.tokenizer = model, tokenizer
         self.prompt, self.max_new_tokens, self.device = prompt, max_new_tokens, device
-        self.use_chat_template = use_chat_template and bool(getattr(self.tokenizer, "chat_template", None))
-        self.identity = f"llm:{model_path}:{max_new_tokens}:{hashlib.sha256(prompt.encode()).hexdigest()[:8]}"
+        self.use_chat_template = use_chat_template and bool(getattr(tokenizer, "chat_template", None))
+        if use_chat_template and not self.use_chat_template:
+            log.warning("profile: backbone.use_chat_template is set but %s's tokenizer has no chat template; "
+                        "the Profile LLM gets the plain prompt", name)
+        self.identity = f"llm:{name}:{max_new_tokens}:{hashlib.sha256(prompt.encode()).hexdigest()[:8]}" + (
+            ":chat" if self.use_chat_template else "")
 
     def render(self, lines: list[str]) -> str:
+        """The prompt for one group's representative lines (chat-templated when the writer uses a template;
+        ``enable_thinking=False`` reaches templates that know it, e.g. Qwen3, so no reasoning block is written)."""
         text = self.prompt.format(k=len(lines), users="\n".join(f"- {line}" for line in lines))
         if self.use_chat_template:
             text = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                      add_generation_prompt=True)
+                                                      add_generation_prompt=True, enable_thinking=False)
         return text
 
     def write(self, lines: list[str]) -> str:
+        """Greedy generation of one portrait, tidied by :func:`tidy_portrait`; '' when nothing usable came out."""
         import torch
 
-        enc = self.tokenizer(self.render(lines), return_tensors="pt")
+        # a chat template already starts with the model's special tokens: do not add them twice
+        enc = self.tokenizer(self.render(lines), return_tensors="pt", add_special_tokens=not self.use_chat_template)
         input_ids = enc["input_ids"].to(self.device)  # (1, P)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         with torch.no_grad():
             out = self.model.generate(input_ids=input_ids, attention_mask=enc["attention_mask"].to(self.device),
                                       max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=pad)
-        return self.tokenizer.decode(out[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
+        new = out[0, input_ids.shape[1]:]  # (n,)
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = (set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}) - {None}
+        finished = len(new) < self.max_new_tokens or any(int(t) in eos_ids for t in new)
+        return tidy_portrait(self.tokenizer.decode(new, skip_special_tokens=True), finished=finished)
+
+
+def tidy_portrait(text: str, *, finished: bool) -> str:
+    """A generated portrait as it goes into prompts: whitespace (newlines included) collapsed to single spaces,
+    since the portrait fills one field of one-line templates; when generation stopped at ``max_new_tokens``
+    (``finished`` False), cut back to the last complete sentence if there is one."""
+    text = " ".join(text.split())
+    if not finished:
+        end = max(text.rfind(". "), text.rfind("! "), text.rfind("? "))
+        if text.endswith((".", "!", "?")):
+            return text
+        if end > 0:
+            return text[: end + 1]
+    return text
 
 
 class PortraitCache:

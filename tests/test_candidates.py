@@ -292,6 +292,57 @@ def test_beam_is_batch_invariant_and_sampling_is_seeded(lm):
     assert a == b
 
 
+# ------------------------------------------------------------------- transformers' prefix_allowed_tokens_fn
+
+
+def _both(model, tokenizer, prompts, categories, **kw):
+    ours = generate_candidates(model, tokenizer, prompts, categories, constraint="processor", **kw)
+    hf = generate_candidates(model, tokenizer, prompts, categories, constraint="transformers", **kw)
+    return ours, hf
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_prefix_allowed_tokens_fn_gives_the_processors_candidates(lm, data):
+    """transformers' prefix constraint and coea's trie processor: identical candidates, drops and decoded counts
+    (same seed for sampling, same beams), on random catalogues, prompts (stable and unstable boundaries),
+    exclusions (everything excluded included), temperatures and beam widths (wider than the catalogue included)."""
+    model, tokenizer, _ = lm
+    categories = data.draw(st.lists(st.sampled_from(CATEGORIES), min_size=1, max_size=len(CATEGORIES), unique=True))
+    n = data.draw(st.integers(1, 3))
+    prompts, exclude = [], []
+    for _ in range(n):
+        words = data.draw(st.lists(st.sampled_from(WORDS + CATEGORIES), max_size=12))
+        prompts.append(_prompt(words, words[:2]) + data.draw(st.sampled_from(["", " ", "\n", ":"])))
+        exclude.append(set(data.draw(st.lists(st.sampled_from(categories), max_size=len(categories)))))
+    mode = data.draw(st.sampled_from(["sample", "beam"]))
+    kw = dict(mode=mode, num_candidates=data.draw(st.integers(1, 4)), exclude=exclude,
+              temperature=data.draw(st.sampled_from([0.0, 0.7, 1.5])), seed=data.draw(st.integers(0, 99)),
+              batch_size=data.draw(st.sampled_from([1, 2, 8])), sample_rounds=data.draw(st.integers(1, 3)),
+              num_beams=data.draw(st.sampled_from([None, 3, 8, 25])))
+    ours, hf = _both(model, tokenizer, prompts, categories, **kw)
+    assert hf == ours
+
+
+@pytest.mark.parametrize("mode", ["sample", "beam"])
+def test_prefix_constraint_equals_processor_on_fixed_cases(lm, mode):
+    model, tokenizer, _ = lm
+    exclude = [set(CATEGORIES), {"Drama"}, set(), {"Science", "Sci-Fi"}]  # the first: every row a dead end
+    ours, hf = _both(model, tokenizer, PROMPTS, CATEGORIES, mode=mode, num_candidates=5, exclude=exclude, seed=3,
+                     num_beams=len(CATEGORIES) + 4)
+    assert hf == ours and hf.candidates[0] == [] and hf.dropped > 0
+    assert all(len(c) == 5 for c in hf.candidates[1:])
+    short = _both(model, tokenizer, PROMPTS[:2], ["Sci-Fi", "Film-Noir", "Science Fiction"], mode=mode,
+                  num_candidates=2, max_new_tokens=1, sample_rounds=1)  # cut off before EOS: all dropped
+    assert short[0] == short[1] and short[1].candidates == [[], []]
+
+
+def test_unknown_constraint_is_refused(lm):
+    model, tokenizer, _ = lm
+    with pytest.raises(ValueError, match="constraint"):
+        generate_candidates(model, tokenizer, PROMPTS[:1], CATEGORIES, num_candidates=1, constraint="trie")
+
+
 @pytest.mark.parametrize("mode", ["score", "sample", "beam"])
 def test_propose_follows_config(lm, mode):
     model, tokenizer, _ = lm

@@ -86,7 +86,7 @@ def test_groups_file_and_artifacts(finished):
     cfg, round_path, inter, seqs, res = finished
     out = round_path / "dsie"
     for name in ("encoder.pt", "rqvae.pt", "csid_map.json", "u_long.npy", "report.json", "manifest.json",
-                 "config.yaml", "portrait_cache.json", "checkpoints/last.ckpt"):
+                 "config.yaml", "portrait_cache.json", "checkpoints/last.ckpt", "checkpoints/rqvae/last.ckpt"):
         assert (out / name).exists(), name
     assert not (round_path / ".dsie.tmp").exists()
     groups = [json.loads(line) for line in (out / "groups.jsonl").read_text().splitlines()]
@@ -107,6 +107,9 @@ def test_report_fields_and_figure3_intra_above_inter(finished):
     assert set(report) >= {"code_utilisation", "group_sizes", "reconstruction_error", "figure3", "ground_truth",
                            "wall_time_s", "encoder"}
     assert len(report["code_utilisation"]) == 2 and report["code_utilisation"][0]["used"] > 1
+    history = report["rqvae_history"]  # per epoch, from the Lightning module
+    assert len(history) == 30 and [h["total"] for h in history] == report["epoch_losses"]
+    assert all(len(h["code_usage"]) == 2 and h["commitment"] >= 0 for h in history)
     assert report["group_sizes"]["count"] == report["n_groups"] and report["group_sizes"]["min"] >= 1
     assert set(report["wall_time_s"]) == {"encoder", "embed", "rqvae", "csid", "portraits"}
     assert report["encoder"]["epoch_losses"][-1] < report["encoder"]["epoch_losses"][0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
 import torch
 
 from quantizer import RQVAE, code_utilisation, train_rqvae
@@ -83,3 +84,77 @@ def test_standardize_centres_on_training_mean_and_survives_save_load(tmp_path: P
     again = RQVAE.load(tmp_path / "rq.pt")
     torch.testing.assert_close(again.center, m.center)
     assert torch.equal(again.encode(x), m.encode(x))
+
+
+def _plain_loop(m: RQVAE, x: torch.Tensor, *, epochs: int, batch_size: int, lr: float, seed: int) -> list[float]:
+    """The hand-written loop train_rqvae replaced (Adam, one permutation of `seed`'s generator per epoch after the
+    k-means rows): the Lightning path must reproduce it step for step."""
+    gen = torch.Generator().manual_seed(seed)
+    m.train()
+    if m.standardize:
+        m.center.copy_(x.mean(dim=0))
+    with torch.no_grad():
+        m(x[torch.randperm(len(x), generator=gen)[:4096]])
+    opt = torch.optim.Adam(m.parameters(), lr=lr)
+    losses = []
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        total = 0.0
+        for start in range(0, len(x), batch_size):
+            out = m(x[perm[start:start + batch_size]])
+            opt.zero_grad(set_to_none=True)
+            out.losses.total.backward()
+            opt.step()
+            total += float(out.losses.total.detach()) * len(perm[start:start + batch_size])
+        losses.append(total / len(x))
+    return losses
+
+
+def test_lightning_training_equals_the_plain_loop_step_for_step():
+    x = clustered() + 5.0
+    a, b = model(standardize=True), model(standardize=True)  # same initial weights (seeded in model())
+    torch.manual_seed(1)
+    ref = _plain_loop(a, x, epochs=4, batch_size=64, lr=3e-3, seed=7)
+    torch.manual_seed(1)  # ResidualVQ's k-means and dead-code replacement draw from the global RNG
+    res = train_rqvae(b, x, epochs=4, batch_size=64, lr=3e-3, seed=7, progress_bar=False)
+    assert res.epoch_losses == ref
+    for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(pa, pb)
+
+
+def test_history_logger_and_checkpoints(tmp_path: Path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    from quantizer import RQVAEModule
+
+    x = clustered()
+    m = model()
+    res = train_rqvae(m, x, epochs=3, batch_size=64, lr=3e-3, seed=0, checkpoint_dir=tmp_path / "ckpt",
+                      progress_bar=False, logger=CSVLogger(tmp_path, name="logs", version=0))
+    assert [h["epoch"] for h in res.history] == [0, 1, 2]
+    assert [h["total"] for h in res.history] == res.epoch_losses
+    for h in res.history:
+        assert h["total"] == pytest.approx(h["reconstruction"] + h["commitment"])
+        assert h["commitment"] > 0 and len(h["code_usage"]) == 3
+        assert all(1 <= u["used"] <= 8 and 0 < u["fraction"] <= 1 for u in h["code_usage"])
+    # the same figures reach a Lightning logger, one row per epoch
+    import csv
+
+    rows = [r for r in csv.DictReader((tmp_path / "logs" / "version_0" / "metrics.csv").open())
+            if r.get("train/reconstruction")]
+    assert len(rows) == 3
+    assert float(rows[-1]["train/reconstruction"]) == pytest.approx(res.history[-1]["reconstruction"])
+    assert {f"train/code_usage/level_{j}" for j in range(3)} <= set(rows[0])
+    # the last checkpoint rebuilds the trained model
+    assert (tmp_path / "ckpt" / "last.ckpt").exists() and (tmp_path / "ckpt" / "rqvae-epoch=2.ckpt").exists()
+    again = RQVAEModule.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt", map_location="cpu").rqvae
+    assert torch.equal(again.encode(x), m.encode(x))
+
+
+def test_training_starts_from_a_model_left_in_eval_mode():
+    """Lightning keeps the mode it finds; a loaded (eval-mode) model must still train (EMA updates, commitment)."""
+    x = clustered()
+    m = model().eval()
+    res = train_rqvae(m, x, epochs=2, batch_size=64, lr=3e-3, seed=0, progress_bar=False)
+    assert all(h["commitment"] > 0 for h in res.history)
+    assert not m.training  # left in eval mode afterwards, as before
