@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from coea.config import Config
+from coea.console import banner
 from coea.workdir import read_json, round_dir, setup_run, stage, stage_done, write_json, write_manifest
 from loops.launch import trains_in_workers
 
@@ -72,6 +73,7 @@ def run_bootstrap(cfg: Config, workdir: Path) -> BootstrapResult:
     workdir = Path(workdir)
     setup_run(cfg)
     rp = round_dir(workdir, 0)
+    banner("round 0", "bootstrap: data, DSIE, backbone, Novelty SFT, Relevance reward model")
     times: dict[str, float] = {}
     t = time.perf_counter()
     inter = load_data(cfg)
