@@ -2,6 +2,7 @@
 
     python benchmarks/first_run.py                      # clone HEAD into a temp dir, run, write the results
     python benchmarks/first_run.py --no-clone           # run this checkout as it is (uncommitted changes too)
+    python benchmarks/first_run.py --threads 1          # OMP/MKL threads = 1 (what benchmarks/results/ holds)
 
 What it does:
 
@@ -14,6 +15,9 @@ What it does:
    (DSIE parts) and ``rounds/001/metrics.json`` (the round), plus start-up (imports, config) and the tail after
    validation (promotion, W&B, plot) from the run's log file;
 4. prints a table and writes ``benchmarks/results/first_run.json``.
+
+Results: ``first_run.json`` (``--threads 1``) and ``first_run_default_threads.json`` (torch's default, one
+thread per core, measured while the machine was shared: the spin-waiting threads, not coea's work, took the time).
 
 The target (issue 15) is at most 5 minutes on 2 cores. On a shared machine the wall time is inflated by the
 other processes: the result records the load average and the CPU time, which load does not inflate.

@@ -228,6 +228,12 @@ class Session:
             tl.enable_default_handler()
         if self._file is not None:
             self._file.close()
+        elif not self.verbose and exc is None:  # no log file to keep them: say that something was hidden
+            hidden = sum(1 for r in self._buffer.buffer if r.levelno >= logging.WARNING
+                         and r.name.split(".")[0] not in OUR_LOGGERS)
+            if hidden:
+                self.console.print(f"coea: {hidden} library warning{'s' if hidden > 1 else ''} hidden; "
+                                   "--verbose shows them", style="dim", highlight=False)
         self._buffer.close()
 
     @staticmethod
