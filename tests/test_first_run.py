@@ -18,8 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY
-
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -33,12 +31,12 @@ def _env(tmp: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
+def first_run(tmp_path_factory, tiny_cfg):
     tmp = tmp_path_factory.mktemp("first-run")
     workdir = tmp / "demo"
-    overrides = [a for o in TINY if not o.startswith("tracking.") for a in ("--set", o)]
-    cmd = [sys.executable, "-m", "coea.cli", "cycle", "--config", str(REPO / "configs" / "demo.yaml"),
-           "--workdir", str(workdir), *overrides, "--set", "tracking.backend=wandb", "--set", "tracking.table_rows=20"]
+    tiny_cfg.save(tmp / "tiny.yaml")  # the suite's tiny world (conftest.TINY) as a config file
+    cmd = [sys.executable, "-m", "coea.cli", "cycle", "--config", str(tmp / "tiny.yaml"), "--workdir", str(workdir),
+           "--set", "tracking.backend=wandb", "--set", "tracking.table_rows=20"]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(tmp), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return workdir, proc, tmp
@@ -147,9 +145,8 @@ def test_offline_run_holds_two_model_artifacts_and_the_kv_table(wandb_records):
 def test_second_cycle_json_result(first_run):
     """`--json` keeps a machine-readable result: status, metrics once (no separate timings), the files."""
     workdir, _, tmp = first_run
-    overrides = [a for o in TINY if not o.startswith("tracking.") for a in ("--set", o)]
-    proc = subprocess.run([sys.executable, "-m", "coea.cli", "cycle", "--config", str(REPO / "configs" / "demo.yaml"),
-                           "--workdir", str(workdir), *overrides, "--set", "tracking.backend=local", "--json"],
+    proc = subprocess.run([sys.executable, "-m", "coea.cli", "cycle", "--config", str(tmp / "tiny.yaml"),
+                           "--workdir", str(workdir), "--set", "tracking.backend=local", "--json"],
                           cwd=REPO, env=_env(tmp), capture_output=True, text=True, timeout=900)
     result = json.loads(proc.stdout)
     assert result["round"] == 2 and result["status"] in ("promoted", "refused")
