@@ -33,7 +33,7 @@ def main() -> None:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="coea-bench-"))
     rows = []
     for i in range(args.cycles):
-        cmd = [sys.executable, "-m", "coea.cli", "cycle", "--config", args.config, "--workdir", str(workdir)]
+        cmd = [sys.executable, "-m", "coea.cli", "cycle", "--config", args.config, "--workdir", str(workdir), "--json"]
         for o in args.overrides:
             cmd += ["--set", o]
         t0 = time.perf_counter()
@@ -44,7 +44,8 @@ def main() -> None:
             raise SystemExit(f"cycle {i + 1} failed with exit {proc.returncode}")
         result = json.loads(proc.stdout)
         row = {"config": args.config, "cycle": i + 1, "round": result["round"], "promoted": result["promoted"],
-               "wall_s": round(wall, 1), "stage_s": result.get("timings", {}),
+               "wall_s": round(wall, 1),
+               "stage_s": {k: v for k, v in result.get("metrics", {}).items() if k.startswith("time/")},
                "val": {k: v for k, v in result.get("metrics", {}).items() if k.startswith("val/")},
                "keys": result.get("metrics", {}).get("keys/count"),
                "users": result.get("metrics", {}).get("keys/users")}

@@ -36,7 +36,8 @@ def build_word_tokenizer(texts: Iterable[str]):
         pre_tokenizers.Split(Regex(_PUNCT), behavior="isolated"),
     ])
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-    trainer = trainers.WordLevelTrainer(special_tokens=list(SPECIAL.values()), min_frequency=1)
+    trainer = trainers.WordLevelTrainer(special_tokens=list(SPECIAL.values()), min_frequency=1,
+                                        show_progress=False)  # its Rust bar draws on the terminal directly
     tok.train_from_iterator(list(texts), trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=SPECIAL["pad"], eos_token=SPECIAL["eos"],
                                    bos_token=SPECIAL["bos"], unk_token=SPECIAL["unk"])

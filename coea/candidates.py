@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from coea.console import iterate
+
 if TYPE_CHECKING:
     from coea.config import NoveltyConfig
 
@@ -305,7 +307,7 @@ def category_logprobs(
     device = _input_device(model)
     pad_id = _pad_id(tokenizer)
     with _eval_mode(model):
-        for start in range(0, len(jobs), batch_size):
+        for start in iterate(range(0, len(jobs), batch_size), "Novelty candidates", unit="batches"):
             _score_batch(model, jobs[start:start + batch_size], scores, pad_id, device, max_rows)
     return scores
 

@@ -1,48 +1,330 @@
 """The `coea` command line. Thin: parse, load the config, call one entry function, map errors to exit codes.
 
 Exit codes: 0 success; 1 a stage failed (one-line reason on stderr, details in the log); 2 configuration or
-usage error (one line naming the problem); 3 another cycle holds the workdir lock; 4 guardrail refused promotion.
+usage error (one line naming the problem); 3 another cycle holds the workdir lock; 4 guardrail refused promotion;
+6 ``coea lookup``: the user, CSID, category or key is not in the promoted round's tables.
+
+Console and logs (contract 5, README "Commands"): a command that works on a workdir writes everything -- coea's
+messages at DEBUG, library warnings, the trainers' per-step logs, anything a library prints -- to
+``WORKDIR/logs/<command>-<YYYYmmdd-HHMMSS>.log`` (``<command>-latest.log`` links to the newest; the newest
+:data:`LOG_KEEP` per command are kept) and prints its path. The terminal (stderr) gets coea's own lines, stage
+banners and progress bars; ``--verbose`` adds coea's debug lines and everything libraries log or print. The
+result (a short summary, or JSON with ``--json``) goes to stdout, plain line by line when stdout is not a terminal.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import logging
 import os
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from logging.handlers import MemoryHandler
 from pathlib import Path
+from typing import Any
 
 from coea.config import ConfigError, explain, load_config
 
 log = logging.getLogger("coea")
-_STDOUT = sys.stdout  # the command's result goes here; everything libraries print goes to stderr
+_STDOUT = sys.stdout  # the command's result goes here; everything libraries print goes to the log (or stderr)
+
+EXIT_UNKNOWN = 6  # coea lookup: not in the promoted round's tables
+LOG_KEEP = 100  # log files kept per command in WORKDIR/logs
+OUR_LOGGERS = ("coea", "loops", "storage", "quantizer", "spark_jobs")
+QUIET_LOGGERS = ("httpx", "httpcore", "urllib3", "filelock", "fsspec", "py4j", "matplotlib", "PIL", "asyncio",
+                 "git", "h5py")
+HEAVY = {"dsie", "bootstrap", "cycle", "rounds", "evaluate"}  # commands that load transformers
+CREATES_WORKDIR = {"dsie", "bootstrap", "cycle", "rounds"}  # the others log to a workdir only if it exists
+QUIET_ENV = {"TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+DESCRIPTION = """\
+coea trains two LLMs together for serendipitous recommendation (CoEA: Dual-Stable Interest Exploration and
+Periodic Collaborative Optimization). Each daily `coea cycle` proposes categories a user has not explored lately,
+keeps those aligned with their interests, trains both models a little further and publishes a key-value table
+that serving reads: (group CSID, recent categories) -> novel categories with scores."""
+
+EPILOG = """\
+first run (a few minutes on a laptop CPU):
+  coea cycle --config configs/demo.yaml --workdir workdirs/demo
+  coea lookup --workdir workdirs/demo --user u008
+  coea status --workdir workdirs/demo
+
+every command takes --help; configuration keys: coea config --explain
+logs: WORKDIR/logs/<command>-<time>.log (library warnings and trainer steps; -v shows them here too)
+exit codes: 0 ok / promoted, 1 a stage failed, 2 configuration or input error, 3 workdir locked,
+            4 guardrail refused promotion, 6 lookup: not in the promoted round's tables
+docs: README.md and docs/ in the repository"""
+
+
+# ------------------------------------------------------------------------------------------ console and logs
+
+
+class _Capture(io.TextIOBase):
+    """A text stream that turns what libraries print into log records (one per line) on ``logger``."""
+
+    def __init__(self, logger: str, real) -> None:
+        super().__init__()
+        self.logger = logging.getLogger(logger)
+        self.real = real
+        self._buf = ""
+        self._busy = threading.local()
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:  # libraries that ask for a descriptor get the real one
+        return self.real.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def write(self, text: str) -> int:
+        if getattr(self._busy, "on", False):  # a handler that writes to sys.stderr: do not loop
+            return self.real.write(text)
+        self._busy.on = True
+        try:
+            self._buf += text.replace("\r", "\n")
+            *lines, self._buf = self._buf.split("\n")
+            for line in lines:
+                if line.strip():
+                    self.logger.info("%s", line.rstrip())
+        finally:
+            self._busy.on = False
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def close_partial(self) -> None:
+        if self._buf.strip():
+            self.logger.info("%s", self._buf.rstrip())
+        self._buf = ""
+
+
+class _ConsoleHandler(logging.Handler):
+    """coea's lines on the terminal: time, message; banners stand out, warnings and errors are marked.
+
+    Shows coea's INFO and above (and errors from anywhere); with ``verbose`` coea's DEBUG and every library's
+    INFO and above too.
+    """
+
+    def __init__(self, con, verbose: bool) -> None:
+        super().__init__(logging.DEBUG)
+        self.con = con
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ours = record.name.split(".")[0] in OUR_LOGGERS
+        if self.verbose:
+            return ours or record.levelno >= logging.INFO
+        return (ours and record.levelno >= logging.INFO) or (
+            record.levelno >= logging.ERROR and record.name != "py.warnings")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from rich.text import Text
+
+        from coea.console import BANNER
+
+        try:
+            stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+            message = record.getMessage()
+            if record.exc_info and self.verbose:
+                message += "\n" + logging.Formatter().formatException(record.exc_info)
+            banner = getattr(record, BANNER, None)
+            fancy = self.con.is_terminal
+            if banner is not None:
+                title, parts = banner
+                if fancy:
+                    text = Text.assemble((stamp + " ", "dim"), ("▸ ", "cyan"), (title, "bold cyan"),
+                                         (("  " + " · ".join(parts)) if parts else "", "cyan"))
+                else:
+                    text = Text(f"{stamp} == {title}" + (f": {', '.join(parts)}" if parts else ""))
+            else:
+                level = {logging.WARNING: ("warning: ", "yellow"), logging.ERROR: ("error: ", "bold red"),
+                         logging.CRITICAL: ("error: ", "bold red")}.get(record.levelno, ("", ""))
+                if record.levelno == logging.DEBUG:
+                    level = ("debug: ", "dim")
+                text = Text.assemble((stamp + " ", "dim"), level, (message, level[1] if level[0] else ""))
+                if not fancy:
+                    text = Text(f"{stamp} {level[0]}{message}")
+            self.con.print(text, soft_wrap=True, highlight=False)
+        except Exception:  # noqa: BLE001 - logging must not raise
+            self.handleError(record)
+
+
+class Session:
+    """The console and the log file of one command (module docstring). A context manager; one per command."""
+
+    def __init__(self, command: str, *, verbose: bool, argv: list[str]) -> None:
+        self.command = command
+        self.verbose = verbose
+        self.argv = argv
+        self.started = time.monotonic()
+        self.log_path: Path | None = None
+        self._file: logging.FileHandler | None = None
+        self._saved: dict[str, Any] = {}
+
+    # -- lifecycle
+    def __enter__(self) -> Session:
+        from rich.console import Console
+
+        from coea import console as shared
+
+        self.out, self.err = sys.stdout, sys.stderr
+        self.console = Console(file=self.err, highlight=False, soft_wrap=True)
+        shared.set_console(self.console)
+        root = logging.getLogger()
+        self._saved["root"] = (root.handlers[:], root.level)
+        self._saved["levels"] = {n: logging.getLogger(n).level for n in (*OUR_LOGGERS, *QUIET_LOGGERS)}
+        self._buffer = MemoryHandler(capacity=1 << 30, flushLevel=logging.CRITICAL + 1)
+        self._buffer.setLevel(logging.DEBUG)
+        root.handlers = [_ConsoleHandler(self.console, self.verbose), self._buffer]
+        root.setLevel(logging.INFO)
+        for name in OUR_LOGGERS:
+            logging.getLogger(name).setLevel(logging.DEBUG)
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        logging.captureWarnings(True)
+        self._saved["transformers"] = self._route_transformers() if self.command in HEAVY else False
+        if self.verbose:
+            self._captures: list[_Capture] = []
+            sys.stdout = self.err  # library prints go to the terminal's stderr; the result still goes to stdout
+        else:
+            self._captures = [_Capture("print.stdout", self.out), _Capture("print.stderr", self.err)]
+            sys.stdout, sys.stderr = self._captures
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        from coea import console as shared
+
+        for cap in self._captures:
+            cap.close_partial()
+        if exc is not None and not isinstance(exc, (SystemExit, KeyboardInterrupt, ConfigError)):
+            logging.getLogger("coea.cli").debug("coea %s failed", self.command, exc_info=(exc_type, exc, tb))
+        elif exc is None:
+            logging.getLogger("coea.cli").debug("coea %s finished in %.1f s", self.command,
+                                                time.monotonic() - self.started)
+        sys.stdout, sys.stderr = self.out, self.err
+        shared.set_console(None)
+        logging.captureWarnings(False)
+        root = logging.getLogger()
+        handlers, level = self._saved["root"]
+        root.handlers, root.level = handlers, level
+        for name, lvl in self._saved["levels"].items():
+            logging.getLogger(name).setLevel(lvl)
+        if self._saved.get("transformers"):
+            import transformers.utils.logging as tl
+
+            tl.disable_propagation()
+            tl.enable_default_handler()
+        if self._file is not None:
+            self._file.close()
+        elif not self.verbose and exc is None:  # no log file to keep them: say that something was hidden
+            hidden = sum(1 for r in self._buffer.buffer if r.levelno >= logging.WARNING
+                         and r.name.split(".")[0] not in OUR_LOGGERS)
+            if hidden:
+                self.console.print(f"coea: {hidden} library warning{'s' if hidden > 1 else ''} hidden; "
+                                   "--verbose shows them", style="dim", highlight=False)
+        self._buffer.close()
+
+    @staticmethod
+    def _route_transformers() -> bool:
+        """transformers logs through its own stderr handler; send its records through ours instead."""
+        try:
+            import transformers.utils.logging as tl
+        except ImportError:
+            return False
+        tl.disable_default_handler()
+        tl.enable_propagation()
+        return True
+
+    # -- the log file
+    def open_log(self, workdir: str | Path, *, create: bool = True) -> Path | None:
+        """Start ``WORKDIR/logs/<command>-<time>.log`` (with what was logged so far) and print its path."""
+        if self._file is not None:
+            return self.log_path
+        workdir = Path(workdir)
+        if not create and not workdir.is_dir():
+            return None
+        logs = workdir / "logs"
+        try:
+            logs.mkdir(parents=True, exist_ok=True)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            path = logs / f"{self.command}-{stamp}.log"
+            if path.exists():
+                path = logs / f"{self.command}-{stamp}-{os.getpid()}.log"
+            handler = logging.FileHandler(path, encoding="utf-8")
+        except OSError as exc:
+            logging.getLogger("coea.cli").warning("no log file (%s); the terminal gets everything instead", exc)
+            return None
+        handler.setLevel(logging.DEBUG)
+        handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s",
+                                               "%Y-%m-%d %H:%M:%S"))
+        header = logging.makeLogRecord({"name": "coea.cli", "levelno": logging.INFO, "levelname": "INFO",
+                                        "msg": "coea %s (pid %d, python %s)",
+                                        "args": (" ".join(self.argv), os.getpid(), sys.version.split()[0])})
+        handler.handle(header)
+        self._buffer.setTarget(handler)
+        self._buffer.flush()
+        root = logging.getLogger()
+        root.removeHandler(self._buffer)
+        root.addHandler(handler)
+        self._file, self.log_path = handler, path
+        _link_latest(logs, self.command, path)
+        _prune_logs(logs, self.command, LOG_KEEP)
+        logging.getLogger("coea.cli").info("log file: %s", path)
+        return path
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+def _link_latest(logs: Path, command: str, path: Path) -> None:
+    link = logs / f"{command}-latest.log"
+    tmp = logs / f".{command}-latest.{os.getpid()}"
+    try:
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        tmp.symlink_to(path.name)
+        os.replace(tmp, link)
+    except OSError:
+        pass
+
+
+def _prune_logs(logs: Path, command: str, keep: int) -> None:
+    old = sorted(p for p in logs.glob(f"{command}-*.log") if not p.is_symlink() and p.name[len(command) + 1]
+                 .isdigit())
+    for p in old[:-keep] if keep else []:
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+_SESSION: Session | None = None
 
 
 def emit(text: str, end: str = "\n") -> None:
-    print(text, file=_STDOUT, end=end, flush=True)
+    """Print the command's result on stdout. A closed pipe (``coea config --explain | head``) ends quietly."""
+    try:
+        print(text, file=_STDOUT, end=end, flush=True)
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # no more output; no error at exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, _STDOUT.fileno())
+        raise SystemExit(0) from None
 
 
-def _setup_logging(verbose: bool) -> None:
-    from rich.logging import RichHandler
-
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(rich_tracebacks=False, show_path=False, console=_stderr_console())],
-        force=True,
-    )
-    for noisy in ("httpx", "urllib3", "filelock", "fsspec", "lightning", "lightning.pytorch",
-                  "pytorch_lightning", "py4j"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _stderr_console():
-    from rich.console import Console
-
-    return Console(stderr=True)
+def _open_log(args: argparse.Namespace) -> None:
+    if _SESSION is not None and getattr(args, "workdir", None):
+        _SESSION.open_log(args.workdir, create=args.command in CREATES_WORKDIR)
 
 
 def _add_config_args(p: argparse.ArgumentParser, *, workdir: bool = True) -> None:
@@ -54,7 +336,9 @@ def _add_config_args(p: argparse.ArgumentParser, *, workdir: bool = True) -> Non
 
 
 def _cfg(args: argparse.Namespace):
-    return load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)
+    _open_log(args)  # only once the config is valid: a refused command leaves the workdir untouched
+    return cfg
 
 
 def _orchestrator_cfg(args: argparse.Namespace):
@@ -94,7 +378,7 @@ def cmd_dsie(args: argparse.Namespace) -> int:
     from loops.cycle import run_dsie_stage
 
     result = run_dsie_stage(_orchestrator_cfg(args), Path(args.workdir), until=_until(args))
-    emit(json.dumps(result, indent=2))
+    show_result(args, result)
     return 0
 
 
@@ -102,7 +386,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     from loops.bootstrap import run_bootstrap
 
     result = run_bootstrap(_orchestrator_cfg(args), Path(args.workdir), until=_until(args))
-    emit(json.dumps(_summary(result), indent=2, default=str))
+    show_result(args, result)
     return 0
 
 
@@ -112,7 +396,7 @@ def cmd_cycle(args: argparse.Namespace) -> int:
     result = run_cycle(_orchestrator_cfg(args), Path(args.workdir), until=_until(args))
     if result.status == "nothing_new":
         print(f"coea: {result.reason}", file=sys.stderr)
-    emit(json.dumps(_summary(result), indent=2, default=str))
+    show_result(args, result)
     return 0 if result.promoted or result.status == "nothing_new" else 4
 
 
@@ -123,23 +407,28 @@ def cmd_rounds(args: argparse.Namespace) -> int:
     until = _until(args)
     for i in range(args.n):
         result = run_cycle(cfg, Path(args.workdir), until=until)
-        log.info("cycle %d/%d: round %s promoted=%s", i + 1, args.n, result.round, result.promoted)
+        show_result(args, result, heading=f"cycle {i + 1}/{args.n}")
     return 0
 
 
 def cmd_lookup(args: argparse.Namespace) -> int:
-    from loops.cycle import lookup
+    from loops.cycle import LOOKUP_FOUND, lookup
 
+    if args.user is not None and (args.csid is not None or args.recent is not None):
+        raise ConfigError("lookup: --user and --csid/--recent are two different questions; give --user U, or "
+                          "--csid X with --recent 'A,B'")
     if args.user is None and args.csid is None:
         raise ConfigError("lookup: give --user U or --csid X --recent 'A,B'")
     recent = [c.strip() for c in (args.recent or "").split(",") if c.strip()]
-    emit(json.dumps(lookup(Path(args.workdir), user=args.user, csid=args.csid, recent=recent), indent=2))
-    return 0
+    answer = lookup(Path(args.workdir), user=args.user, csid=args.csid, recent=recent)
+    emit(json.dumps(answer, indent=2))
+    return 0 if answer["status"] in LOOKUP_FOUND else EXIT_UNKNOWN
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     from loops.cycle import rollback
 
+    _open_log(args)
     rollback(Path(args.workdir), args.to)
     emit(f"promoted round {args.to}")
     return 0
@@ -181,8 +470,13 @@ def cmd_prompts(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("pyspark") is None:
+        raise ConfigError("export needs PySpark and Java 17: pip install -e '.[spark]' (docs/spark.md)")
     from spark_jobs.export_kv import export
 
+    _open_log(args)
     emit(json.dumps(export(Path(args.workdir), Path(args.out)), indent=2))
     return 0
 
@@ -204,23 +498,52 @@ def cmd_wheelhouse(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(result) -> dict:
-    import dataclasses
+# ------------------------------------------------------------------------------------------------- results
 
-    if dataclasses.is_dataclass(result):
-        return dataclasses.asdict(result)
-    return dict(result) if isinstance(result, dict) else {"result": str(result)}
+
+def show_result(args: argparse.Namespace, result: Any, *, heading: str = "") -> None:
+    """Print a command's result on stdout: JSON with ``--json``, else a short summary (coea/summary.py)."""
+    from coea.summary import render, result_json
+
+    workdir = Path(args.workdir) if getattr(args, "workdir", None) else None
+    log_path = _SESSION.log_path if _SESSION is not None else None
+    elapsed = _SESSION.elapsed() if _SESSION is not None else None
+    if getattr(args, "json", False):
+        emit(json.dumps(result_json(result, workdir, log_path), indent=2, default=str))
+        return
+    fancy = bool(getattr(_STDOUT, "isatty", lambda: False)())
+    lines = render(result, workdir, log_path=log_path, elapsed=elapsed, heading=heading, fancy=fancy)
+    if fancy:
+        from rich.console import Console
+
+        con = Console(file=_STDOUT, highlight=False, soft_wrap=True)
+        for line in lines:
+            con.print(line)
+    else:
+        emit("\n".join(str(line) for line in lines))
 
 
 # ------------------------------------------------------------------------------------------------------ parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="coea", description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="also show debug lines, library warnings and the trainers' per-step logs here "
+                             "(they always go to the log file)")
+    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
+
+    parser = argparse.ArgumentParser(prog="coea", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("config", help="print the resolved config (or every key with its help)")
+    def add(name: str, help: str, *, result: bool = False, **kwargs: Any) -> argparse.ArgumentParser:
+        parents = [common, json_flag] if result else [common]
+        return sub.add_parser(name, help=help, description=kwargs.pop("description", help[0].upper() + help[1:]
+                                                                        + "."), parents=parents, **kwargs)
+
+    p = add("config", "print the resolved config (or every key with its help)")
     p.add_argument("--config", help="YAML file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--explain", action="store_true", help="list every key, its default and its meaning")
@@ -228,47 +551,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     until_help = ("watermark: unix seconds (exclusive) or YYYY-MM-DD (through that UTC day); lowers the live "
                   "clock's newest complete day, or ends the replay round there (docs/cycle.md, 'The clock')")
-    p = sub.add_parser("dsie", help="run the DSIE stage (encoder, RQ-VAE, CSIDs, portraits) into rounds/000/dsie")
+    p = add("dsie", "run the DSIE stage (encoder, RQ-VAE, CSIDs, portraits) into rounds/000/dsie", result=True)
     _add_config_args(p)
     p.add_argument("--until", help=until_help)
     p.set_defaults(fn=cmd_dsie)
 
-    p = sub.add_parser("bootstrap", help="round 0: DSIE if missing, Novelty SFT and Relevance reward training")
+    p = add("bootstrap", "round 0: DSIE if missing, Novelty SFT and Relevance reward training", result=True)
     _add_config_args(p)
     p.add_argument("--until", help=until_help)
     p.set_defaults(fn=cmd_bootstrap)
 
-    p = sub.add_parser("cycle", help="one co-evolution round (bootstraps first when round 0 is missing)")
+    p = add("cycle", "one co-evolution round (bootstraps first when round 0 is missing)", result=True)
     _add_config_args(p)
     p.add_argument("--until", help=until_help)
     p.set_defaults(fn=cmd_cycle)
 
-    p = sub.add_parser("rounds", help="run N cycles back to back")
+    p = add("rounds", "run N cycles back to back", result=True)
     _add_config_args(p)
     p.add_argument("--until", help=until_help)
     p.add_argument("--n", type=int, required=True, help="number of cycles")
     p.set_defaults(fn=cmd_rounds)
 
-    p = sub.add_parser("lookup", help="print the KV value serving would return")
+    p = add("lookup", "print the KV value serving would return",
+            description="Print, as JSON, what serving returns for a user or a (CSID, recent categories) pair and "
+                        "what it means: status found | empty (a real key whose C_align is empty) | unknown_user | "
+                        "unknown_csid | unknown_category | unknown_key. Exit 0 for found / empty, 6 for unknown_*.")
     p.add_argument("--workdir", required=True)
-    p.add_argument("--user", help="user id (unknown users fall back to the default CSID)")
-    p.add_argument("--csid", help="group CSID, e.g. 3-14-0-7")
+    p.add_argument("--user", help="user id (an unknown user gets status unknown_user and the default-CSID answer)")
+    p.add_argument("--csid", help="group CSID, e.g. 3-14-0-7 (or default)")
     p.add_argument("--recent", help="comma-separated recent categories (with --csid)")
     p.set_defaults(fn=cmd_lookup)
 
-    p = sub.add_parser("rollback", help="promote an earlier, still-kept round")
+    p = add("rollback", "promote an earlier, still-kept round")
     p.add_argument("--workdir", required=True)
     p.add_argument("--to", type=int, required=True, help="round to promote")
     p.set_defaults(fn=cmd_rollback)
 
-    p = sub.add_parser("status", help="promoted round, history and guardrail decisions")
+    p = add("status", "promoted round, history and guardrail decisions")
     p.add_argument("--workdir", required=True)
     p.set_defaults(fn=cmd_status)
 
-    p = sub.add_parser("groups", help="the promoted round's CSID groups: a table, or an HTML page with a map",
-                       description="Print the CSID groups the promoted round uses (CSID, size, top categories, "
-                                   "portrait, representatives); --html also writes a static page with one card per "
-                                   "group and a 2-D map of the users' long-term representations coloured by group.")
+    p = add("groups", "the promoted round's CSID groups: a table, or an HTML page with a map",
+            description="Print the CSID groups the promoted round uses (CSID, size, top categories, portrait, "
+                        "representatives); --html also writes a static page with one card per group and a 2-D "
+                        "map of the users' long-term representations coloured by group.")
     p.add_argument("--workdir", required=True)
     p.add_argument("--round", type=int, default=None, help="show the groups round K used (default: the promoted round)")
     p.add_argument("--html", metavar="OUT", help="also write a static HTML page to OUT (e.g. groups.html)")
@@ -278,28 +604,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the groups as JSON instead of a table")
     p.set_defaults(fn=cmd_groups)
 
-    p = sub.add_parser("prompts", help="show every prompt template rendered for a sample user")
+    p = add("prompts", "show every prompt template rendered for a sample user")
     _add_config_args(p, workdir=False)
     p.set_defaults(fn=cmd_prompts)
 
-    p = sub.add_parser("export", help="export the promoted round to Parquet tables (Spark)")
+    p = add("export", "export the promoted round to Parquet tables (Spark; pip install -e '.[spark]')")
     p.add_argument("--workdir", required=True)
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(fn=cmd_export)
 
-    p = sub.add_parser("evaluate", help="offline evaluation: metrics, baselines, ablations")
+    p = add("evaluate", "offline evaluation: metrics, baselines, ablations")
     _add_config_args(p)
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(fn=cmd_evaluate)
 
     from coea.wheelhouse import DEFAULT_PLATFORM, DEFAULT_PYTHON, DEFAULT_TORCH_INDEX
 
-    p = sub.add_parser("wheelhouse", help="download every wheel coea needs into DIR for an air-gapped GPU host",
-                       description="Download, with pip, the wheels of coea's dependencies for the target Python "
-                                   "and platform (deepspeed as an sdist: it publishes no wheel), torch from the "
-                                   "CUDA index and coea's own wheel into DIR; write DIR/requirements.txt and "
-                                   "DIR/MANIFEST.json. Install on the host with: pip install --no-index "
-                                   "--find-links DIR -r DIR/requirements.txt (docs/gpu.md).")
+    p = add("wheelhouse", "download every wheel coea needs into DIR for an air-gapped GPU host",
+            description="Download, with pip, the wheels of coea's dependencies for the target Python "
+                        "and platform (deepspeed as an sdist: it publishes no wheel), torch from the "
+                        "CUDA index and coea's own wheel into DIR; write DIR/requirements.txt and "
+                        "DIR/MANIFEST.json. Install on the host with: pip install --no-index "
+                        "--find-links DIR -r DIR/requirements.txt (docs/gpu.md).")
     p.add_argument("--out", required=True, metavar="DIR", help="wheelhouse folder (created; a rerun resumes)")
     p.add_argument("--python", default=DEFAULT_PYTHON, help=f"the host's Python MAJOR.MINOR (default {DEFAULT_PYTHON})")
     p.add_argument("--platform", default=DEFAULT_PLATFORM,
@@ -313,14 +639,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _session(args: argparse.Namespace, argv: list[str]) -> Iterator[Session]:
+    global _SESSION
+    with Session(args.command, verbose=getattr(args, "verbose", False), argv=argv) as session:
+        _SESSION = session
+        try:
+            yield session
+        finally:
+            _SESSION = None
+
+
 def main(argv: list[str] | None = None) -> int:
+    if not {"-v", "--verbose"} & set(argv if argv is not None else sys.argv[1:]):
+        for key, value in QUIET_ENV.items():  # before libraries are imported: tqdm reads these at import time
+            os.environ.setdefault(key, value)
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
     global _STDOUT
     _STDOUT = sys.stdout
     try:
-        with contextlib.redirect_stdout(sys.stderr):
+        with _session(args, list(argv if argv is not None else sys.argv[1:])):
             return args.fn(args)
     except ConfigError as exc:
         print(f"coea: config error: {exc}", file=sys.stderr)

@@ -308,6 +308,13 @@ class TrackingConfig:
                                   "offline files stay for `wandb sync`); 0 = wait as long as it takes.", min=0.0)
     group: str = opt("", "W&B group; empty = a stable name derived from the workdir path (and run name).")
     entity: str = opt("", "W&B entity (team or user) for online runs; empty = the logged-in account's default.")
+    log_models: bool = opt(True, "W&B: log the promoted round's Novelty adapter and Relevance model as model "
+                           "artifacts (aliases round-K and promoted), plus the candidates and KV table artifacts.")
+    artifact_copy_max_mb: float = opt(
+        100.0, "W&B: a model folder up to this size is copied into its artifact (wandb sync uploads it); a larger "
+        "one is logged as a file:// reference (checksums only; the bytes stay in the workdir).", min=0.0)
+    table_rows: int = opt(200, "W&B: KV entries sampled into the round's Table (key, portrait, recent "
+                          "categories, categories, scores); 0 = no Table.", min=0)
 
 
 @dataclass
@@ -488,6 +495,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            found = sorted(q.name for q in p.glob("*.y*ml"))
+            hint = f" (YAML files there: {', '.join(found[:6])}{', ...' if len(found) > 6 else ''})" if found else ""
+            raise ConfigError(f"config: {p} is a directory; give one YAML file, e.g. --config "
+                              f"{p / (found[0] if found else 'demo.yaml')}{hint}")
         if not p.is_file():
             raise ConfigError(f"config: file not found: {p}")
         try:

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from coea.config import Config
+from coea.console import banner
 from coea.data.schema import Interactions, Sequences
 from coea.encoder import UserEncoder, encode_users, load_encoder, save_encoder, train_encoder
 from coea.groups import GroupPortrait, PortraitCache, build_portraits, category_counts
@@ -86,6 +87,7 @@ def run_dsie(cfg: Config, round_path: Path, inter: Interactions, seqs: Sequences
         log.info("dsie already finished in %s; reading it back", round_path)
         return _result_from_dir(round_path / STAGE)
     device = setup_run(cfg)
+    banner("DSIE", f"{len(seqs.user_ids):,} users", "encoder, RQ-VAE, CSID groups, portraits")
     times: dict[str, float] = {}
     cache = PortraitCache.load(_previous_cache(round_path))
     with stage(round_path, STAGE) as out, torch_threads(cfg.encoder.num_threads if device == "cpu" else 0):
@@ -158,6 +160,8 @@ def run_dsie(cfg: Config, round_path: Path, inter: Interactions, seqs: Sequences
         }
         write_json(out / FILES["report"], report)
         write_manifest(out, cfg, {"stage": STAGE, "files": FILES})
+    log.info("DSIE: %d groups (from %d code tuples), %d cold-start users", len(csid_map.survivors),
+             len(csid_map.merge), int((~warm).sum()))
     return DsieResult(round_path / STAGE, len(seqs.user_ids), len(csid_map.survivors), int((~warm).sum()), report)
 
 

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from coea.config import EncoderConfig
+from coea.console import lightning_progress
 from coea.data.schema import Sequences
 
 POSITIONS = ("recency", "absolute", "none")
@@ -214,8 +215,7 @@ def train_encoder(
         L.pytorch.callbacks.ModelCheckpoint(dirpath=Path(out_dir) / "checkpoints", filename="encoder-{epoch}",
                                             save_last=True, save_top_k=1),
     ]
-    if interactive:
-        callbacks.append(L.pytorch.callbacks.RichProgressBar())
+    callbacks.append(lightning_progress("DSIE encoder", what=f"{len(rows):,} users"))  # coea/console.py
     accelerator = "gpu" if device.startswith("cuda") else "cpu"
     quiet = logging.getLogger("lightning.pytorch")  # "GPU available: ..." banners are noise in cron logs
     level = quiet.level
@@ -225,7 +225,7 @@ def train_encoder(
         trainer = L.Trainer(
             max_epochs=cfg.epochs, accelerator=accelerator,
             devices=[int(device.split(":")[1])] if ":" in device else 1, logger=False, callbacks=callbacks,
-            enable_progress_bar=interactive, enable_model_summary=False, default_root_dir=str(out_dir),
+            enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(out_dir),
             deterministic=accelerator == "cpu", num_sanity_val_steps=0,
         )
         trainer.fit(model, loader)

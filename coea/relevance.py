@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from coea.console import iterate
+
 
 def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     """Token ids of Relevance texts as RewardTrainer builds them: ``text + eos`` with default special tokens."""
@@ -33,7 +35,7 @@ def score(model, tokenizer, texts: Sequence[str], batch_size: int = 32) -> np.nd
     pad = model.config.pad_token_id
     was_training = model.training
     model.eval()
-    for start in range(0, len(order), batch_size):
+    for start in iterate(range(0, len(order), batch_size), "Relevance scores", unit="batches"):
         rows = order[start:start + batch_size]
         width = max(len(ids[r]) for r in rows)
         input_ids = torch.full((len(rows), width), pad, dtype=torch.long)

@@ -1,7 +1,9 @@
 """One small tracking interface (STYLE habit 7); only :class:`WandbTracker` and :func:`make_tracker` touch wandb.
 
 - ``wandb``: one run per cycle, named ``round-NNN``, ``job_type="cycle"``, in a group that is a stable name derived
-  from the workdir path (and run name), with ``round`` as the step metric (``define_metric``). Offline unless
+  from the workdir path (and run name), with ``round`` as the step metric of the round figures. Trainer curves
+  (:meth:`Tracker.log_history`) get their own step metric, ``<stage>/global_step``. Artifacts
+  (:meth:`Tracker.log_artifact`) carry models, candidates and the KV table with a sample Table. Offline unless
   ``tracking.mode: online``; offline runs are never resumed (a fresh id per cycle). Any init failure or timeout
   falls back to local files with a warning, and a later W&B error only disables W&B for the rest of the cycle: a
   cycle never fails because of tracking. Local JSON lines are written too.
@@ -23,6 +25,7 @@ import re
 import secrets
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,13 +35,52 @@ PLOT_METRICS = ("val/C-H@1", "val/C-N@5", "val/NCP@5", "val/CLTP@5", "pco/dpo_lo
                 "relevance/accuracy", "keys/count", "keys/aligned")
 
 
+HEADLINE = ("val/C-H@1", "val/C-N@5", "val/NCP@5", "val/CLTP@5")
+
+
+@dataclass
+class TableData:
+    """Rows for a W&B Table: ``columns`` names, ``rows`` lists of str / int / float cells (one per column)."""
+
+    columns: list[str]
+    rows: list[list[Any]]
+
+
 class Tracker(Protocol):
     """Where a cycle's figures go. Implementations never raise from these methods."""
 
     def log(self, metrics: Mapping[str, Any], round: int) -> None: ...
+    def log_history(self, prefix: str, rows: Sequence[Mapping[str, Any]], *, step: str = "step",
+                    step_name: str = "global_step") -> None: ...
+    def log_artifact(self, name: str, type: str, *, paths: Sequence[Path] = (), aliases: Sequence[str] = (),
+                     metadata: Mapping[str, Any] | None = None, table: TableData | None = None) -> None: ...
+    def use_artifact(self, name: str, alias: str) -> None: ...
+    def log_table(self, key: str, table: TableData, round: int) -> None: ...
     def summary(self, metrics: Mapping[str, Any]) -> None: ...
     def alert(self, title: str, text: str) -> None: ...
     def finish(self) -> None: ...
+
+
+def artifact_name(kind: str, group: str) -> str:
+    """W&B artifact name of one workdir's ``kind`` (``novelty-adapter``, ``relevance-model``, ``candidates``,
+    ``kv-table``): ``<kind>-<group>``, so two workdirs in one project never share a version history."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{kind}-{group}")[:128]
+
+
+def _meta(value: Any) -> Any:
+    """Artifact metadata: JSON values, nested lists and dicts kept (leaves as :func:`_jsonable`)."""
+    if isinstance(value, Mapping):
+        return {str(k): _meta(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_meta(v) for v in value]
+    return _jsonable(value)
+
+
+def _numeric(value: Any) -> float | int | None:
+    value = _jsonable(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value
 
 
 def _jsonable(value: Any) -> Any:
@@ -61,6 +103,20 @@ class NullTracker:
     def log(self, metrics: Mapping[str, Any], round: int) -> None:
         pass
 
+    def log_history(self, prefix: str, rows: Sequence[Mapping[str, Any]], *, step: str = "step",
+                    step_name: str = "global_step") -> None:
+        pass
+
+    def log_artifact(self, name: str, type: str, *, paths: Sequence[Path] = (), aliases: Sequence[str] = (),
+                     metadata: Mapping[str, Any] | None = None, table: TableData | None = None) -> None:
+        pass
+
+    def use_artifact(self, name: str, alias: str) -> None:
+        pass
+
+    def log_table(self, key: str, table: TableData, round: int) -> None:
+        pass
+
     def summary(self, metrics: Mapping[str, Any]) -> None:
         pass
 
@@ -75,8 +131,10 @@ class LocalTracker:
     """Appends one JSON object per call to ``directory/metrics.jsonl``.
 
     Lines: ``{"kind": "log", "round", "time", <metric>: value, ...}``, ``{"kind": "summary", "round", "time",
-    "summary": {...}}`` and ``{"kind": "alert", "round", "time", "title", "text"}``. Non-finite floats are written as
-    null. A write error is logged once and ignored.
+    "summary": {...}}``, ``{"kind": "alert", "round", "time", "title", "text"}`` and ``{"kind": "artifact", "round",
+    "time", "name", "type", "aliases", "paths", "metadata"}`` (what W&B would hold; the files stay where they are).
+    Trainer curves are not copied: each stage folder keeps its ``trainer_state.json``. Non-finite floats are
+    written as null. A write error is logged once and ignored.
     """
 
     def __init__(self, directory: str | Path, *, round: int | None = None) -> None:
@@ -100,6 +158,23 @@ class LocalTracker:
         self._write({"kind": "log", "round": round, "time": time.time(),
                      **{str(k): _jsonable(v) for k, v in metrics.items() if k not in ("kind", "round", "time")}})
 
+    def log_history(self, prefix: str, rows: Sequence[Mapping[str, Any]], *, step: str = "step",
+                    step_name: str = "global_step") -> None:
+        pass
+
+    def log_artifact(self, name: str, type: str, *, paths: Sequence[Path] = (), aliases: Sequence[str] = (),
+                     metadata: Mapping[str, Any] | None = None, table: TableData | None = None) -> None:
+        self._write({"kind": "artifact", "round": self.round, "time": time.time(), "name": name, "type": type,
+                     "aliases": list(aliases), "paths": [str(p) for p in paths],
+                     "metadata": _meta(dict(metadata or {})),
+                     "table_rows": len(table.rows) if table is not None else 0})
+
+    def use_artifact(self, name: str, alias: str) -> None:
+        pass
+
+    def log_table(self, key: str, table: TableData, round: int) -> None:
+        pass
+
     def summary(self, metrics: Mapping[str, Any]) -> None:
         self._write({"kind": "summary", "round": self.round, "time": time.time(),
                      "summary": {str(k): _jsonable(v) for k, v in metrics.items()}})
@@ -115,29 +190,124 @@ class LocalTracker:
 class WandbTracker:
     """One W&B run (from :func:`make_tracker`) plus the local JSON lines.
 
-    A W&B error after init is logged once and turns W&B off for the rest of this tracker's life; the local
-    lines continue.
+    Every metric is declared with ``define_metric`` before its first value: round figures against ``round``,
+    trainer curves against their stage's ``<prefix>/global_step``. A W&B error after init is logged once and turns
+    W&B off for the rest of this tracker's life; the local lines continue.
     """
 
-    def __init__(self, run: Any, local: LocalTracker | NullTracker) -> None:
+    def __init__(self, run: Any, local: LocalTracker | NullTracker, *, online: bool = False,
+                 copy_max_mb: float = 100.0) -> None:
         self.run = run
         self.local = local
+        self.online = online
+        self.copy_max_mb = copy_max_mb
+        self._defined: set[str] = {"round"}
 
-    def _call(self, what: str, fn, *args, **kwargs) -> None:
+    def _call(self, what: str, fn, *args, **kwargs) -> Any:
         if self.run is None:
-            return
+            return None
         try:
-            fn(*args, **kwargs)
+            return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - tracking never fails a cycle
             log.warning("W&B %s failed (%s: %s); W&B is off for the rest of this cycle", what, type(exc).__name__,
                         exc)
             self.run = None
+            return None
+
+    def _define(self, names: Sequence[str], step_metric: str) -> None:
+        for name in names:
+            if name not in self._defined and self.run is not None:
+                self._call("define_metric", self.run.define_metric, name, step_metric=step_metric)
+                self._defined.add(name)
 
     def log(self, metrics: Mapping[str, Any], round: int) -> None:
         self.local.log(metrics, round)
         row = {str(k): v for k, v in metrics.items() if v is not None and k != "round"}
         if self.run is not None:
+            self._define(list(row), "round")
             self._call("log", self.run.log, {"round": round, **row})
+
+    def log_history(self, prefix: str, rows: Sequence[Mapping[str, Any]], *, step: str = "step",
+                    step_name: str = "global_step") -> None:
+        """Replay a trainer's log history: ``<prefix>/<metric>`` against ``<prefix>/<step_name>`` (= row[step]).
+
+        Rows without ``step`` are skipped; Hugging Face's closing row (``train_runtime``, ``train_loss`` ...) goes
+        to the run summary under the prefix instead of the curves.
+        """
+        self.local.log_history(prefix, rows, step=step, step_name=step_name)
+        if self.run is None:
+            return
+        step_key = f"{prefix}/{step_name}"
+        if step_key not in self._defined:
+            self._call("define_metric", self.run.define_metric, step_key)
+            self._defined.add(step_key)
+        closing: dict[str, Any] = {}
+        for row in rows:
+            values = {f"{prefix}/{k}": v for k, v in ((k, _numeric(v)) for k, v in row.items() if k != step)
+                      if v is not None}
+            if "train_runtime" in row:
+                closing.update(values)
+                continue
+            if _numeric(row.get(step)) is None or not values:
+                continue
+            self._define(list(values), step_key)
+            self._call("log", self.run.log, {step_key: _numeric(row[step]), **values})
+            if self.run is None:
+                return
+        if closing:
+            self._call("summary", self.run.summary.update, closing)
+
+    def log_artifact(self, name: str, type: str, *, paths: Sequence[Path] = (), aliases: Sequence[str] = (),
+                     metadata: Mapping[str, Any] | None = None, table: TableData | None = None) -> None:
+        """A W&B artifact of ``paths`` (files or folders) and an optional Table named ``sample``.
+
+        A folder larger than ``tracking.artifact_copy_max_mb`` is added as a ``file://`` reference (checksums, no
+        copy); smaller ones are copied into W&B's staging area and uploaded by ``wandb sync``.
+        """
+        self.local.log_artifact(name, type, paths=paths, aliases=aliases, metadata=metadata, table=table)
+        if self.run is None:
+            return
+
+        def build_and_log() -> None:
+            import wandb
+
+            art = wandb.Artifact(name, type=type, metadata=_meta(dict(metadata or {})))
+            for path in map(Path, paths):
+                if path.is_dir():
+                    if _size_mb(path) > self.copy_max_mb:
+                        art.add_reference(path.resolve().as_uri(), name=path.name)
+                    else:
+                        art.add_dir(str(path), name=path.name)
+                elif path.is_file():
+                    art.add_file(str(path), name=path.name)
+            if table is not None:
+                art.add(wandb.Table(columns=table.columns, data=table.rows), "sample")
+            self.run.log_artifact(art, aliases=list(aliases))
+
+        self._call(f"log_artifact {name}", build_and_log)
+
+    def log_table(self, key: str, table: TableData, round: int) -> None:
+        """The Table in the run's history at ``round`` (what the workspace shows next to the round charts)."""
+        if self.run is None:
+            return
+
+        def log_it() -> None:
+            import wandb
+
+            self._define([key], "round")
+            self.run.log({"round": round, key: wandb.Table(columns=table.columns, data=table.rows)})
+
+        self._call(f"log {key}", log_it)
+
+    def use_artifact(self, name: str, alias: str) -> None:
+        """Declare ``name:alias`` an input of this run (online only: wandb refuses ``use_artifact`` offline)."""
+        if self.run is None or not self.online:
+            return
+        try:
+            self.run.use_artifact(f"{name}:{alias}")
+        except Exception as exc:  # noqa: BLE001 - e.g. an earlier round logged offline and never synced
+            log.info("W&B: input %s:%s not found on the server (%s); lineage in the artifacts' metadata only",
+                     name, alias, exc)
 
     def summary(self, metrics: Mapping[str, Any]) -> None:
         self.local.summary(metrics)
@@ -158,6 +328,10 @@ class WandbTracker:
         if self.run is not None:
             self._call("finish", self.run.finish)
         self.run = None
+
+
+def _size_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
 
 
 def workdir_group(workdir: str | Path, run_name: str = "") -> str:
@@ -227,8 +401,7 @@ def make_tracker(cfg: Any, workdir: str | Path, round: int, *, run_name: str = "
             config={"round": round, "workdir": str(Path(workdir).resolve()), "pid": os.getpid(),
                     **(dict(config) if config else {})},
         )
-        run.define_metric("round")
-        run.define_metric("*", step_metric="round")
+        run.define_metric("round")  # every other metric is declared against its own step before its first value
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - tracking must never fail a cycle
         if run is not None:  # created but define_metric failed: close it rather than leak it
             try:
@@ -238,18 +411,24 @@ def make_tracker(cfg: Any, workdir: str | Path, round: int, *, run_name: str = "
         log.warning("W&B init failed (%s: %s); continuing with local tracking only (%s)", type(exc).__name__, exc,
                     local.path)
         return local
-    return WandbTracker(run, local)
+    return WandbTracker(run, local, online=wandb_mode(cfg.mode) == "online",
+                        copy_max_mb=float(getattr(cfg, "artifact_copy_max_mb", 100.0)))
 
 
 def plot_rounds(history: Sequence[Mapping[str, Any]], out_png: str | Path,
-                metrics: Sequence[str] = PLOT_METRICS) -> Path:
-    """PNG of ``metrics`` across rounds, one small panel per metric present in ``history``.
+                metrics: Sequence[str] = PLOT_METRICS, *, title: str = "") -> Path:
+    """PNG of the rounds so far: a one-round summary, or one small panel per metric across rounds.
+
+    With a single round a line chart would be one dot per panel, so the PNG is a summary instead: bars of the
+    validation metrics among ``metrics`` with their values (3 digits) and a table of the other figures. From two
+    rounds on it has one panel per metric present in ``history``, against the round.
 
     Args:
         history: one dict per round with a ``round`` key and metric values; non-numeric or non-finite values
             are skipped.
         out_png: where to write; replaced atomically (a crash never leaves half a PNG).
         metrics: the metric names to draw, in panel order.
+        title: the figure's title (e.g. the workdir); the rounds shown are appended.
 
     Returns:
         ``out_png``. With no metric present the PNG says so instead of failing.
@@ -269,22 +448,29 @@ def plot_rounds(history: Sequence[Mapping[str, Any]], out_png: str | Path,
 
     series = {m: points(m) for m in metrics}
     present = [m for m in metrics if series[m]]
-    cols = max(1, min(4, len(present)))
-    rows = max(1, (len(present) + cols - 1) // cols)
-    fig = Figure(figsize=(3.2 * cols, 2.4 * rows))
+    rounds = sorted({r for m in present for r, _ in series[m]})
+    heading = " - ".join(t for t in (title, _rounds_label(rounds)) if t)
+    if len(rounds) == 1:
+        fig = _one_round_figure(Figure, {m: series[m][-1][1] for m in present}, heading)
+    else:
+        cols = max(1, min(4, len(present)))
+        rows = max(1, (len(present) + cols - 1) // cols)
+        fig = Figure(figsize=(3.2 * cols, 2.4 * rows + 0.4))
+        axes = fig.subplots(rows, cols, squeeze=False)
+        for ax, name in zip(axes.flat, present):
+            xs, ys = zip(*series[name])
+            ax.plot(xs, ys, marker="o")
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel("round", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        for ax in list(axes.flat)[len(present):]:
+            ax.axis("off")
+        if not present:
+            axes.flat[0].text(0.5, 0.5, "no metrics yet", ha="center", va="center")
+        if heading:
+            fig.suptitle(heading, fontsize=10)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax, name in zip(axes.flat, present):
-        xs, ys = zip(*series[name])
-        ax.plot(xs, ys, marker="o")
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("round", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    for ax in list(axes.flat)[len(present):]:
-        ax.axis("off")
-    if not present:
-        axes.flat[0].text(0.5, 0.5, "no metrics yet", ha="center", va="center")
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
@@ -292,3 +478,43 @@ def plot_rounds(history: Sequence[Mapping[str, Any]], out_png: str | Path,
     fig.savefig(tmp, dpi=80, format="png")
     os.replace(tmp, out_png)
     return out_png
+
+
+def _rounds_label(rounds: Sequence[int]) -> str:
+    if not rounds:
+        return ""
+    return f"round {rounds[0]}" if len(rounds) == 1 else f"rounds {rounds[0]}-{rounds[-1]}"
+
+
+def _one_round_figure(Figure, values: Mapping[str, float], heading: str):
+    """Bars of the validation metrics (values written at the bars) beside a table of the other figures."""
+    bars = [m for m in values if m.startswith("val/")]
+    others = [m for m in values if m not in bars]
+    fig = Figure(figsize=(9.0, 3.2))
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    if bars:
+        names = [m.removeprefix("val/") for m in bars][::-1]
+        ys = [values[m] for m in bars][::-1]
+        left.barh(names, ys, color="#4c72b0")
+        top = max(1.0, max(ys) * 1.15)
+        left.set_xlim(0, top)
+        for i, v in enumerate(ys):
+            left.text(v + top * 0.01, i, f"{v:.3f}", va="center", fontsize=9)
+        left.set_title("validation", fontsize=10)
+        left.tick_params(labelsize=9)
+    else:
+        left.axis("off")
+        left.text(0.5, 0.5, "no validation metrics", ha="center", va="center")
+    right.axis("off")
+    if others:
+        cells = [[m, f"{values[m]:.3f}" if abs(values[m]) < 1000 and not float(values[m]).is_integer()
+                  else f"{values[m]:,.0f}"] for m in others]
+        table = right.table(cellText=cells, colLabels=["figure", "value"], loc="center", cellLoc="left")
+        table.auto_set_font_size(False)
+        table.set_fontsize(9)
+        table.scale(1.0, 1.3)
+    elif not bars:
+        right.text(0.5, 0.5, "no metrics yet", ha="center", va="center")
+    if heading:
+        fig.suptitle(heading, fontsize=11)
+    return fig

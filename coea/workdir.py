@@ -155,8 +155,8 @@ def setup_run(cfg: Any) -> str:
 
 
 def progress(**kwargs: Any):
-    """A rich progress bar that degrades to nothing when stderr is not a terminal (CI, cron)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """A progress handle on the shared display (coea/console.py): a rich bar with an ETA on a terminal, one
+    plain line every ``coea.console.PLAIN_EVERY_S`` seconds elsewhere (cron, CI). ``add_task`` / ``advance``."""
+    from coea.console import progress as shared_progress
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    transient=True, **kwargs)
+    return shared_progress(**kwargs)

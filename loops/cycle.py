@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from coea.config import Config
+from coea.console import banner, plural
 from coea.workdir import (
     fault_point, read_json, round_dir, setup_run, stage, stage_done, write_json, write_manifest,
 )
@@ -90,6 +91,8 @@ def stage_candidates(cfg: Config, workdir: Path, k: int, base: int, keys: list[K
     if not stage_done(rp, "candidates"):
         with stage(rp, "candidates") as tmp:
             t0 = time.perf_counter()
+            banner("candidates", plural(len(keys), "key"), f"Novelty top-{cfg.novelty.num_candidates} and "
+                   f"Relevance scores from round {base}'s models")
             if scores_in_workers(cfg):
                 from loops.workers import launch_candidates
 
@@ -99,9 +102,12 @@ def stage_candidates(cfg: Config, workdir: Path, k: int, base: int, keys: list[K
                                          categories)
             table = pd.DataFrame(rows)
             table.to_parquet(tmp / "candidates.parquet", index=False)
-            write_json(tmp / "summary.json", {"keys": len(keys), "aligned": int(table["aligned"].map(len).sum()),
-                                              "keys_with_aligned": int((table["aligned"].map(len) > 0).sum()),
-                                              "wall_time_s": round(time.perf_counter() - t0, 2)})
+            summary = {"keys": len(keys), "aligned": int(table["aligned"].map(len).sum()),
+                       "keys_with_aligned": int((table["aligned"].map(len) > 0).sum()),
+                       "wall_time_s": round(time.perf_counter() - t0, 2)}
+            write_json(tmp / "summary.json", summary)
+            log.info("candidates: %d of %d keys have aligned categories (%.0f%%)", summary["keys_with_aligned"],
+                     len(keys), 100 * summary["keys_with_aligned"] / max(len(keys), 1))
     return pd.read_parquet(rp / "candidates" / "candidates.parquet")
 
 
@@ -209,6 +215,7 @@ def validation_metrics(cfg: Config, models: Models, inter, seqs_prev, csids_prev
     rows = [i for i, u in enumerate(seqs_prev.user_ids) if is_validation_user(u) and u in clicks]
     if not rows:
         return {}
+    banner("validation", plural(len(rows), "held-out user"), "round-k models, truth = their clicks in the window")
     keys = user_keys(seqs_prev, csids_prev)
     uniq = sorted({(keys[seqs_prev.user_ids[i]].csid, keys[seqs_prev.user_ids[i]].recent) for i in rows})
     table = propose_and_score(cfg, models, [Key(c, r) for c, r in uniq], portraits, inter.categories)
@@ -301,7 +308,7 @@ def _run_round(cfg: Config, workdir: Path, k: int, base: int, data: RoundData, d
 
     keys_by_user = user_keys(seqs, csids)
     keys = sorted({(kk.csid, kk.recent) for kk in keys_by_user.values()})
-    write_users_table(rp, keys_by_user)
+    write_users_table(rp, keys_by_user, list(inter.categories))
     table = stage_candidates(cfg, workdir, k, base, [Key(c, r) for c, r in keys], portraits, inter.categories,
                              device)
     lap("candidates")
@@ -335,9 +342,10 @@ def _run_round(cfg: Config, workdir: Path, k: int, base: int, data: RoundData, d
     record_round(workdir, k, "promoted" if promoted else "refused", reason=reason, metrics=metrics,
                  fingerprint=cfg.fingerprint())
     write_json(rp / "metrics.json", metrics)
-    track(cfg, workdir, k, metrics)
+    track(cfg, workdir, k, metrics, base=base)
     log.info("round %d %s%s: %s", k, "promoted" if promoted else "NOT promoted", f" ({reason})" if reason else "",
-             {m: metrics[m] for m in ("val/C-H@1", "val/NCP@5", "keys/count", "keys/aligned") if m in metrics})
+             ", ".join(f"{m} {metrics[m]:.3f}" if isinstance(metrics[m], float) else f"{m} {metrics[m]}"
+                       for m in ("val/C-H@1", "val/NCP@5", "keys/count", "keys/aligned") if m in metrics))
     return CycleResult(round=k, promoted=promoted, reason=reason, metrics=metrics, timings=timings,
                        status="promoted" if promoted else "refused", window=data.window)
 
@@ -388,42 +396,113 @@ def rollback(workdir: Path, to: int) -> None:
         write_state(workdir, state)
 
 
+LOOKUP_FOUND = ("found", "empty")  # statuses of a key that is in the promoted table; the others are unknown_*
+
+
 def lookup(workdir: Path, *, user: str | None = None, csid: str | None = None,
            recent: list[str] | None = None) -> dict[str, Any]:
-    """What serving returns: by (CSID, recent categories), or by user through the promoted round's tables."""
+    """What serving returns for a user or a (CSID, recent categories) pair, and whether the promoted round knows it.
+
+    Returns:
+        ``{"round", "status", "csid", "recent", "categories", "fallback"}`` (plus ``"user"`` for a user lookup
+        and ``"unknown"``, the unknown names, for ``unknown_category``). ``categories`` is what serving returns
+        (``[{"category", "score"}]``, C_align order); ``status`` says what that answer means:
+
+        - ``found``: the key is in the promoted KV table and has aligned categories.
+        - ``empty``: the key is in the table and its C_align is empty -- a real answer: no candidate scored above
+          ``relevance.tau_align``.
+        - ``unknown_user``: the user is not in the promoted round's users table; ``categories`` is what serving
+          falls back to for such a user (the default CSID with no recent categories; ``fallback`` is true).
+        - ``unknown_csid``: not a group of the promoted round (nor ``default``).
+        - ``unknown_category``: a recent category is not in the promoted round's catalogue (``unknown`` lists them).
+        - ``unknown_key``: CSID and categories are known, but no user had that combination at the round's cut-off,
+          so the table has no entry and serving gets nothing.
+
+        ``coea lookup`` exits 0 for found / empty and 6 for every unknown_* status (README, Commands).
+    """
     from storage.keys import DEFAULT_CSID, canonical_recent
     from storage.kv import KVReader
 
+    current = Path(workdir) / "current"
+    answer: dict[str, Any] = {}
+    status = None
     if user is not None:
-        csid, recent = _user_state(workdir, user)
+        answer["user"] = str(user)
+        known = _user_state(workdir, user)
+        csid, recent = known if known is not None else (DEFAULT_CSID, [])
+        status = None if known is not None else "unknown_user"
     assert csid is not None
+    recent = list(canonical_recent(recent or []))
+    if status is None and user is None:
+        if csid not in _known_csids(current):
+            status = "unknown_csid"
+        else:
+            catalogue = _catalogue(current)
+            unknown = [c for c in recent if catalogue is not None and c not in catalogue]
+            if unknown:
+                status, answer["unknown"] = "unknown_category", unknown
     with KVReader(workdir) as reader:
-        value = reader.get(csid, recent or [])
-        return {"round": reader.round, "csid": csid, "recent": list(canonical_recent(recent or [])),
-                "fallback": csid == DEFAULT_CSID, "categories": value}
+        value = reader.get_value(csid, recent)
+        categories = [] if value is None else value.as_list()
+        if status is None:
+            status = "unknown_key" if value is None else ("found" if categories else "empty")
+        return {"round": reader.round, "status": status, **answer, "csid": csid, "recent": recent,
+                "fallback": csid == DEFAULT_CSID, "categories": categories}
 
 
-def write_users_table(rp: Path, keys_by_user: dict[str, Key]) -> None:
-    """``rounds/NNN/users.parquet``: user_id, csid, recent (C'_short) -- what ``coea lookup --user`` reads."""
+def write_users_table(rp: Path, keys_by_user: dict[str, Key], categories: list[str] | None = None) -> None:
+    """``rounds/NNN/users.parquet``: user_id, csid, recent (C'_short) -- what ``coea lookup --user`` reads.
+
+    With ``categories`` also ``rounds/NNN/categories.json``, the round's catalogue, which ``coea lookup`` uses to
+    tell a made-up category from a real one.
+    """
     table = pd.DataFrame({"user_id": list(keys_by_user), "csid": [k.csid for k in keys_by_user.values()],
                           "recent": [list(k.recent) for k in keys_by_user.values()]})
     tmp = rp / ".users.parquet.tmp"
     table.to_parquet(tmp, index=False)
     tmp.replace(rp / "users.parquet")
+    if categories is not None:
+        write_json(rp / "categories.json", sorted(categories))
 
 
-def _user_state(workdir: Path, user: str) -> tuple[str, list[str]]:
-    """A user's CSID and C'_short at the promoted round (unknown users -> default CSID, no recent categories)."""
-    from storage.keys import DEFAULT_CSID
-
-    current = Path(workdir) / "current"
-    path = current / "users.parquet"
+def _user_state(workdir: Path, user: str) -> tuple[str, list[str]] | None:
+    """A user's CSID and C'_short at the promoted round; None for a user the round does not know."""
+    path = Path(workdir) / "current" / "users.parquet"
     if path.exists():
         users = pd.read_parquet(path)
         hit = users[users["user_id"] == str(user)]
         if len(hit):
             return str(hit.iloc[0]["csid"]), list(hit.iloc[0]["recent"])
-    return DEFAULT_CSID, []
+    return None
+
+
+def _known_csids(current: Path) -> set[str]:
+    """Groups of the promoted round: its users' CSIDs, the DSIE groups it used, and the default CSID."""
+    import json
+
+    from storage.keys import DEFAULT_CSID
+
+    known = {DEFAULT_CSID}
+    if (current / "users.parquet").exists():
+        known |= set(pd.read_parquet(current / "users.parquet", columns=["csid"])["csid"].astype(str))
+    try:
+        k = int(current.resolve().name)
+        groups = latest_dsie_dir(current.parent, k) / "groups.jsonl"
+        known |= {json.loads(line)["csid"] for line in groups.read_text().splitlines() if line.strip()}
+    except (ValueError, FileNotFoundError, KeyError):
+        pass
+    return known
+
+
+def _catalogue(current: Path) -> set[str] | None:
+    """The promoted round's categories (``categories.json``; older rounds: every name in its candidates table)."""
+    if (current / "categories.json").exists():
+        return set(read_json(current / "categories.json"))
+    path = current / "candidates" / "candidates.parquet"
+    if not path.exists():
+        return None
+    table = pd.read_parquet(path, columns=["recent", "candidates"])
+    return {c for col in ("recent", "candidates") for cats in table[col] for c in cats}
 
 
 def _prefixed(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
@@ -437,21 +516,11 @@ def _flat_metrics(result: Any) -> dict[str, Any]:
     return {k: v for k, v in d.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
 
 
-def track(cfg: Config, workdir: Path, k: int, metrics: dict[str, Any]) -> None:
-    """W&B (or local) run for this cycle, plus the across-rounds plot in ``rounds/NNN/metrics.png``."""
-    from coea.tracking import make_tracker, plot_rounds
+def track(cfg: Config, workdir: Path, k: int, metrics: dict[str, Any], *, base: int | None = None) -> None:
+    """W&B (or local) run for this cycle, plus the across-rounds plot in ``rounds/NNN/metrics.png`` (loops/track.py)."""
+    from loops.track import track_round
 
-    tracker = make_tracker(cfg.tracking, workdir, k)
-    try:
-        tracker.log({m: v for m, v in metrics.items() if m != "round"}, round=k)
-        pco = round_dir(workdir, k) / "pco" / "metrics.json"
-        for alert in (read_json(pco).get("alerts", []) if pco.exists() else []):
-            tracker.alert(f"coea round {k}: DPO alert", str(alert))
-    finally:
-        tracker.finish()
-    history = [dict(r["metrics"], round=r["round"]) for r in read_state(workdir)["rounds"] if r["metrics"]
-               and r["round"] > 0]
-    plot_rounds(history, round_dir(workdir, k) / "metrics.png")
+    track_round(cfg, workdir, k, metrics, base=base)
 
 
 def stage_relevance(cfg: Config, workdir: Path, k: int, base: int, inter, seqs_prev, csids_prev: dict[str, str],

@@ -42,7 +42,9 @@ from trl import DPOConfig, DPOTrainer
 
 from coea.config import LoraConfig as CoeaLoraConfig
 from coea.config import PcoConfig
+from coea.console import plural
 from coea.workdir import library_versions, write_json
+from loops.trainer_log import reporting
 from loops.dpo_fast import ReferenceCache, additive_mask, lm_head_inputs, pack_pairs, pair_keys
 
 log = logging.getLogger("coea.dpo")
@@ -722,7 +724,8 @@ def run_dpo(
         base_model, previous_adapter, anchor_adapter=anchor_adapter, lora=lora, dtype=dtype)
     args = _args_from_pco(cfg, out_dir, seed=seed, deepspeed=deepspeed, max_steps=max_steps)
     trainer = DPOKLTrainer(policy, reference, args, train_dataset=pairs, processing_class=tokenizer)
-    result = trainer.train()
+    with reporting(trainer, "Novelty DPO + KL", plural(len(pairs), "pair"), out_dir):
+        result = trainer.train()
 
     adapter_dir = out_dir / "adapter"
     trainer.save_model(str(adapter_dir))  # peft save_pretrained of the adapter (rank 0; gathers under DeepSpeed)
@@ -735,6 +738,10 @@ def run_dpo(
                 "n_pairs": float(len(pairs))}
     versions = {lib: library_versions().get(lib) for lib in VERSIONED_LIBRARIES}
     alerts = [f"[{a.kind}] step {a.step}: {a.message}" for a in trainer.alerts]
+    log.info("Novelty DPO + KL: %s, loss %.3f, KL %.4f, reward margin %.3f, accuracy %.2f%s",
+             plural(len(pairs), "pair"), metrics.get("train_loss", math.nan), metrics.get("kl", math.nan),
+             metrics.get("rewards/margins", math.nan), metrics.get("rewards/accuracies", math.nan),
+             f", {len(alerts)} alerts" if alerts else "")
     if trainer.is_world_process_zero():
         write_json(out_dir / "metrics.json", {
             "summary": metrics, "history": history, "alerts": alerts, "versions": versions,

@@ -15,6 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from coea.console import plural
+from loops.trainer_log import reporting, round_of
+
 log = logging.getLogger("coea.reward")
 DAY = 86_400
 
@@ -102,7 +105,9 @@ def train_reward(cfg: Any, init_model: str | Path, tokenizer, pairs: list[dict[s
     # trl's DataCollatorForPreference right-pads by itself; the tokenizer's padding side stays as loaded.
     trainer = RewardTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
                             peft_config=peft_config)
-    trainer.train()
+    title = "Relevance reward model" if round_of(out_dir) in (0, None) else "Relevance update"
+    with reporting(trainer, title, plural(len(pairs), "pair"), out_dir):
+        trainer.train()
     model = trainer.model
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
@@ -114,6 +119,6 @@ def train_reward(cfg: Any, init_model: str | Path, tokenizer, pairs: list[dict[s
     if trainer.is_world_process_zero():
         model.save_pretrained(target)
         acc = pairwise_accuracy(model, tokenizer, eval_pairs or [], batch_size=r.per_device_batch_size * 4)
-    log.info("reward: %d pairs, loss %.3f -> %.3f, held-out pairwise accuracy %.3f", len(pairs),
+    log.info("%s: %s, loss %.3f -> %.3f, held-out pairwise accuracy %.3f", title, plural(len(pairs), "pair"),
              curve[0] if curve else float("nan"), curve[-1] if curve else float("nan"), acc)
     return RewardResult(model_dir=target, loss_curve=curve, train_pairs=len(pairs), accuracy=acc)

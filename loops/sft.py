@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coea.console import plural
+from loops.trainer_log import loss_line, reporting
+
 log = logging.getLogger("coea.sft")
 
 
@@ -52,7 +55,9 @@ def train_sft(cfg: Any, base_model: str | Path, tokenizer, examples: list[dict[s
     peft_config = None if (full_weights or not cfg.lora.enabled) else lora_config(cfg.lora, "CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
                          processing_class=tokenizer, peft_config=peft_config)
-    trainer.train()
+    title = "backbone pretraining" if full_weights else "Novelty SFT"
+    with reporting(trainer, title, plural(len(examples), "example"), out_dir):
+        trainer.train()
     curve = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     target = out_dir / ("model" if full_weights else "adapter")
     # Data-parallel runs (loops/workers.py): every rank holds the same weights (DDP, ZeRO-2); one writes them.
@@ -60,6 +65,5 @@ def train_sft(cfg: Any, base_model: str | Path, tokenizer, examples: list[dict[s
         trainer.model.save_pretrained(target)
         if full_weights:
             tokenizer.save_pretrained(target)
-    log.info("sft: %d examples, loss %.3f -> %.3f", len(examples), curve[0] if curve else float("nan"),
-             curve[-1] if curve else float("nan"))
+    loss_line(title, curve, len(examples), "example")
     return SftResult(adapter_dir=target, loss_curve=curve, train_examples=len(examples))

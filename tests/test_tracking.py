@@ -26,6 +26,7 @@ def no_network_env(tmp_path, monkeypatch):
     """Offline W&B with its files under tmp_path and a server address that refuses every connection."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))  # artifact staging stays in tmp_path
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens: any network use would fail
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     return tmp_path
@@ -65,6 +66,9 @@ class FakeRun:
 
     def finish(self):
         self.finished += 1
+
+    def use_artifact(self, name):
+        self.used = [*getattr(self, "used", []), name]
 
 
 @pytest.fixture
@@ -116,7 +120,7 @@ def test_run_contract(tmp_path, fake_wandb, monkeypatch):
     assert kw["name"] == "round-001" and kw["job_type"] == "cycle" and kw["mode"] == "offline"
     assert kw["resume"] == "never" and kw["group"] == second.init_kwargs["group"] == workdir_group(tmp_path)
     assert kw["id"] != second.init_kwargs["id"]
-    assert first.defined == [("round", {}), ("*", {"step_metric": "round"})]
+    assert first.defined == [("round", {}), ("val/NCP@5", {"step_metric": "round"})]  # declared before use
     assert first.logged == [{"round": 1, "val/NCP@5": 0.1}] and first.finished == 1
     assert second.init_kwargs["settings"].init_timeout == cfg.init_timeout_s
 
@@ -197,3 +201,81 @@ def test_plot_rounds(tmp_path):
     out = plot_rounds([{"round": 1, "val/C-H@1": float("nan")}], tmp_path / "sub" / "empty.png")
     assert out.stat().st_size > 0
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_trainer_history_gets_its_own_step_metric(tmp_path, fake_wandb):
+    """A Hugging Face log history is replayed as <prefix>/<metric> against <prefix>/global_step; the closing row
+    (train_runtime, train_loss) goes to the summary, not the curves."""
+    tracker = make_tracker(tracking_cfg(), tmp_path, 1)
+    history = [{"loss": 2.0, "learning_rate": 1e-3, "epoch": 0.5, "step": 1},
+               {"loss": 1.5, "learning_rate": 1e-3, "epoch": 1.0, "step": 2, "note": "text is skipped"},
+               {"train_runtime": 3.2, "train_loss": 1.75, "epoch": 1.0, "step": 2}]
+    tracker.log_history("novelty_sft", history)
+    run = fake_wandb[0]
+    assert ("novelty_sft/global_step", {}) in run.defined
+    assert ("novelty_sft/loss", {"step_metric": "novelty_sft/global_step"}) in run.defined
+    assert run.logged == [{"novelty_sft/global_step": 1, "novelty_sft/loss": 2.0, "novelty_sft/learning_rate": 1e-3,
+                           "novelty_sft/epoch": 0.5},
+                          {"novelty_sft/global_step": 2, "novelty_sft/loss": 1.5, "novelty_sft/learning_rate": 1e-3,
+                           "novelty_sft/epoch": 1.0}]
+    assert run.summary["novelty_sft/train_loss"] == 1.75
+
+
+def test_inputs_are_declared_online_only(tmp_path, fake_wandb, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    offline = make_tracker(tracking_cfg(), tmp_path, 2)
+    offline.use_artifact("novelty-adapter-x", "round-1")  # wandb refuses use_artifact offline: nothing to do
+    assert not hasattr(fake_wandb[0], "used")
+    online = make_tracker(tracking_cfg(mode="online"), tmp_path, 2)
+    online.use_artifact("novelty-adapter-x", "round-1")
+    assert fake_wandb[1].used == ["novelty-adapter-x:round-1"]
+
+
+def test_artifacts_offline_copy_small_reference_large(no_network_env):
+    """A folder under tracking.artifact_copy_max_mb is copied into the artifact; a larger one is a file://
+    reference; metadata keeps its lists; the local lines record every artifact."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from coea.tracking import TableData
+
+    tmp_path = no_network_env
+    small, big = tmp_path / "adapter", tmp_path / "model"
+    small.mkdir(), big.mkdir()
+    (small / "a.bin").write_bytes(b"x" * 1000)
+    (big / "b.bin").write_bytes(b"y" * 3000)
+    tracker = make_tracker(tracking_cfg(artifact_copy_max_mb=0.002), tmp_path / "work", 1)
+    tracker.log_artifact("novelty-adapter-t", "model", paths=[small], aliases=["round-1", "promoted"],
+                         metadata={"round": 1, "inputs": ["a:round-0"]})
+    tracker.log_artifact("relevance-model-t", "model", paths=[big], aliases=["round-1"],
+                         table=TableData(columns=["key", "scores"], rows=[["g|0f", "0.900"]]))
+    tracker.finish()
+    (run,) = (tmp_path / "wandb_dir" / "wandb").glob("offline-run-*")
+    exe = Path(sys.executable).with_name("wandb")
+    out = subprocess.run([str(exe), "leet", "inspect", "--json", str(run)], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    arts = {a["name"]: a for a in (json.loads(line)["artifact"] for line in out.splitlines()
+                                  if '"type":"artifact"' in line)}
+    copied = arts["novelty-adapter-t"]
+    assert set(copied["aliases"]) >= {"round-1", "promoted"} and json.loads(copied["metadata"])["inputs"] == [
+        "a:round-0"]
+    assert [c["path"] for c in copied["manifest"]["contents"]] == ["adapter/a.bin"]
+    refs = [c.get("ref", "") for c in arts["relevance-model-t"]["manifest"]["contents"]]
+    assert any(r.startswith("file://") and r.endswith("b.bin") for r in refs)
+    assert any(c["path"] == "sample.table.json" for c in arts["relevance-model-t"]["manifest"]["contents"])
+    lines = read_jsonl(tmp_path / "work" / "tracking" / "metrics.jsonl")
+    assert [line["name"] for line in lines if line["kind"] == "artifact"] == ["novelty-adapter-t", "relevance-model-t"]
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_one_round_plot_is_a_summary_not_dots(tmp_path):
+    one = plot_rounds([{"round": 1, "val/C-H@1": 0.49, "val/NCP@5": 0.1, "keys/count": 352}], tmp_path / "one.png")
+    many = plot_rounds([{"round": r, "val/C-H@1": 0.4 + r / 100, "val/NCP@5": 0.1, "keys/count": 352}
+                        for r in (1, 2, 3)], tmp_path / "many.png")
+    assert _png_size(one) == (720, 256)  # one 9 x 3.2 in figure: bars + table
+    assert _png_size(many) != _png_size(one)

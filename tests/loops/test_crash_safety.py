@@ -59,7 +59,7 @@ def test_killed_process_during_kv_staging_keeps_serving_the_previous_round(tiny_
     shutil.copytree(ref_dir, workdir, symlinks=True)
     cfg_path = tmp_path / "tiny.yaml"
     tiny_cfg.save(cfg_path)
-    cmd = [sys.executable, "-m", "coea.cli", "cycle", "--config", str(cfg_path), "--workdir", str(workdir)]
+    cmd = [sys.executable, "-m", "coea.cli", "cycle", "--config", str(cfg_path), "--workdir", str(workdir), "--json"]
     env = {**__import__("os").environ, "COEA_FAULT": "kv:staging", "COEA_FAULT_MODE": "exit"}
     killed = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
     assert killed.returncode == 137

@@ -65,10 +65,14 @@ def test_lookup_returns_valid_categories(two_cycles, cfg):
 
 def test_cli_lookup_and_status(two_cycles):
     workdir, _, _ = two_cycles
-    out = subprocess.run([sys.executable, "-m", "coea.cli", "lookup", "--workdir", str(workdir), "--user", "u001"],
+    user = str(__import__("pandas").read_parquet(workdir / "current" / "users.parquet")["user_id"].iloc[0])
+    out = subprocess.run([sys.executable, "-m", "coea.cli", "lookup", "--workdir", str(workdir), "--user", user],
                          capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
-    assert "categories" in json.loads(out.stdout)
+    assert json.loads(out.stdout)["status"] in ("found", "empty")
+    out = subprocess.run([sys.executable, "-m", "coea.cli", "lookup", "--workdir", str(workdir), "--user", "u001"],
+                         capture_output=True, text=True, cwd=REPO)  # the tiny world's users are u00..u79
+    assert out.returncode == 6 and json.loads(out.stdout)["status"] == "unknown_user"
     out = subprocess.run([sys.executable, "-m", "coea.cli", "status", "--workdir", str(workdir)],
                          capture_output=True, text=True, cwd=REPO)
     assert json.loads(out.stdout)["promoted_round"] in (1, 2)
