@@ -60,6 +60,7 @@ def train_sft(cfg: Any, base_model: str | Path, tokenizer, examples: list[dict[s
         trainer.model.save_pretrained(target)
         if full_weights:
             tokenizer.save_pretrained(target)
-    log.info("sft: %d examples, loss %.3f -> %.3f", len(examples), curve[0] if curve else float("nan"),
+    what = "backbone pretraining (full weights, loss on every token)" if full_weights else "novelty SFT"
+    log.info("sft: %s on %d examples, loss %.3f -> %.3f", what, len(examples), curve[0] if curve else float("nan"),
              curve[-1] if curve else float("nan"))
     return SftResult(adapter_dir=target, loss_curve=curve, train_examples=len(examples))
