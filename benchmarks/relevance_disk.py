@@ -5,9 +5,9 @@
 
 For every round of a workdir written with ``lora.enabled: true`` it reports the bytes of ``relevance/model`` (the
 adapter + score head coea saves) and the bytes the same model takes merged (loaded through the cycle's loader,
-merged and written with ``save_pretrained`` to a temporary directory: what every round kept before). Without
-``--workdir`` it runs the demo main job first (``coea rounds --n 3`` on the config, one thread) into a temporary
-workdir.
+merged and written with ``save_pretrained`` to a temporary directory: what every round kept before). When the
+workdir is missing or empty (or not given: a temporary one) it runs the demo main job into it first
+(``coea rounds --n 3`` on the config, one thread).
 
 It also counts, without downloading anything, the parameters of the paper's backbone (a Qwen2.5-7B-Instruct-shaped
 Qwen2 built on the meta device from its published config values) and of its Relevance adapter with the config's
@@ -84,7 +84,7 @@ def qwen7b_footprint(cfg) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workdir", type=Path, help="a workdir to measure; default: run the demo main job first")
+    ap.add_argument("--workdir", type=Path, help="a workdir to measure; missing or empty: run the demo into it first")
     ap.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
     ap.add_argument("--rounds", type=int, default=3, help="cycles to run when --workdir is not given")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "relevance_disk.json")
@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, [])
     started = time.time()
     workdir = args.workdir
-    if workdir is None:
-        workdir = Path(tempfile.mkdtemp(prefix="coea-relevance-disk-"))
+    if workdir is None or not (workdir / "state.json").exists():  # nothing there yet: run the demo into it
+        workdir = workdir or Path(tempfile.mkdtemp(prefix="coea-relevance-disk-"))
         subprocess.run([sys.executable, "-m", "coea.cli", "rounds", "--n", str(args.rounds), "--config", args.config,
                         "--workdir", str(workdir), "--set", "run.num_threads=1"], check=True, cwd=REPO,
                        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     big = qwen7b_footprint(cfg)
     print(json.dumps(big))
     result = {"config": args.config, "workdir": str(workdir), "rounds": rounds, "qwen2.5_7b": big,
-              "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
+              "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average": os.getloadavg(),
+                       "shared": "2-core machine shared with other engineers; sizes do not depend on load"},
               "wall_time_s": round(time.time() - started, 1), "date": time.strftime("%Y-%m-%d")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -60,6 +60,17 @@ def relevance_prompt(cfg_prompts: Any, portrait: str, recent: Sequence[str], can
     return cfg_prompts.relevance.format(portrait=portrait, recent=_recent(cfg_prompts, recent), candidate=candidate)
 
 
+def click_sequence_text(cfg_prompts: Any, portrait: str, clicked: Sequence[str], next_category: str) -> str:
+    """Pretraining text of the embedded backbone: the Relevance template with the recent clicks *in click order*.
+
+    The one rendering that keeps the order (and duplicates) of the clicks: it is a stand-in for the pretraining a
+    hub checkpoint already has, and which category came last is what it teaches (docs/llms.md, "Backbones").
+    Never used to fine-tune or to query an LLM: those render user states through :func:`relevance_prompt`.
+    """
+    recent = cfg_prompts.recent_separator.join(clicked) if clicked else "none"
+    return cfg_prompts.relevance.format(portrait=portrait, recent=recent, candidate=next_category)
+
+
 def render_sample(cfg: Any) -> str:
     """Every template rendered for a sample user of the configured data set (``coea prompts``).
 

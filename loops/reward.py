@@ -42,9 +42,11 @@ def relevance_pairs(cfg: Any, clicks: dict[str, list[tuple[int, str]]], exposure
     supply the state (C'_short) of the window's first clicks. A click at position t >= 2 of the user's click
     history gives a pair (Eq. 11's prompt needs S_short(t-2:t-1)); its prompt is C'_short(t) = the canonical set of
     the last ``data.short_k`` clicked categories before it -- the text inference renders for that state. Each
-    record carries ``user_id`` and ``click`` (one id per click, shared by its negatives).
+    record carries ``user_id``, ``click`` (one id per click, shared by its negatives) and ``sequence`` (the last
+    two clicks in click order -> the clicked category, coea.prompts.click_sequence_text: the embedded backbone's
+    pretraining text, never a training or inference text of the Relevance LLM).
     """
-    from coea.prompts import recent_at, relevance_prompt
+    from coea.prompts import click_sequence_text, recent_at, relevance_prompt
 
     rng = np.random.default_rng(seed)
     short_k = cfg.data.short_k
@@ -77,8 +79,9 @@ def relevance_pairs(cfg: Any, clicks: dict[str, list[tuple[int, str]]], exposure
                 rng.choice(len(pool), size=min(n_neg, len(pool)), replace=False).tolist()
             portrait = portraits_by_user.get(u, "")
             chosen = relevance_prompt(cfg.prompts, portrait, recent, pos)
+            sequence = click_sequence_text(cfg.prompts, portrait, cats[t - 2:t], pos)
             for i in picks:
-                out.append({"prompt": "", "chosen": chosen, "user_id": u, "click": n_clicks,
+                out.append({"prompt": "", "chosen": chosen, "user_id": u, "click": n_clicks, "sequence": sequence,
                             "rejected": relevance_prompt(cfg.prompts, portrait, recent, pool[i])})
             n_clicks += 1
     return out
@@ -97,9 +100,10 @@ def train_reward(cfg: Any, init_model: str | Path, tokenizer, pairs: list[dict[s
     saved in full. Models older than the tokenizer are grown to it first (coea.backbones.fit_to_tokenizer).
 
     On the main process the held-out ``eval_pairs`` give the pairwise accuracy and the round's calibration
-    (coea.relevance.calibrate: Platt scaling on one half of the held-out users, ECE / Brier on the other), written to
-    ``out_dir/calibration.json`` when there were enough examples. Under ``accelerate launch`` (loops/workers.py)
-    it trains data-parallel; only the main process saves and reports (``accuracy`` is nan elsewhere).
+    (coea.relevance.calibrate: Platt scaling on the held-out users' categories, ECE / Brier cross-fitted over two
+    folds of them), written to ``out_dir/calibration.json`` when there were enough examples. Under
+    ``accelerate launch`` (loops/workers.py) it trains data-parallel; only the main process saves and reports
+    (``accuracy`` is nan elsewhere).
     """
     import torch
     from trl import RewardConfig, RewardTrainer
@@ -174,8 +178,10 @@ def evaluate_relevance(cfg: Any, model, tokenizer, eval_pairs: list[dict[str, st
     acc = float((chosen > rejected).mean())
     cal, metrics = calibrate(eval_pairs, chosen, rejected, cfg.relevance.tau_align,
                              bins=cfg.relevance.calibration_bins, min_examples=cfg.relevance.calibration_min_examples)
-    if cfg.relevance.calibration == "none":
+    if cfg.relevance.calibration == "none":  # report what is applied: the identity
         cal = Calibration(source="identity (relevance.calibration: none)")
+        metrics.update({m: metrics[f"{m}_raw"] for m in ("ece", "brier", "pass_rate") if f"{m}_raw" in metrics})
+        metrics.update({"calibration_a": 1.0, "calibration_b": 0.0})
     metrics["fitted"] = cal is not None
     if cal is not None:
         cal.save(out_dir / CALIBRATION_FILE, {"metrics": metrics})

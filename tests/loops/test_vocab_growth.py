@@ -124,3 +124,25 @@ def test_round_1_relevance_is_an_adapter_over_the_grown_base_with_a_calibration(
     cal = json.loads((model_dir.parent / "calibration.json").read_text())
     assert {"a", "b", "source"} <= set(cal)
     assert "relevance/calibration_fitted" in result.metrics
+
+
+def test_a_hugging_face_tokenizer_is_checked_not_grown(tmp_path):
+    """A byte-level BPE backbone: a new name is spelled in subwords, nothing is grown, no backbone stage is written."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from loops.bootstrap import grow_backbone
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    raw.train_from_iterator(["Jazz Chess Poetry"] * 5, trainer=trainers.BpeTrainer(
+        vocab_size=280, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<eos>").save_pretrained(
+        tmp_path / "rounds" / "000" / "backbone" / "tokenizer")
+    cfg = load_config(None, [f"backbone.name={tmp_path / 'some-hf-checkpoint'}"])
+    metrics = grow_backbone(cfg, tmp_path, 1, ["Chess", "Jazz", "Poetry", NEW, "Québécois Folk"])
+    assert metrics["backbone/new_tokens"] == 0 and metrics["backbone/unknown_names"] == 0
+    assert metrics["backbone/not_round_trip_names"] == 0 and metrics["backbone/round"] == 0
+    assert not (tmp_path / "rounds" / "001" / "backbone").exists()
+    assert base_model_path(cfg, tmp_path, 1) == cfg.backbone.name
