@@ -19,8 +19,9 @@ NEW = "Zydeco"
 
 
 @pytest.fixture(scope="module")
-def grown(tmp_path_factory):
-    from conftest import REPO, TINY
+def grown(tiny_cfg, tmp_path_factory):
+    import copy
+
     from coea.data.loaders import load_interactions
     from coea.data.parquet import write_parquet
     from loops.bootstrap import run_bootstrap
@@ -28,9 +29,9 @@ def grown(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("growth")
     data, workdir = root / "log", root / "work"
-    world = load_config(REPO / "configs" / "demo.yaml", TINY)
-    write_parquet(load_interactions(world.data, world.synthetic, world.run.seed), data)
-    cfg = load_config(REPO / "configs" / "demo.yaml", TINY + ["data.source=parquet", f"data.path={data}"])
+    write_parquet(load_interactions(tiny_cfg.data, tiny_cfg.synthetic, tiny_cfg.run.seed), data)
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg.data.source, cfg.data.path = "parquet", str(data)
     run_bootstrap(cfg, workdir)
     items = pd.read_parquet(data / "items.parquet")
     new_items = pd.DataFrame({"item_id": [f"z{i:02d}" for i in range(5)], "category": NEW,
