@@ -232,8 +232,8 @@ class RelevanceConfig:
         "platt", "platt = fit s_i = sigmoid(a * reward + b) each round on held-out users' clicked vs unclicked "
         "categories (docs/llms.md); none = s_i = sigmoid(reward), uncalibrated.")
     calibration_min_examples: int = opt(
-        20, "Fewer held-out clicked or unclicked categories than this in either half of the held-out users and the "
-        "round keeps the previous round's calibration.", min=1)
+        20, "Fewer held-out clicked or unclicked categories than this (or fewer than half of it in either fold of the "
+        "held-out users) and the round keeps the previous round's calibration.", min=1)
     calibration_bins: int = opt(10, "Equal-width bins of the reported expected calibration error (relevance/ece).",
                                 min=1)
 
