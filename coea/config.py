@@ -231,8 +231,17 @@ class RelevanceConfig:
     gradient_accumulation_steps: int = opt(1, "Gradient accumulation steps.", min=1)
     max_train_pairs: int = opt(0, "Cap on preference pairs (0 = all).", min=0)
     negatives_per_positive: int = opt(1, "Negatives drawn per clicked category.", min=1)
-    tau_align: float = opt(0.5, "Keep candidates whose normalised score s_i > tau_align.", min=0.0, max=1.0)
+    tau_align: float = opt(0.5, "Keep candidates whose score s_i > tau_align; s_i is the calibrated probability "
+                           "that the category is clicked (see relevance.calibration).", min=0.0, max=1.0)
     update_epochs: float = opt(1.0, "Epochs of the per-round update on new clicks.", min=0.0)
+    calibration: Literal["platt", "none"] = opt(
+        "platt", "platt = fit s_i = sigmoid(a * reward + b) each round on held-out users' clicked vs unclicked "
+        "categories (docs/llms.md); none = s_i = sigmoid(reward), uncalibrated.")
+    calibration_min_examples: int = opt(
+        20, "Fewer held-out clicked or unclicked categories than this (or fewer than half of it in either fold of the "
+        "held-out users) and the round keeps the previous round's calibration.", min=1)
+    calibration_bins: int = opt(10, "Equal-width bins of the reported expected calibration error (relevance/ece).",
+                                min=1)
 
 
 @dataclass

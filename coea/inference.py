@@ -20,24 +20,37 @@ log = logging.getLogger("coea.inference")
 
 @dataclass
 class Models:
-    """The Novelty LLM (base + adapter) and the Relevance LLM of one round, loaded for inference."""
+    """The Novelty LLM (base + adapter) and the Relevance LLM of one round, loaded for inference.
+
+    ``calibration`` is the Relevance round's Platt scaling: every score this module produces is
+    ``calibration.probability(reward)``, and tau_align applies to it.
+    """
 
     novelty: Any
     relevance: Any
     tokenizer: Any
+    calibration: Any = None  # coea.relevance.Calibration
 
 
-def load_models(cfg: Config, workdir: Path, novelty_round: int, relevance_round: int, device: str) -> Models:
+def load_models(cfg: Config, workdir: Path, novelty_round: int, relevance_round: int, device: str, *,
+                backbone_round: int | None = None) -> Models:
+    """Round ``novelty_round``'s Novelty adapter and round ``relevance_round``'s Relevance LLM (+ calibration).
+
+    Both sit on the base model and tokenizer of ``backbone_round`` (default: the newest in the workdir, which
+    encodes every category name seen so far; older adapters load on it because growth only appends tokens).
+    """
     from peft import PeftModel
 
-    from coea.backbones import load_causal_lm, load_reward_model, load_tokenizer
+    from coea.backbones import load_causal_lm, load_relevance_model, load_tokenizer
+    from coea.relevance import load_calibration
 
-    tok = load_tokenizer(tokenizer_path(workdir), cfg)
-    base = load_causal_lm(base_model_path(cfg, workdir), cfg, pad_token_id=tok.pad_token_id)
+    tok = load_tokenizer(tokenizer_path(workdir, backbone_round), cfg)
+    base_path = base_model_path(cfg, workdir, backbone_round)
+    base = load_causal_lm(base_path, cfg, pad_token_id=tok.pad_token_id)
     novelty = PeftModel.from_pretrained(base, str(novelty_adapter(workdir, novelty_round))).to(device).eval()
-    relevance = load_reward_model(relevance_model_dir(workdir, relevance_round), cfg,
-                                  pad_token_id=tok.pad_token_id).to(device).eval()
-    return Models(novelty=novelty, relevance=relevance, tokenizer=tok)
+    rel_dir = relevance_model_dir(workdir, relevance_round)
+    relevance = load_relevance_model(cfg, rel_dir, base_model=base_path, tokenizer=tok).to(device).eval()
+    return Models(novelty=novelty, relevance=relevance, tokenizer=tok, calibration=load_calibration(rel_dir))
 
 
 # ------------------------------------------------------------------------------------------------------ keys
@@ -57,7 +70,10 @@ def user_keys(seqs, csids: dict[str, str]) -> dict[str, Key]:
 
 def propose_and_score(cfg: Config, models: Models, keys: list[Key], portraits: dict[str, str],
                       categories: list[str]) -> list[dict[str, Any]]:
-    """Novelty candidates for every key, Relevance scores for each, C_align = scores > tau_align (ordered)."""
+    """Novelty candidates for every key, calibrated Relevance scores for each, C_align = scores > tau_align.
+
+    Scores are ``models.calibration``'s probabilities (coea.relevance.score); C_align is ordered by score.
+    """
     from coea.candidates import propose
     from coea.prompts import novelty_infer_prompt, relevance_prompt
     from coea.relevance import score
@@ -74,8 +90,8 @@ def propose_and_score(cfg: Config, models: Models, keys: list[Key], portraits: d
         log.warning("candidates: %d constrained outputs dropped (no allowed token; failing closed)", result.dropped)
     flat = [(i, c) for i, cands in enumerate(candidates) for c in cands]
     rel_prompts = [relevance_prompt(cfg.prompts, portrait(keys[i].csid), keys[i].recent, c) for i, c in flat]
-    scores = score(models.relevance, models.tokenizer, rel_prompts, batch_size=cfg.novelty.inference_batch_size) \
-        if flat else np.zeros(0)
+    scores = score(models.relevance, models.tokenizer, rel_prompts, batch_size=cfg.novelty.inference_batch_size,
+                   calibration=models.calibration) if flat else np.zeros(0)
     rows = [{"csid": k.csid, "recent": list(k.recent), "candidates": list(c), "scores": []} for k, c in
             zip(keys, candidates)]
     for (i, _), s in zip(flat, scores):

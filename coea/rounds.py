@@ -4,9 +4,12 @@ Shared by the loops (which write these paths) and by evaluation and the CLI (whi
 ``coea`` core so that nothing above has to reach into ``loops/`` for a path (docs/cycle.md).
 
     WORKDIR/rounds/000/backbone/{model,tokenizer}   embedded base model and tokenizer (round 0)
+    WORKDIR/rounds/NNN/backbone/{model,tokenizer}   the same, grown for new category names (only rounds that grew)
     WORKDIR/rounds/000/novelty/adapter              Novelty LLM after SFT (round 0)
     WORKDIR/rounds/NNN/pco/adapter                  Novelty LLM after round NNN's DPO + KL
-    WORKDIR/rounds/NNN/relevance/model              Relevance LLM of round NNN
+    WORKDIR/rounds/NNN/relevance/model              Relevance LLM of round NNN (LoRA adapter + score head, or
+                                                    full weights with lora.enabled: false)
+    WORKDIR/rounds/NNN/relevance/calibration.json   its Platt calibration (tau_align applies to it)
     WORKDIR/rounds/NNN/dsie                         DSIE of round NNN (round 0, then every refresh)
     WORKDIR/rounds/NNN/data                         round NNN's window, vocabularies, sequence state (round_data)
 
@@ -80,14 +83,30 @@ def load_data(cfg: Config):
 # ------------------------------------------------------------------------------------------------ model artifacts
 
 
-def base_model_path(cfg: Config, workdir: Path) -> str:
-    """The Novelty base model: the embedded model saved in round 0, or the configured HF path / id."""
-    saved = round_dir(workdir, 0) / "backbone" / "model"
+def backbone_round(workdir: Path, k: int | None = None) -> int:
+    """The round whose ``backbone`` stage (tokenizer, embedded base model) is in use at round ``k``.
+
+    Round 0 writes the first; a later round writes one only when its catalogue grew the tokenizer (docs/llms.md
+    "A growing catalogue"). ``k=None`` means the newest in the workdir: its tokenizer encodes every category
+    name seen so far, and every earlier round's Novelty adapter and Relevance model loads on its base (growth is
+    append-only). Rounds older than this one's backbone must keep it: retention never deletes the returned round.
+    """
+    rounds = Path(workdir) / "rounds"
+    found = sorted((int(p.parent.name) for p in rounds.glob("*/backbone") if p.is_dir() and p.parent.name.isdigit()),
+                   reverse=True) if rounds.is_dir() else []
+    return next((j for j in found if k is None or j <= k), 0)
+
+
+def base_model_path(cfg: Config, workdir: Path, k: int | None = None) -> str:
+    """The base model at round ``k`` (default: the newest): the embedded model saved by round 0 or grown by a later
+    round, or the configured Hugging Face path / id (never grown: its tokenizer encodes new names as subwords)."""
+    saved = round_dir(workdir, backbone_round(workdir, k)) / "backbone" / "model"
     return str(saved) if cfg.backbone.name == "embedded" else cfg.backbone.name
 
 
-def tokenizer_path(workdir: Path) -> Path:
-    return round_dir(workdir, 0) / "backbone" / "tokenizer"
+def tokenizer_path(workdir: Path, k: int | None = None) -> Path:
+    """The tokenizer at round ``k`` (default: the newest), saved with :func:`base_model_path`'s model."""
+    return round_dir(workdir, backbone_round(workdir, k)) / "backbone" / "tokenizer"
 
 
 def novelty_adapter(workdir: Path, k: int) -> Path:

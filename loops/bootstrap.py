@@ -6,13 +6,17 @@
     backbone    embedded: word-level tokenizer + Qwen2 model, pretrained on the round-0 corpus (full weights);
                 a Hugging Face backbone: its tokenizer is saved here, the model is loaded by name
     novelty     SFT (Eq. 8-9), LoRA, loss on the completion only -> novelty/adapter
-    relevance   Bradley-Terry reward model (Eq. 12-14) -> relevance/model
+    relevance   Bradley-Terry reward model (Eq. 12-14) -> relevance/model (LoRA adapter + score head over the
+                base), relevance/calibration.json (Platt scaling on held-out users, docs/llms.md)
     report.json SFT loss curve, Novelty hit@5 vs "most popular category not in C'_short", Relevance held-out
                 pairwise accuracy, keys vs users, wall times
 
 Each stage is restartable (docs/cycle.md). Validation users (coea.rounds.is_validation_user) are held out. With
 ``cycle.num_processes > 1`` (or ``cycle.deepspeed`` set) the pretraining, SFT and reward training run as launched
 workers (loops/workers.py); this process keeps the stages.
+
+Later rounds call :func:`grow_backbone` before their candidates: a category name the tokenizer cannot encode grows
+the embedded tokenizer and base model into ``rounds/NNN/backbone`` (docs/llms.md "A growing catalogue").
 """
 
 from __future__ import annotations
@@ -41,13 +45,19 @@ class BootstrapResult:
     sft_final_loss: float
     keys: int
     users: int
+    relevance_ece: float = float("nan")
+    relevance_brier: float = float("nan")
     report: dict[str, Any] = field(default_factory=dict)
 
 
 def sft_examples(cfg: Config, clicks: dict[str, list[tuple[int, str]]], long_categories: dict[str, set[str]],
                  portraits_by_user: dict[str, str], users: list[str]) -> list[dict[str, str]]:
-    """P_ft-nov examples: S_short(t-2:t-1) -> S_short(t), only where S_short(t) is absent from I_long (Eq. 8)."""
-    from coea.prompts import novelty_train_example
+    """P_ft-nov examples: C'_short(t) -> S_short(t) at t >= 2, only where S_short(t) is absent from I_long (Eq. 8).
+
+    C'_short(t) (coea.prompts.recent_at) is the user state the inference prompt renders; with ``data.short_k: 2``
+    it is the paper's S_short(t-2:t-1).
+    """
+    from coea.prompts import novelty_train_example, recent_at
 
     out = []
     for u in users:
@@ -55,7 +65,8 @@ def sft_examples(cfg: Config, clicks: dict[str, list[tuple[int, str]]], long_cat
         for t in range(2, len(cats)):
             if cats[t] in long_categories.get(u, set()):
                 continue
-            out.append(novelty_train_example(cfg.prompts, portraits_by_user.get(u, ""), cats[t - 2:t], cats[t]))
+            out.append(novelty_train_example(cfg.prompts, portraits_by_user.get(u, ""),
+                                             recent_at(cats, t, cfg.data.short_k), cats[t]))
     return out
 
 
@@ -133,8 +144,12 @@ def run_bootstrap(cfg: Config, workdir: Path, *, until: int | None = None) -> Bo
         with stage(rp, "relevance") as tmp:
             rew = _reward(cfg, base, tok, tokenizer_path(workdir), pairs, tmp, epochs=cfg.relevance.epochs,
                           eval_pairs=val_pairs)
+            from loops.reward import finish_calibration
+
+            source = finish_calibration(tmp, None, None)
             write_json(tmp / "metrics.json", {"loss_curve": rew.loss_curve, "train_pairs": rew.train_pairs,
-                                              "accuracy": rew.accuracy, "eval_pairs": len(val_pairs)})
+                                              "accuracy": rew.accuracy, "eval_pairs": len(val_pairs),
+                                              "calibration": {**rew.calibration, "source": source}})
             write_manifest(tmp, cfg)
     times["relevance_s"] = round(time.perf_counter() - t, 2)
 
@@ -150,7 +165,10 @@ def run_bootstrap(cfg: Config, workdir: Path, *, until: int | None = None) -> Bo
                            popularity_hit_at_5=report["novelty"]["popularity_hit@5"],
                            relevance_accuracy=report["relevance"]["pairwise_accuracy"],
                            sft_final_loss=report["novelty"]["sft_loss_curve"][-1], keys=report["keys"],
-                           users=report["users"], report=report)
+                           users=report["users"],
+                           relevance_ece=report["relevance"].get("calibration", {}).get("ece", float("nan")),
+                           relevance_brier=report["relevance"].get("calibration", {}).get("brier", float("nan")),
+                           report=report)
 
 
 def _build_backbone(cfg: Config, tmp: Path, categories: list[str], portraits: dict[str, str],
@@ -159,7 +177,9 @@ def _build_backbone(cfg: Config, tmp: Path, categories: list[str], portraits: di
     from coea.backbones import build_embedded_backbone, load_tokenizer
 
     if cfg.backbone.name != "embedded":
-        load_tokenizer(cfg.backbone.name, cfg).save_pretrained(tmp / "tokenizer")
+        tok = load_tokenizer(cfg.backbone.name, cfg)
+        tok.save_pretrained(tmp / "tokenizer")
+        _record_vocab(tmp, tok, categories, 0)
         return
     p = cfg.prompts
     texts = [" ".join(categories), *portraits.values(), "none",
@@ -167,13 +187,93 @@ def _build_backbone(cfg: Config, tmp: Path, categories: list[str], portraits: di
              *(e["prompt"] + e["completion"] for e in examples[:2000]), *(r["chosen"] for r in pairs[:2000])]
     model_dir, tok_dir = build_embedded_backbone(cfg, texts, tmp)
     tok = load_tokenizer(tok_dir, cfg)
-    corpus = examples + [{"prompt": "", "completion": r["chosen"]} for r in pairs]
+    _record_vocab(tmp, tok, categories, 0)
+    # Click order kept (records' "sequence"): which category came last is what this stand-in pretraining teaches;
+    # on ml-100k the canonical state texts instead cost Novelty hit@5 0.4915 -> 0.388 (docs/llms.md).
+    corpus = examples + [{"prompt": "", "completion": r.get("sequence", r["chosen"])} for r in pairs]
     _sft(cfg, model_dir, tok, tok_dir, corpus, tmp / "pretrain", full_weights=True, completion_only=False, epochs=1,
          lr=max(cfg.novelty.sft_lr, 1e-3))
     import shutil
 
     shutil.rmtree(model_dir)
     (tmp / "pretrain" / "model").rename(model_dir)
+
+
+def _record_vocab(stage_dir: Path, tok, categories: list[str], k: int, **extra: Any) -> dict[str, Any]:
+    """``backbone/vocab.json``: how the stage's tokenizer encodes the round's catalogue (coea.backbones.vocab_check)."""
+    import dataclasses
+
+    from coea.backbones import vocab_check
+
+    check = vocab_check(tok, categories)
+    if not check.faithful:
+        log.warning("backbone: round %d: %d category names map to the unknown token (%s), %d share token ids with "
+                    "another name", k, len(check.unknown), ", ".join(check.unknown[:5]), len(check.ambiguous))
+    if check.not_round_trip:
+        log.info("backbone: round %d: %d category names do not decode back verbatim (e.g. %r); scoring uses their "
+                 "token ids, which are distinct", k, len(check.not_round_trip), check.not_round_trip[0])
+    record = {"round": k, "vocab_size": len(tok), "check": dataclasses.asdict(check), **extra}
+    write_json(stage_dir / "vocab.json", record)
+    return record
+
+
+def grow_backbone(cfg: Config, workdir: Path, k: int, categories: list[str]) -> dict[str, Any]:
+    """Round k's catalogue into the LLMs' vocabulary; returns the round's ``backbone/*`` metrics.
+
+    When a name of ``categories`` (the round's active catalogue) has a word the current word-level tokenizer maps to
+    ``<unk>``, the stage ``rounds/NNN/backbone`` saves the grown tokenizer (old ids unchanged, coea.backbones.
+    grow_word_tokenizer) and the base model with new embedding / LM-head rows (the mean of the category tokens'
+    rows, coea.backbones.grow_embeddings); from then on ``coea.rounds.base_model_path`` / ``tokenizer_path`` point
+    at it. Every earlier round's Novelty adapter and Relevance model loads on the grown base (LoRA never touches
+    the embedding rows; a full-weights Relevance model is grown on load). A Hugging Face tokenizer is never grown:
+    its names are checked, and a name it cannot encode is reported and left as it is.
+    """
+    from coea.backbones import (
+        grow_embeddings, grow_word_tokenizer, is_word_level, load_causal_lm, load_tokenizer, read_growth,
+        save_tokenizer, vocab_check,
+    )
+    from coea.rounds import backbone_round, base_model_path, tokenizer_path
+
+    rp = round_dir(workdir, k)
+    if stage_done(rp, "backbone"):
+        return read_json(rp / "backbone" / "vocab.json")["metrics"]
+    prev = backbone_round(workdir, k - 1)
+    tok_dir = tokenizer_path(workdir, prev)
+    tok = load_tokenizer(tok_dir, cfg)
+    check = vocab_check(tok, categories)
+    metrics: dict[str, Any] = {"backbone/round": prev, "backbone/vocab_size": len(tok), "backbone/new_tokens": 0,
+                               "backbone/new_categories": 0, "backbone/unknown_names": len(check.unknown),
+                               "backbone/ambiguous_names": len(check.ambiguous),
+                               "backbone/not_round_trip_names": len(check.not_round_trip)}
+    if check.not_round_trip and not is_word_level(tok):
+        log.warning("backbone: %d category names do not decode back verbatim with %s's tokenizer (e.g. %r)",
+                    len(check.not_round_trip), cfg.backbone.name, check.not_round_trip[0])
+    if not check.unknown:
+        if check.ambiguous:
+            log.warning("backbone: %d category names share token ids with another name (%s)", len(check.ambiguous),
+                        ", ".join(check.ambiguous[:5]))
+        return metrics
+    if not is_word_level(tok):
+        log.warning("backbone: %d category names map to the unknown token of %s's tokenizer (%s); a Hugging Face "
+                    "tokenizer is not grown, so they score alike", len(check.unknown), cfg.backbone.name,
+                    ", ".join(check.unknown[:5]))
+        return metrics
+    with stage(rp, "backbone") as tmp:
+        grown, growth = grow_word_tokenizer(tok, categories, round_k=k, growth=read_growth(tok_dir))
+        save_tokenizer(grown, growth, tmp / "tokenizer")
+        model = load_causal_lm(base_model_path(cfg, workdir, prev), cfg, pad_token_id=grown.pad_token_id)
+        grow_embeddings(model, growth)
+        model.save_pretrained(tmp / "model")
+        entry = growth["growth"][-1]
+        metrics.update({"backbone/round": k, "backbone/vocab_size": len(grown),
+                        "backbone/new_tokens": len(entry["tokens"]),
+                        "backbone/new_categories": len(entry["categories"]),
+                        "backbone/unknown_names": len(vocab_check(grown, categories).unknown)})
+        _record_vocab(tmp, grown, categories, k, metrics=metrics, grown_from_round=prev, added=entry)
+        write_manifest(tmp, cfg)
+    log.info("backbone: round %d: %d new category names (%s) grew the tokenizer by %d tokens to %d (from round %d's)",
+             k, len(entry["categories"]), ", ".join(entry["categories"][:5]), len(entry["tokens"]), len(grown), prev)
+    return metrics
 
 
 def _sft(cfg: Config, base: str | Path, tok, tok_dir: Path, examples: list[dict[str, str]], out_dir: Path,
@@ -264,6 +364,7 @@ def _report(cfg: Config, workdir: Path, inter, seqs, csid_of: dict[str, str], po
                                                                                       produced])) if produced else 1.0,
                     "sft_loss_curve": sft["loss_curve"], "train_examples": sft["train_examples"]},
         "relevance": {"pairwise_accuracy": rel["accuracy"], "eval_pairs": rel["eval_pairs"],
-                      "train_pairs": rel["train_pairs"], "loss_curve": rel["loss_curve"]},
+                      "train_pairs": rel["train_pairs"], "loss_curve": rel["loss_curve"],
+                      "calibration": rel.get("calibration", {})},
         "keys": len(keys), "users": len(seqs.user_ids),
     }

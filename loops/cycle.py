@@ -309,6 +309,9 @@ def _run_round(cfg: Config, workdir: Path, k: int, base: int, data: RoundData, d
     keys_by_user = user_keys(seqs, csids)
     keys = sorted({(kk.csid, kk.recent) for kk in keys_by_user.values()})
     write_users_table(rp, keys_by_user, list(inter.categories))
+    from loops.bootstrap import grow_backbone
+
+    vocab = grow_backbone(cfg, workdir, k, inter.categories)  # new category names become tokens, then candidates
     table = stage_candidates(cfg, workdir, k, base, [Key(c, r) for c, r in keys], portraits, inter.categories,
                              device)
     lap("candidates")
@@ -335,7 +338,7 @@ def _run_round(cfg: Config, workdir: Path, k: int, base: int, data: RoundData, d
                "keys/count": len(keys), "keys/users": len(keys_by_user),
                "keys/aligned": int(table["aligned"].map(len).sum()), "pco/pairs": len(pairs),
                "pco/alerts": len(pco.get("alerts", [])), **metrics_of(data.window), "kv/entries": kv["count"],
-               **timings}
+               **vocab, **timings}
     promoted, reason = guardrail(cfg, workdir, metrics)
     if promoted:
         promote(workdir, k, keep=cfg.cycle.keep_rounds)
@@ -526,9 +529,15 @@ def track(cfg: Config, workdir: Path, k: int, metrics: dict[str, Any], *, base: 
 def stage_relevance(cfg: Config, workdir: Path, k: int, base: int, inter, seqs_prev, csids_prev: dict[str, str],
                     portraits: dict[str, str], start: int, end: int,
                     history: dict[str, list[tuple[int, str]]] | None = None) -> dict[str, Any]:
-    """``rounds/NNN/relevance``: continue the promoted Relevance LLM on D_k's new clicks (validation users held out)."""
+    """``rounds/NNN/relevance``: continue the promoted Relevance LLM on D_k's new clicks (validation users held out).
+
+    Writes the model (adapter + score head over the round's base, or full weights; docs/llms.md) and the round's
+    calibration, fitted on the validation users' clicked vs unclicked categories of D_k (the previous round's is
+    kept when there are too few). Returns the ``relevance/*`` metrics: accuracy, loss, ece, brier, ...
+    ``history`` (clicks before ``start``; the live clock passes the carried state's) defaults to ``inter``'s.
+    """
     from coea.data.sequences import click_categories_by_user, exposures_by_user
-    from loops.reward import relevance_pairs
+    from loops.reward import finish_calibration, relevance_pairs
     from storage.keys import DEFAULT_CSID
 
     rp = round_dir(workdir, k)
@@ -555,12 +564,15 @@ def stage_relevance(cfg: Config, workdir: Path, k: int, base: int, inter, seqs_p
         if pairs and cfg.relevance.update_epochs > 0:
             res = _update_relevance(cfg, workdir, previous, pairs, val_pairs[:2000], tmp)
             metrics = {"accuracy": res.accuracy, "train_pairs": res.train_pairs,
-                       "loss": res.loss_curve[-1] if res.loss_curve else float("nan"), "eval_pairs": len(val_pairs)}
-        else:  # nothing new to learn from: carry the previous model forward unchanged
+                       "loss": res.loss_curve[-1] if res.loss_curve else float("nan"), "eval_pairs": len(val_pairs),
+                       **{m: v for m, v in res.calibration.items() if m != "fitted"}}
+        else:  # nothing new to learn from: carry the previous model (and its calibration) forward unchanged
             import shutil
 
             shutil.copytree(previous, tmp / "model")
             metrics = {"train_pairs": 0}
+        metrics["calibration_fitted"] = int(finish_calibration(tmp, previous, base) == "fit")
+        metrics["base_round"] = base
         write_json(tmp / "metrics.json", metrics)
         write_manifest(tmp, cfg)
     return metrics
@@ -568,15 +580,20 @@ def stage_relevance(cfg: Config, workdir: Path, k: int, base: int, inter, seqs_p
 
 def _update_relevance(cfg: Config, workdir: Path, previous: Path, pairs: list[dict[str, str]],
                       eval_pairs: list[dict[str, str]], out_dir: Path):
-    """Continue ``previous`` on ``pairs`` for ``relevance.update_epochs``, here or on the (num_processes) workers."""
+    """Continue ``previous`` on ``pairs`` for ``relevance.update_epochs``, here or on the (num_processes) workers.
+
+    ``previous`` (an adapter or full weights) is loaded over the newest base model and tokenizer, which encode
+    this round's catalogue (loops.bootstrap.grow_backbone ran before the candidates).
+    """
+    base_model = base_model_path(cfg, workdir)
     if trains_in_workers(cfg):
         from loops.workers import launch_reward
 
         return launch_reward(cfg, previous, tokenizer_path(workdir), pairs, out_dir,
-                             epochs=cfg.relevance.update_epochs, eval_pairs=eval_pairs)
+                             epochs=cfg.relevance.update_epochs, eval_pairs=eval_pairs, base_model=base_model)
     from coea.backbones import load_tokenizer
     from loops.reward import train_reward
 
     tok = load_tokenizer(tokenizer_path(workdir), cfg)
     return train_reward(cfg, previous, tok, pairs, out_dir, epochs=cfg.relevance.update_epochs,
-                        eval_pairs=eval_pairs)
+                        eval_pairs=eval_pairs, base_model=base_model)

@@ -624,6 +624,10 @@ def load_policy_and_reference(
     base = AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
     if previous_adapter is not None:
         policy = PeftModel.from_pretrained(base, previous_adapter, is_trainable=True)
+        # The adapter's config names the base it was trained on; after a vocabulary growth (coea.backbones) that base
+        # has fewer embedding rows, and peft would then save the whole embedding matrix into the new adapter
+        # (save_embedding_layers="auto"), which no longer loads on a later, larger base. Name the base it sits on.
+        policy.peft_config["default"].base_model_name_or_path = str(base_model)
     else:
         lora = lora or CoeaLoraConfig()
         targets = lora.target_modules if lora.target_modules == "all-linear" else [

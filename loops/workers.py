@@ -133,7 +133,8 @@ def launch_sft(cfg: Config, base_model: str | Path, tokenizer_dir: str | Path, e
 
 
 def launch_reward(cfg: Config, init_model: str | Path, tokenizer_dir: str | Path, pairs: list[dict[str, str]],
-                  out_dir: Path, *, epochs: float, eval_pairs: list[dict[str, str]] | None = None):
+                  out_dir: Path, *, epochs: float, eval_pairs: list[dict[str, str]] | None = None,
+                  base_model: str | Path | None = None):
     """:func:`loops.reward.train_reward` on ``cycle.num_processes`` workers; returns its ``RewardResult``."""
     from loops.reward import RewardResult
 
@@ -142,10 +143,11 @@ def launch_reward(cfg: Config, init_model: str | Path, tokenizer_dir: str | Path
     write_json(wdir / "eval_pairs.json", eval_pairs or [])
     spec = {"config": _save_config(cfg, wdir), "init_model": str(init_model), "tokenizer": str(tokenizer_dir),
             "pairs": str(wdir / "pairs.json"), "eval_pairs": str(wdir / "eval_pairs.json"),
-            "out_dir": str(Path(out_dir).resolve()), "epochs": epochs}
+            "out_dir": str(Path(out_dir).resolve()), "epochs": epochs,
+            "base_model": str(base_model) if base_model is not None else None}
     r = _launch(cfg, "reward", spec, out_dir)
     return RewardResult(model_dir=Path(r["model_dir"]), loss_curve=r["loss_curve"], train_pairs=r["train_pairs"],
-                        accuracy=r["accuracy"])
+                        accuracy=r["accuracy"], calibration=r.get("calibration", {}))
 
 
 def launch_dpo(cfg: Config, base_model: str | Path, previous_adapter: Path | None, anchor_adapter: Path | None,
@@ -206,9 +208,10 @@ def _reward(cfg: Config, spec: dict[str, Any]) -> dict[str, Any]:
 
     tok = load_tokenizer(spec["tokenizer"], cfg)
     res = train_reward(cfg, spec["init_model"], tok, read_json(spec["pairs"]), Path(spec["out_dir"]),
-                       epochs=spec["epochs"], eval_pairs=read_json(spec["eval_pairs"]))
+                       epochs=spec["epochs"], eval_pairs=read_json(spec["eval_pairs"]),
+                       base_model=spec.get("base_model"))
     return {"model_dir": str(res.model_dir), "loss_curve": res.loss_curve, "train_pairs": res.train_pairs,
-            "accuracy": res.accuracy}
+            "accuracy": res.accuracy, "calibration": res.calibration}
 
 
 def _dpo(cfg: Config, spec: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coea.backbones import build_embedded_backbone, load_causal_lm, load_reward_model, load_tokenizer, lora_config
+from coea.backbones import (
+    build_embedded_backbone, load_causal_lm, load_relevance_model, load_tokenizer, lora_config,
+)
 from coea.config import load_config
 from coea.prompts import completion_text, novelty_infer_prompt, novelty_train_example, relevance_prompt
 from coea.relevance import align, pairwise_accuracy, score
@@ -97,7 +99,8 @@ def test_reward_model_learns_and_scores_are_batch_and_padding_invariant(cfg, bac
                       "rejected": relevance_prompt(cfg.prompts, "likes music", ["Jazz"], neg)})
     res = train_reward(cfg, backbone[0], tok, pairs[:40], tmp_path, epochs=4, eval_pairs=pairs[40:])
     assert res.accuracy > 0.5 and res.loss_curve[-1] < res.loss_curve[0]
-    model = load_reward_model(res.model_dir, cfg)
+    assert (res.model_dir / "adapter_config.json").exists()  # LoRA: the adapter + score head, not a merged copy
+    model = load_relevance_model(cfg, res.model_dir, base_model=backbone[0], tokenizer=tok)
     texts = [relevance_prompt(cfg.prompts, "likes music", ["Jazz"], c) for c in CATS]
     long_text = relevance_prompt(cfg.prompts, "likes music " * 20, ["Jazz", "Opera"], "Chess")
     alone = np.array([score(model, tok, [t])[0] for t in texts])
@@ -108,6 +111,57 @@ def test_reward_model_learns_and_scores_are_batch_and_padding_invariant(cfg, bac
     np.testing.assert_allclose(alone, other_side, atol=1e-5)
     assert ((alone > 0) & (alone < 1)).all()
     assert pairwise_accuracy(model, tok, pairs[40:]) == res.accuracy
+
+
+def _music_pairs(cfg, n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"prompt": "", "user_id": f"u{i}", "click": i,
+             "chosen": relevance_prompt(cfg.prompts, "likes music", ["Jazz"], rng.choice(["Jazz", "Opera"])),
+             "rejected": relevance_prompt(cfg.prompts, "likes music", ["Jazz"], rng.choice(["Chess", "Hiking"]))}
+            for i in range(n)]
+
+
+def test_relevance_continues_as_an_adapter_and_writes_a_calibration(cfg, backbone, tmp_path):
+    """Round k continues round k-1's adapter over the same base; the calibration is fitted on held-out pairs."""
+    import copy
+
+    import torch
+    from safetensors.torch import load_file
+
+    from coea.relevance import Calibration
+    from loops.reward import finish_calibration, train_reward
+
+    tok = load_tokenizer(backbone[1])
+    c = copy.deepcopy(cfg)
+    c.relevance.calibration_min_examples = 10
+    first = train_reward(c, backbone[0], tok, _music_pairs(c, 32), tmp_path / "r0", epochs=2,
+                         eval_pairs=_music_pairs(c, 80, seed=1))
+    cal = Calibration.load(tmp_path / "r0" / "calibration.json")
+    assert first.calibration["fitted"] and cal.source == "fit" and cal.a > 0
+    assert {"ece", "brier", "ece_raw", "brier_raw", "pass_rate"} <= set(first.calibration)
+    again = train_reward(c, first.model_dir, tok, _music_pairs(c, 32, seed=2), tmp_path / "r1", epochs=1,
+                         eval_pairs=_music_pairs(c, 4, seed=3), base_model=backbone[0])
+    assert (again.model_dir / "adapter_config.json").exists() and not again.calibration["fitted"]
+    assert finish_calibration(tmp_path / "r1", first.model_dir, 0) == "carried from round 0"
+    assert Calibration.load(tmp_path / "r1" / "calibration.json").a == cal.a
+    w0, w1 = load_file(first.model_dir / "adapter_model.safetensors"), load_file(
+        again.model_dir / "adapter_model.safetensors")
+    assert w0.keys() == w1.keys() and any(not torch.equal(w0[k], w1[k]) for k in w0)  # the same adapter, trained on
+
+
+def test_relevance_without_lora_saves_full_weights(cfg, backbone, tmp_path):
+    import copy
+
+    from loops.reward import train_reward
+
+    tok = load_tokenizer(backbone[1])
+    c = copy.deepcopy(cfg)
+    c.lora.enabled = False
+    res = train_reward(c, backbone[0], tok, _music_pairs(c, 16), tmp_path / "full", epochs=1)
+    assert (res.model_dir / "config.json").exists() and not (res.model_dir / "adapter_config.json").exists()
+    more = train_reward(c, res.model_dir, tok, _music_pairs(c, 16), tmp_path / "more", epochs=1,
+                        base_model=backbone[0])
+    assert (more.model_dir / "config.json").exists()
 
 
 def test_align_keeps_scores_above_tau_highest_first():

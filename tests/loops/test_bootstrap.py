@@ -25,7 +25,8 @@ def test_bootstrap_writes_every_stage_and_the_report(round0):
     rp = workdir / "rounds" / "000"
     for path in ["dsie/users.parquet", "dsie/groups.jsonl", "backbone/model/config.json",
                  "backbone/tokenizer/tokenizer.json", "novelty/adapter/adapter_config.json",
-                 "novelty/metrics.json", "relevance/model/config.json", "relevance/metrics.json", "report.json"]:
+                 "novelty/metrics.json", "relevance/model/adapter_config.json", "relevance/calibration.json",
+                 "relevance/metrics.json", "backbone/vocab.json", "report.json"]:
         assert (rp / path).exists(), path
     for stage in ["backbone", "novelty", "relevance"]:
         assert "versions" in json.loads((rp / stage / "manifest.json").read_text())
@@ -60,5 +61,5 @@ def test_rerun_skips_finished_stages_and_redoes_a_missing_one(round0, tiny_cfg, 
     monkeypatch.setattr(loops.sft, "train_sft", _refuse)
     monkeypatch.setattr(coea.dsie, "run_dsie", _refuse)
     redone = run_bootstrap(tiny_cfg, workdir)
-    assert (rp / "relevance" / "model" / "config.json").exists()
+    assert (rp / "relevance" / "model" / "adapter_config.json").exists()
     assert redone.novelty_hit_at_5 == first.novelty_hit_at_5  # the novelty stage was kept
