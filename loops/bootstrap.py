@@ -25,7 +25,9 @@ from typing import Any
 import numpy as np
 
 from coea.config import Config
-from coea.workdir import read_json, round_dir, setup_run, stage, stage_done, write_json, write_manifest
+from coea.workdir import (
+    log_finished_stages, read_json, round_dir, setup_run, stage, stage_done, write_json, write_manifest,
+)
 from loops.launch import trains_in_workers
 
 log = logging.getLogger("coea.bootstrap")
@@ -72,6 +74,7 @@ def run_bootstrap(cfg: Config, workdir: Path) -> BootstrapResult:
     workdir = Path(workdir)
     setup_run(cfg)
     rp = round_dir(workdir, 0)
+    log_finished_stages(rp, "round 0")  # a resume says what it skips
     times: dict[str, float] = {}
     t = time.perf_counter()
     inter = load_data(cfg)

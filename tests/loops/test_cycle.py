@@ -69,7 +69,7 @@ def test_cli_lookup_and_status(two_cycles):
                          capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert "categories" in json.loads(out.stdout)
-    out = subprocess.run([sys.executable, "-m", "coea.cli", "status", "--workdir", str(workdir)],
+    out = subprocess.run([sys.executable, "-m", "coea.cli", "status", "--workdir", str(workdir), "--json"],
                          capture_output=True, text=True, cwd=REPO)
     assert json.loads(out.stdout)["promoted_round"] in (1, 2)
 
