@@ -26,7 +26,8 @@ kill is only visible as a ``running`` entry left behind); Ctrl-C does not count.
 where round k-1 ended, so attempts are counted per round: under a live clock the window's end may move between
 attempts, but a failure caused by events already in the window repeats on the longer one. When ``attempts``
 reaches ``cycle.max_attempts`` the round is not retried blindly (:class:`AttemptsExhaustedError`, exit 5) until
-``coea cycle --retry`` resets the count (:func:`reset_attempts`).
+``coea cycle --retry`` resets the count (:func:`reset_attempts`). ``attempts_total`` counts every attempt ever
+and numbers the failure logs, so a log is never overwritten after a reset.
 
 The lock is an ``fcntl.flock`` on ``WORKDIR/.lock``: the kernel releases it when the holder dies, so a crashed
 cycle never leaves a lock that blocks the next cron run (stale-lock recovery is automatic). The file records
@@ -58,7 +59,8 @@ UNFINISHED = ("running", "failed", "interrupted")
 #: Keep this many failed attempts' records per round (the log files stay in the round's folder).
 MAX_FAILURE_RECORDS = 20
 # Fields of a round's entry that a later record of the same round keeps unless it sets them itself.
-_CARRIED = ("base", "attempts", "max_attempts", "window", "failures", "retries", "started_at")
+_CARRIED = ("base", "attempts", "attempts_total", "max_attempts", "window", "failures", "retries",
+            "started_at")
 
 
 def _now() -> str:
@@ -194,8 +196,10 @@ def round_attempt(workdir: Path, k: int, *, max_attempts: int, base: int | None 
     check_attempts(workdir, k, max_attempts, retry_hint=retry_hint)
     before = round_entry(read_state(workdir), k)
     number = attempts_so_far(workdir, k) + 1
-    fields: dict[str, Any] = {"attempts": number, "max_attempts": max_attempts, "started_at": _now(),
-                              "pid": os.getpid()}
+    # Every attempt ever (never reset by --retry) numbers the failure logs, so none is overwritten.
+    serial = int((before or {}).get("attempts_total", 0)) + 1
+    fields: dict[str, Any] = {"attempts": number, "attempts_total": serial, "max_attempts": max_attempts,
+                              "started_at": _now(), "pid": os.getpid()}
     if base is not None:
         fields["base"] = base
     record_round(workdir, k, "running", reason=f"attempt {number} started", **fields)
@@ -204,10 +208,11 @@ def round_attempt(workdir: Path, k: int, *, max_attempts: int, base: int | None 
         yield attempt
     except KeyboardInterrupt:
         record_round(workdir, k, "interrupted", reason=f"attempt {number} interrupted (Ctrl-C; not counted)",
-                     attempts=number - 1)
+                     attempts=number - 1, attempts_total=serial - 1)
         raise
     except Exception as exc:
-        log_path = write_failure_log(workdir, k, number, exc, {**(context or {}), "base round": base})
+        log_path = write_failure_log(workdir, k, serial, exc, {**(context or {}), "base round": base,
+                                                               "attempt since the last --retry": number})
         error = f"{type(exc).__name__}: {_first_line(exc)}"
         state = read_state(workdir)
         failures = list((round_entry(state, k) or {}).get("failures") or [])
@@ -230,7 +235,8 @@ def round_attempt(workdir: Path, k: int, *, max_attempts: int, base: int | None 
 
 
 def write_failure_log(workdir: Path, k: int, attempt: int, exc: BaseException, context: dict[str, Any]) -> Path:
-    """``rounds/NNN/failure-<attempt>.log``: when, where, the context lines and the full traceback."""
+    """``rounds/NNN/failure-<attempt>.log`` (attempt = the round's attempt serial, never reset): when, where, the
+    context lines and the full traceback."""
     path = round_dir(workdir, k) / f"failure-{attempt}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"coea round {k}, attempt {attempt}, failed at {_now()}",
