@@ -218,8 +218,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from coea.evaluate import run_evaluate
+    from coea.workdir import configure_threads
 
-    emit(json.dumps(run_evaluate(_cfg(args), Path(args.workdir), Path(args.out)), indent=2, default=str))
+    cfg = _cfg(args)
+    configure_threads(cfg.run.num_threads)  # run.num_threads everywhere; eval.num_threads may override torch's
+    emit(json.dumps(run_evaluate(cfg, Path(args.workdir), Path(args.out)), indent=2, default=str))
     return 0
 
 
