@@ -84,15 +84,19 @@ def launch(config: str, overrides: list[str], prep: Path, root: Path, mode: str,
         shutil.copytree(prep / "rounds" / "000", workdir / "rounds" / "000")
         cmd = [sys.executable, __file__, "--child", "--config", config, "--workdir", str(workdir),
                *sum((["--set", o] for o in [*overrides, *mode_overrides]), [])]
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                                      env=_env(extra_env)))
+        # Files, not pipes: a child blocked on a full pipe while another is read would distort the pair.
+        out, err = (open(workdir.with_suffix(f".{name}"), "w") for name in ("out", "err"))
+        procs.append((subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=REPO, env=_env(extra_env)),
+                      out, err))
     rows = []
-    for p in procs:
-        out, err = p.communicate()
+    for p, out, err in procs:
+        p.wait()
+        out.close()
+        err.close()
         if p.returncode != 0:
-            sys.stderr.write(err[-3000:])
+            sys.stderr.write(Path(err.name).read_text()[-3000:])
             raise SystemExit(f"a {mode} child failed with exit {p.returncode}")
-        rows.append(json.loads(out.strip().splitlines()[-1]))
+        rows.append(json.loads(Path(out.name).read_text().strip().splitlines()[-1]))
     return rows
 
 

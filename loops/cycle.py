@@ -287,6 +287,7 @@ def run_cycle(cfg: Config, workdir: Path) -> CycleResult:
             lap("bootstrap")
         k, base = next_round(workdir)
         check_attempts(workdir, k, cfg.cycle.max_attempts)  # before loading data: exit 5 costs nothing
+        _restart_if_base_changed(workdir, k, base)
         inter = load_data(cfg)
         start, end = cutoff(cfg, inter, k - 1), cutoff(cfg, inter, k)
         if start >= timeline(inter)[1]:
@@ -302,6 +303,23 @@ def run_cycle(cfg: Config, workdir: Path) -> CycleResult:
             result = _run_round(cfg, workdir, k, base, inter, start, end, device, timings, lap)
         _retain(cfg, workdir)
         return result
+
+
+def _restart_if_base_changed(workdir: Path, k: int, base: int) -> None:
+    """An unfinished round whose finished stages came from another base (a rollback since) starts over.
+
+    Its candidates and KV table were scored by the old base's models; mixing them with DPO and Relevance updates
+    from the new base would build round k on two different rounds.
+    """
+    from loops.retention import discard_unfinished
+    from loops.state import round_entry
+
+    entry = round_entry(read_state(workdir), k)
+    if entry is None or entry["status"] in FINISHED or entry.get("base") in (None, base):
+        return
+    log.warning("round %d: its earlier attempts started from round %s, the promoted round is now %d (rollback); "
+                "starting round %d over", k, entry["base"], base, k)
+    discard_unfinished(workdir, k)
 
 
 def _context(cfg: Config, **window: int | None) -> dict[str, Any]:

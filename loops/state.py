@@ -133,7 +133,8 @@ def _exhausted_message(workdir: Path, k: int, n: int, max_attempts: int, retry_h
     entry = round_entry(read_state(workdir), k) or {}
     failures = entry.get("failures") or []
     last = failures[-1] if failures else {}
-    cause = f"; last error: {last['error']} (traceback: {last['log']})" if last else ""
+    cause = f"; last error: {last['error']}" + (f" (traceback: {last['log']})" if last.get("log") else "") \
+        if last else ""
     return (f"round {k} failed {n} of cycle.max_attempts={max_attempts} attempts{cause}; it is not retried "
             f"blindly: fix the data or the config, then run `{retry_hint}` (docs/cycle.md, Failures)")
 
@@ -211,20 +212,31 @@ def round_attempt(workdir: Path, k: int, *, max_attempts: int, base: int | None 
                      attempts=number - 1, attempts_total=serial - 1)
         raise
     except Exception as exc:
-        log_path = write_failure_log(workdir, k, serial, exc, {**(context or {}), "base round": base,
-                                                               "attempt since the last --retry": number})
         error = f"{type(exc).__name__}: {_first_line(exc)}"
-        state = read_state(workdir)
-        failures = list((round_entry(state, k) or {}).get("failures") or [])
-        failures.append({"attempt": number, "error": error[:500], "log": str(log_path), "at": _now()})
-        record_round(workdir, k, "failed", reason=error[:500], attempts=number,
-                     failures=failures[-MAX_FAILURE_RECORDS:])
-        exc.coea_failure_log = str(log_path)  # type: ignore[attr-defined]
+        try:  # best effort: a full disk must not hide the round's own error behind this one
+            log_path: Path | None = write_failure_log(
+                workdir, k, serial, exc, {**(context or {}), "base round": base,
+                                          "attempt since the last --retry": number})
+        except OSError as write_error:
+            log_path = None
+            log.error("round %d: could not write the failure log (%s)", k, write_error)
+        try:
+            state = read_state(workdir)
+            failures = list((round_entry(state, k) or {}).get("failures") or [])
+            failures.append({"attempt": number, "serial": serial, "error": error[:500],
+                             "log": str(log_path) if log_path else None, "at": _now()})
+            record_round(workdir, k, "failed", reason=error[:500], attempts=number,
+                         failures=failures[-MAX_FAILURE_RECORDS:])
+        except OSError as write_error:  # the "running" entry stays: the attempt still counts
+            state = {}
+            log.error("round %d: could not record the failure in state.json (%s)", k, write_error)
+        if log_path is not None:
+            exc.coea_failure_log = str(log_path)  # type: ignore[attr-defined]
         log.error("round %d: attempt %d of %d failed (%s); round %s stays promoted; traceback: %s", k, number,
                   max_attempts, error[:200], state.get("promoted_round"), log_path)
         if number >= max_attempts:
             raise AttemptsExhaustedError(_exhausted_message(workdir, k, number, max_attempts, retry_hint),
-                                         failure_log=str(log_path)) from exc
+                                         failure_log=str(log_path) if log_path else None) from exc
         raise
     else:
         if attempt.cancelled:

@@ -163,7 +163,7 @@ def _detail(r: dict[str, Any]) -> str:
             parts.append(f"unfinished: {', '.join(r['stages_unfinished'])}")
     if r["state"] in ("failed", "stopped") and r["failures"]:
         last = r["failures"][-1]
-        parts.append(f"{last['error']} (traceback: {last['log']})")
+        parts.append(last["error"] + (f" (traceback: {last['log']})" if last.get("log") else ""))
         if r["state"] == "stopped":
             parts.append("fix it, then `coea cycle --retry`")
     elif r["state"] == "refused" and r["reason"]:

@@ -95,3 +95,18 @@ def test_worst_exit_code_order():
     assert worst([0, 4, 0]) == 4
     assert worst([4, 1, 0]) == 1  # any failure is worse than a refusal
     assert worst([1, 2]) == 2 and worst([1, 3]) == 3 and worst([2, 5, 1]) == 5
+
+
+def test_a_full_disk_while_logging_does_not_hide_the_error(tmp_path, monkeypatch):
+    import errno
+
+    import loops.state as state
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(state, "write_failure_log", no_space)
+    exc = _fail(tmp_path)
+    assert isinstance(exc, ValueError) and not hasattr(exc, "coea_failure_log")
+    entry = round_entry(read_state(tmp_path), 1)
+    assert entry["status"] == "failed" and entry["failures"][0]["log"] is None

@@ -309,3 +309,21 @@ def test_a_held_lock_exits_3(fresh, capsys):
         assert "another cycle holds" in capsys.readouterr().err
         assert main(["rounds", "--n", "3", *args]) == 3
         assert "rounds: 1 of 3 cycles ran; exit codes [3]" in capsys.readouterr().out
+
+
+def test_an_unfinished_round_starts_over_when_a_rollback_changed_its_base(history, cfg, tmp_path, monkeypatch, capsys):
+    workdir = tmp_path / "w"
+    shutil.copytree(history[0], workdir, symlinks=True)
+    path = tmp_path / "tiny.yaml"
+    cfg.save(path)
+    args = ["cycle", "--config", str(path), "--workdir", str(workdir)]
+    monkeypatch.setenv("COEA_FAULT", "pco:start")
+    assert main(args) == 1  # round 6 fails after its candidates were scored by round 5's models
+    assert round_entry(read_state(workdir), 6)["base"] == 5 and (round_dir(workdir, 6) / "candidates").is_dir()
+    assert main(["rollback", "--workdir", str(workdir), "--to", "4"]) == 0
+    monkeypatch.setenv("COEA_FAULT", "candidates:start")  # fails only if round 6's candidates are scored again
+    assert main(args) == 1
+    entry = round_entry(read_state(workdir), 6)
+    assert entry["base"] == 4 and "candidates:start" in entry["failures"][-1]["error"]
+    assert 6 not in KVStore(workdir).list_rounds()
+    capsys.readouterr()
