@@ -295,18 +295,44 @@ def workdir_lock(workdir: Path) -> Iterator[None]:
 def lock_holder(workdir: Path) -> str | None:
     """The holder of the workdir lock right now (``pid=... host=... since=...``), or None when it is free.
 
-    Probes with a shared non-blocking flock, released at once; never creates the lock file.
+    Never touches the lock itself (a probe that took it, even briefly, could make a cron cycle starting at that
+    moment exit 3): on Linux it reads ``/proc/locks`` for a flock on the lock file's inode; elsewhere it falls back
+    to whether the pid recorded in the file (written by the holder, cleared on release) is alive on this host.
     """
     path = Path(workdir) / ".lock"
-    if not path.exists():
-        return None
-    fd = os.open(path, os.O_RDONLY)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return path.read_text().strip() or "unknown holder"
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        st = path.stat()
+        text = path.read_text().strip()
+    except FileNotFoundError:
         return None
-    finally:
-        os.close(fd)
+    held = _flock_held(st)
+    if held is None:
+        fields = dict(part.split("=", 1) for part in text.split() if "=" in part)
+        held = bool(text) and fields.get("host") == socket.gethostname() and _pid_alive(fields.get("pid", ""))
+    return (text or "unknown holder") if held else None
+
+
+def _flock_held(st: os.stat_result) -> bool | None:
+    """Whether /proc/locks lists a flock on this inode; None when /proc/locks cannot be read."""
+    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split()
+        if "FLOCK" in parts and "->" not in parts and any(p == want for p in parts):
+            return True
+    return False
+
+
+def _pid_alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
