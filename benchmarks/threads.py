@@ -1,7 +1,7 @@
 """Two runs sharing the cores: the demo bootstrap alone vs two copies at once, per thread setting, side by side.
 
     python benchmarks/threads.py --out benchmarks/results/threads.json
-    python benchmarks/threads.py --stop-after bootstrap --modes old,new      # the whole bootstrap, slower
+    python benchmarks/threads.py --stop-after bootstrap --modes new,old      # the whole bootstrap, slower
 
 Issue 11 saw the demo bootstrap's backbone stage take 10 minutes instead of seconds when two runs shared this
 2-core machine. Every measurement here is one fresh process running the real bootstrap (``loops.bootstrap``)
@@ -18,8 +18,10 @@ Modes (each is run alone, then as two copies started together; one table, one ru
 
 Printed and written: per mode the wall time alone, the two copies' wall times, and the slowdown ratio
 (mean wall of the two copies / wall alone; 2.0 would be a fair share of the cores when one run used them all,
-1.0 when a run uses one core of two). The 1-, 5- and 15-minute load averages before and after are recorded: on a
-shared machine the other users' load contaminates every figure, so rerun it on an idle machine for clean numbers.
+1.0 when a run uses one core of two). A copy that runs past ``--child-timeout`` is stopped and its wall time is a
+lower bound (``timed_out``). The results file is rewritten after every measurement, so an interrupted run keeps
+what it measured. The 1-, 5- and 15-minute load averages at every launch are recorded: on a shared machine the
+other users' load contaminates every figure, so rerun it on an idle machine for clean numbers.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
 
 
 def launch(config: str, overrides: list[str], prep: Path, root: Path, mode: str, copies: int,
-           stop_after: str) -> list[dict]:
+           stop_after: str, timeout: float) -> list[dict]:
     """Start ``copies`` children at once, wait for all; each returns its JSON line."""
     mode_overrides, extra_env = _mode_settings(mode)
     if stop_after in NEXT_STAGE:
@@ -89,8 +91,17 @@ def launch(config: str, overrides: list[str], prep: Path, root: Path, mode: str,
         procs.append((subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=REPO, env=_env(extra_env)),
                       out, err))
     rows = []
+    t0 = time.perf_counter()
     for p, out, err in procs:
-        p.wait()
+        try:
+            p.wait(timeout=max(1.0, timeout - (time.perf_counter() - t0)))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            out.close()
+            err.close()
+            rows.append({"wall_s": round(time.perf_counter() - t0, 1), "timed_out": True})
+            continue
         out.close()
         err.close()
         if p.returncode != 0:
@@ -128,10 +139,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--modes", default="old,new,passive", help="comma-separated: old, new, passive")
+    ap.add_argument("--modes", default="new,passive,old", help="comma-separated: old, new, passive")
     ap.add_argument("--stop-after", default="backbone", choices=["backbone", "novelty", "bootstrap"],
                     help="measure the bootstrap up to the end of this stage (bootstrap = all of it)")
-    ap.add_argument("--out", help="write the results JSON here")
+    ap.add_argument("--out", help="write the results JSON here (rewritten after every measurement)")
+    ap.add_argument("--child-timeout", type=float, default=1800.0,
+                    help="stop a copy after this many seconds; its time is then a lower bound")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -142,22 +155,7 @@ def main() -> None:
     from coea.config import RunConfig
 
     root = Path(tempfile.mkdtemp(prefix="coea-threads-"))
-    load_before = os.getloadavg()
     t0 = time.perf_counter()
-    try:
-        prep = prepare(args.config, args.overrides, root)
-        results = {}
-        for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-            alone = launch(args.config, args.overrides, prep, root, mode, 1, args.stop_after)[0]
-            pair = launch(args.config, args.overrides, prep, root, mode, 2, args.stop_after)
-            shared = sum(r["wall_s"] for r in pair) / len(pair)
-            results[mode] = {"alone_s": alone["wall_s"], "two_copies_s": [r["wall_s"] for r in pair],
-                             "slowdown": round(shared / alone["wall_s"], 2),
-                             "torch_threads": alone["torch_threads"], "alone": alone, "copies": pair}
-            print(json.dumps({"mode": mode, **{k: v for k, v in results[mode].items()
-                                               if k not in ("alone", "copies")}}), flush=True)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
     meta = {
         "what": f"demo bootstrap up to the end of the {args.stop_after} stage (DSIE prepared beforehand), one "
                 "process alone vs two started together, per thread mode",
@@ -165,15 +163,41 @@ def main() -> None:
         "config": args.config, "overrides": args.overrides, "new_default_num_threads": RunConfig().num_threads,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "cores_available": len(os.sched_getaffinity(0)), "python": platform.python_version()},
-        "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "wall_s_total": round(time.perf_counter() - t0, 1),
-        "results": results,
+        "load_average_before": _load(), "results": {},
     }
+
+    def save() -> None:
+        meta["load_average_after"] = _load()
+        meta["wall_s_total"] = round(time.perf_counter() - t0, 1)
+        if args.out:
+            Path(args.out).write_text(json.dumps(meta, indent=2) + "\n")
+
+    try:
+        prep = prepare(args.config, args.overrides, root)
+        for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+            row: dict = {"load_average_at_start": _load()}
+            meta["results"][mode] = row
+            alone = launch(args.config, args.overrides, prep, root, mode, 1, args.stop_after, args.child_timeout)[0]
+            row.update({"alone_s": alone["wall_s"], "alone": alone, "load_average_before_pair": _load()})
+            save()
+            pair = launch(args.config, args.overrides, prep, root, mode, 2, args.stop_after, args.child_timeout)
+            shared = sum(r["wall_s"] for r in pair) / len(pair)
+            row.update({"two_copies_s": [r["wall_s"] for r in pair], "copies": pair,
+                        "slowdown": round(shared / alone["wall_s"], 2),
+                        "lower_bound": any(r.get("timed_out") for r in pair + [alone]),
+                        "torch_threads": alone.get("torch_threads"), "load_average_after": _load()})
+            save()
+            print(json.dumps({"mode": mode, **{k: v for k, v in row.items() if k not in ("alone", "copies")}}),
+                  flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        save()
     print(json.dumps({"load_average_before": meta["load_average_before"],
-                      "load_average_after": meta["load_average_after"]}))
-    if args.out:
-        Path(args.out).write_text(json.dumps(meta, indent=2) + "\n")
+                      "load_average_after": meta["load_average_after"], "wall_s_total": meta["wall_s_total"]}))
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 if __name__ == "__main__":
