@@ -211,7 +211,7 @@ def configure_threads(n: int) -> int:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(limits=n)
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn, a dependency
+    except ImportError:  # pragma: no cover - scikit-learn (a dependency) requires threadpoolctl >= 3.1
         pass
     return torch.get_num_threads()
 
