@@ -1,8 +1,19 @@
 """The `coea` command line. Thin: parse, load the config, call one entry function, map errors to exit codes.
 
-Exit codes: 0 success; 1 a stage failed (one-line reason on stderr, details in the log); 2 configuration or
-usage error (one line naming the problem); 3 another cycle holds the workdir lock; 4 guardrail refused promotion;
-6 ``coea lookup``: the user, CSID, category or key is not in the promoted round's tables.
+Exit codes (coea/errors.py; docs/cycle.md, Exit codes):
+
+    0  promoted, or nothing new to train on (one line says so)
+    1  a stage failed; the previous round stays served. stderr: one line with the error and the path of the
+       full traceback, rounds/NNN/failure-<attempt>.log
+    2  configuration, input or usage error (one line naming the problem), e.g. a mistyped --workdir
+    3  another cycle holds the workdir lock (the line names the holder)
+    4  the guardrail refused promotion; the previous round stays served
+    5  the round failed cycle.max_attempts times and is not retried blindly: fix the data or config, then
+       `coea cycle --retry` (add --fresh to redo its finished stages too)
+    6  ``coea lookup``: the user, CSID, category or key is not in the promoted round's tables
+
+`coea rounds --n N` exits with the worst code of its cycles (0 < 4 < 1 < 2 < 3 < 5) and stops early on 2, 3, 5
+and on "nothing new".
 
 Console and logs (contract 5, README "Commands"): a command that works on a workdir writes everything -- coea's
 messages at DEBUG, library warnings, the trainers' per-step logs, anything a library prints -- to
@@ -29,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from coea.config import ConfigError, explain, load_config
+from coea.errors import EXIT_CODES, EXIT_OK, EXIT_REFUSED
 
 log = logging.getLogger("coea")
 _STDOUT = sys.stdout  # the command's result goes here; everything libraries print goes to the log (or stderr)
@@ -56,8 +68,9 @@ first run (a few minutes on a laptop CPU):
 
 every command takes --help; configuration keys: coea config --explain
 logs: WORKDIR/logs/<command>-<time>.log (library warnings and trainer steps; -v shows them here too)
-exit codes: 0 ok / promoted, 1 a stage failed, 2 configuration or input error, 3 workdir locked,
-            4 guardrail refused promotion, 6 lookup: not in the promoted round's tables
+exit codes: 0 ok / promoted / nothing new, 1 a stage failed, 2 configuration or input error, 3 workdir locked,
+            4 guardrail refused promotion, 5 round gave up after cycle.max_attempts failures (--retry),
+            6 lookup: not in the promoted round's tables
 docs: README.md and docs/ in the repository"""
 
 
@@ -393,22 +406,72 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 def cmd_cycle(args: argparse.Namespace) -> int:
     from loops.cycle import run_cycle
 
-    result = run_cycle(_orchestrator_cfg(args), Path(args.workdir), until=_until(args))
+    cfg = _orchestrator_cfg(args)
+    _retry(args, Path(args.workdir))
+    result = run_cycle(cfg, Path(args.workdir), until=_until(args))
     if result.status == "nothing_new":
-        print(f"coea: {result.reason}", file=sys.stderr)
+        log.info("nothing new: %s; round %s stays the newest round", result.reason, result.round)
     show_result(args, result)
-    return 0 if result.promoted or result.status == "nothing_new" else 4
+    if result.status == "nothing_new":
+        return EXIT_OK
+    return _exit_code_of(result)
 
 
 def cmd_rounds(args: argparse.Namespace) -> int:
+    """N cycles back to back; exits with the worst cycle's code and stops where going on makes no sense."""
+    from coea.errors import EXIT_EXHAUSTED, EXIT_INPUT, EXIT_LOCKED, exit_code_for, worst
     from loops.cycle import run_cycle
 
     cfg = _orchestrator_cfg(args)
     until = _until(args)
+    _retry(args, Path(args.workdir))
+    codes = []
     for i in range(args.n):
-        result = run_cycle(cfg, Path(args.workdir), until=until)
+        try:
+            result = run_cycle(cfg, Path(args.workdir), until=until)
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one line per failed cycle, then decide whether to go on
+            code = exit_code_for(exc)
+            print(_failure_line(args.command, exc), file=sys.stderr)
+            codes.append(code)
+            if code in (EXIT_INPUT, EXIT_LOCKED, EXIT_EXHAUSTED):
+                log.warning("rounds: stopping after cycle %d/%d (exit %d: %s)", i + 1, args.n, code,
+                            EXIT_CODES[code])
+                break
+            continue
         show_result(args, result, heading=f"cycle {i + 1}/{args.n}")
-    return 0
+        codes.append(_exit_code_of(result))
+        if result.status == "nothing_new":
+            log.info("nothing new: %s; stopping after cycle %d/%d", result.reason, i + 1, args.n)
+            break
+        log.info("cycle %d/%d: round %s %s", i + 1, args.n, result.round, result.status)
+    code = worst(codes)
+    log.info("rounds: %d of %d cycles ran; exit codes %s; exit %d (%s)", len(codes), args.n, codes, code,
+             EXIT_CODES[code])
+    return code
+
+
+def _exit_code_of(result) -> int:
+    """CycleResult.status -> exit code: promoted / nothing_new 0, refused 4."""
+    return EXIT_REFUSED if result.status == "refused" else EXIT_OK
+
+
+def _retry(args: argparse.Namespace, workdir: Path) -> None:
+    """--retry: reset the attempt count of the unfinished round; --fresh: also delete its finished stages."""
+    if not (args.retry or args.fresh):
+        return
+    from loops.retention import discard_unfinished
+    from loops.state import reset_attempts, workdir_lock
+
+    k = reset_attempts(workdir)
+    if k is None:
+        log.info("--retry: no unfinished round in %s; running normally", workdir)
+        return
+    log.info("--retry: round %d's attempt count reset to 0", k)
+    if args.fresh:
+        with workdir_lock(workdir):
+            discard_unfinished(workdir, k)
 
 
 def cmd_lookup(args: argparse.Namespace) -> int:
@@ -428,16 +491,19 @@ def cmd_lookup(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     from loops.cycle import rollback
 
+    from loops.status import check_workdir
+
     _open_log(args)
-    rollback(Path(args.workdir), args.to)
-    emit(f"promoted round {args.to}")
+    before = rollback(check_workdir(Path(args.workdir)), args.to)
+    emit(f"round {args.to} is promoted now (was round {before}); the next cycle starts from it")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from coea.rounds import read_state
+    from loops.status import format_status, workdir_status
 
-    emit(json.dumps(read_state(Path(args.workdir)), indent=2))
+    status = workdir_status(Path(args.workdir))
+    emit(json.dumps(status, indent=2) if args.json else "\n".join(format_status(status)))
     return 0
 
 
@@ -484,7 +550,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from coea.evaluate import run_evaluate
 
-    emit(json.dumps(run_evaluate(_cfg(args), Path(args.workdir), Path(args.out)), indent=2, default=str))
+    from coea.workdir import configure_threads
+
+    cfg = _cfg(args)
+    configure_threads(cfg.run.num_threads)  # run.num_threads everywhere; eval.num_threads may override torch's
+    emit(json.dumps(run_evaluate(cfg, Path(args.workdir), Path(args.out)), indent=2, default=str))
     return 0
 
 
@@ -561,12 +631,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", help=until_help)
     p.set_defaults(fn=cmd_bootstrap)
 
-    p = add("cycle", "one co-evolution round (bootstraps first when round 0 is missing)", result=True)
+    p = add("cycle", "one co-evolution round (bootstraps first when round 0 is missing)", result=True,
+            epilog=_EXIT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_retry_args(p)
     _add_config_args(p)
     p.add_argument("--until", help=until_help)
     p.set_defaults(fn=cmd_cycle)
 
-    p = add("rounds", "run N cycles back to back", result=True)
+    p = add("rounds", "run N cycles back to back", result=True,
+            description="Run N cycles back to back. Exits with the worst cycle's code (0 < 4 < 1 < 2 < 3 < 5); "
+                        "stops early on exit 2, 3 or 5 and when there is nothing new.",
+            epilog=_EXIT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_retry_args(p)
     _add_config_args(p)
     p.add_argument("--until", help=until_help)
     p.add_argument("--n", type=int, required=True, help="number of cycles")
@@ -582,12 +658,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recent", help="comma-separated recent categories (with --csid)")
     p.set_defaults(fn=cmd_lookup)
 
-    p = add("rollback", "promote an earlier, still-kept round")
+    p = add("rollback", "promote an earlier, still-kept round",
+            description="Serve round K again: a kept round that was promoted once (`coea status` lists the rounds "
+                        "on offer). The next cycle starts its models from it.")
     p.add_argument("--workdir", required=True)
     p.add_argument("--to", type=int, required=True, help="round to promote")
     p.set_defaults(fn=cmd_rollback)
 
-    p = add("status", "promoted round, history and guardrail decisions")
+    p = add("status", "promoted round, every round's state, attempts, lock and disk use", result=True,
+            description="What the workdir serves now, every round's state (promoted now / was promoted / refused / "
+                        "failed / interrupted / in progress / expired), attempts, the lock holder, disk use per "
+                        "round and in total, and the rounds rollback offers. A missing or non-coea workdir exits 2.")
     p.add_argument("--workdir", required=True)
     p.set_defaults(fn=cmd_status)
 
@@ -650,6 +731,31 @@ def _session(args: argparse.Namespace, argv: list[str]) -> Iterator[Session]:
             _SESSION = None
 
 
+_EXIT_EPILOG = "exit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
+
+
+def _add_retry_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--retry", action="store_true",
+                   help="reset the attempt count of a round that failed cycle.max_attempts times (exit 5) and try "
+                        "it again; its finished stages are reused")
+    p.add_argument("--fresh", action="store_true",
+                   help="with --retry (implied): also delete the unfinished round's finished stages and staged KV "
+                        "version, so it starts over on the current data and config (after a data fix)")
+
+
+def _failure_line(command: str, exc: BaseException) -> str:
+    """One line for cron: the error, and where its full traceback is when the round wrote one."""
+    from coea.errors import AttemptsExhaustedError, WorkdirError
+
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if isinstance(exc, AttemptsExhaustedError):
+        return f"coea: {command} stopped: {text}"
+    if isinstance(exc, WorkdirError):
+        return f"coea: {command}: {text}"
+    where = getattr(exc, "coea_failure_log", None)
+    return f"coea: {command} failed: {type(exc).__name__}: {text}" + (f" (traceback: {where})" if where else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     if not {"-v", "--verbose"} & set(argv if argv is not None else sys.argv[1:]):
         for key, value in QUIET_ENV.items():  # before libraries are imported: tqdm reads these at import time
@@ -667,12 +773,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("coea: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # one line for cron; the traceback goes to the debug log
+    except Exception as exc:  # one line for cron; the traceback is in the round's failure log (and the debug log)
         from coea.errors import exit_code_for
 
         log.debug("failure", exc_info=True)
-        print(f"coea: {args.command} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-              file=sys.stderr)
+        print(_failure_line(args.command, exc), file=sys.stderr)
         return exit_code_for(exc)
 
 

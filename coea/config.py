@@ -41,7 +41,12 @@ class RunConfig:
     name: str = opt("demo", "Run name; used for the W&B group together with the workdir.")
     seed: int = opt(0, "Global seed (torch, numpy, python, sampling).", min=0)
     device: str = opt("auto", "Torch device: auto | cpu | cuda | cuda:N.")
-    num_threads: int = opt(0, "torch.set_num_threads; 0 keeps the library default.", min=0)
+    num_threads: int = opt(
+        1, "Threads of every stage: torch intra- and inter-op, the OpenMP / MKL / OpenBLAS pools, HF tokenizers and "
+        "Spark local[N] (coea.workdir.configure_threads). 1 is safe when runs share cores, and the fastest for the "
+        "embedded models; raise it for a large model on CPU on a machine of its own. 0 = the libraries' defaults "
+        "(one spin-waiting thread per core: two such runs on shared cores slow each other down several times, "
+        "benchmarks/threads.py).", min=0)
 
 
 @dataclass
@@ -287,7 +292,15 @@ class CycleConfig:
     replay_days: float = opt(1.0, "Replay clock: each round reveals the next this-many days of events.",
                              min=0.0)
     dsie_refresh_every: int = opt(0, "Re-run DSIE every N rounds (0 = only in round 0).", min=0)
-    keep_rounds: int = opt(5, "KV versions kept on disk (older rounds expire whole).", min=1)
+    keep_rounds: int = opt(
+        5, "Retention: after each finished round, keep the newest this-many finished rounds (promoted or refused) "
+        "on disk and delete every older round whole (rounds/NNN with its models and candidates, and its KV "
+        "version kv/NNN). Always kept besides: round 0 (base model, tokenizer, round-0 models), the promoted "
+        "round, the round holding the newest DSIE, and an unfinished round. `coea rollback` offers the kept rounds "
+        "that were promoted once (docs/cycle.md).", min=1)
+    max_attempts: int = opt(
+        3, "A round that fails this many times is not retried blindly: the cycle exits 5 until the cause is fixed "
+        "and `coea cycle --retry` resets the count. Every attempt (also a killed one) counts.", min=1)
     guardrail_margin: float = opt(0.05, "Do not promote when validation C-H@1 drops more than this (absolute).",
                                   min=0.0)
     guardrail_min_users: int = opt(20, "The guardrail judges only rounds validated on at least this many users; "

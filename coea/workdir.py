@@ -67,6 +67,26 @@ def stage(round_path: str | Path, name: str) -> Iterator[Path]:
     os.replace(tmp, final)
 
 
+#: Stage order in a round's folder, for :func:`log_finished_stages` (other stage folders follow by name).
+STAGE_ORDER = ("data", "dsie", "backbone", "novelty", "candidates", "kv", "pco", "relevance")
+
+
+def log_finished_stages(round_path: str | Path, label: str, extra: dict[str, bool] | None = None) -> list[str]:
+    """A resume: one INFO line per stage of ``round_path`` that finished in an earlier run and will be skipped.
+
+    Every caller of :func:`stage` skips a stage whose folder exists, so the folders present now are exactly
+    the stages this run skips. ``extra`` names finished stages that live elsewhere (e.g. the KV version).
+    """
+    round_path = Path(round_path)
+    found = {p.name for p in round_path.iterdir() if p.is_dir() and not p.name.startswith(".")} \
+        if round_path.is_dir() else set()
+    found |= {name for name, done in (extra or {}).items() if done}
+    names = [n for n in STAGE_ORDER if n in found] + sorted(found - set(STAGE_ORDER))
+    for name in names:
+        log.info("%s: stage %s finished in an earlier run; skipping it", label, name)
+    return names
+
+
 class InjectedFault(RuntimeError):
     """Raised by :func:`fault_point` when COEA_FAULT names the current point (crash-safety tests)."""
 
@@ -145,13 +165,55 @@ def resolve_device(name: str) -> str:
 
 
 def setup_run(cfg: Any) -> str:
-    """Seed, thread count and device for a run; returns the torch device string."""
+    """Seed, thread count (:func:`configure_threads`) and device for a run; returns the torch device string."""
+    seed_everything(cfg.run.seed)
+    configure_threads(cfg.run.num_threads)
+    return resolve_device(cfg.run.device)
+
+
+#: Environment knobs :func:`configure_threads` sets, read by libraries (and child processes) that start later.
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS")
+
+
+def configure_threads(n: int) -> int:
+    """Cap every thread pool a stage uses at ``n`` threads (``run.num_threads``); 0 leaves the libraries' defaults.
+
+    Why it matters: torch's default is one OpenMP thread per core, and OpenMP threads spin-wait at every
+    barrier. Two runs that each start one thread per core on a shared machine spin against each other, and a
+    stage of small ops (the embedded models) slows down many times over (benchmarks/threads.py). The knobs:
+
+    - torch intra-op threads (``torch.set_num_threads``, what HF Trainer, trl and Lightning compute with) and
+      inter-op threads (only settable before the first inter-op work; skipped afterwards);
+    - the OpenMP / MKL / OpenBLAS pools of numpy, scikit-learn (k-means) and torch, through threadpoolctl;
+    - ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` and ``RAYON_NUM_THREADS`` (the Rust
+      pool of HF tokenizers) in the environment, for libraries initialised later and for child processes
+      (accelerate workers, Spark's Python workers); ``TOKENIZERS_PARALLELISM=false`` when ``n == 1``;
+    - ``COEA_SPARK_MASTER=local[n]`` unless it is already set (spark_jobs.session reads it).
+
+    Returns the torch intra-op thread count now in effect.
+    """
     import torch
 
-    seed_everything(cfg.run.seed)
-    if cfg.run.num_threads:
-        torch.set_num_threads(cfg.run.num_threads)
-    return resolve_device(cfg.run.device)
+    if n <= 0:
+        return torch.get_num_threads()
+    for name in THREAD_ENV:
+        os.environ[name] = str(n)
+    if n == 1:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ.setdefault("COEA_SPARK_MASTER", f"local[{n}]")
+    torch.set_num_threads(n)
+    if torch.get_num_interop_threads() != n:
+        try:
+            torch.set_num_interop_threads(n)
+        except RuntimeError:  # inter-op work already ran in this process; the pool is fixed from then on
+            log.debug("torch inter-op threads stay at %d (already started)", torch.get_num_interop_threads())
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=n)
+    except ImportError:  # pragma: no cover - scikit-learn (a dependency) requires threadpoolctl >= 3.1
+        pass
+    return torch.get_num_threads()
 
 
 def progress(**kwargs: Any):

@@ -31,7 +31,9 @@ import numpy as np
 
 from coea.config import Config
 from coea.console import banner
-from coea.workdir import read_json, round_dir, setup_run, stage, stage_done, write_json, write_manifest
+from coea.workdir import (
+    log_finished_stages, read_json, round_dir, setup_run, stage, stage_done, write_json, write_manifest,
+)
 from loops.launch import trains_in_workers
 
 log = logging.getLogger("coea.bootstrap")
@@ -87,6 +89,7 @@ def run_bootstrap(cfg: Config, workdir: Path, *, until: int | None = None) -> Bo
     setup_run(cfg)
     rp = round_dir(workdir, 0)
     banner("round 0", "bootstrap: data, DSIE, backbone, Novelty SFT, Relevance reward model")
+    log_finished_stages(rp, "round 0")  # a resume says what it skips
     times: dict[str, float] = {}
     t = time.perf_counter()
     # Round 0's cut-off is fixed here (state.json) and never recomputed (docs/cycle.md, "The clock").

@@ -2,14 +2,20 @@
 
     window      events since round k-1, up to the watermark (coea/clock.py, coea/round_data.py: live log or replay)
     dsie        refreshed every ``cycle.dsie_refresh_every`` rounds, reused otherwise
-    candidates  every unique key (CSID, canonical C'_short) at the round's cut-off -> Novelty LLM (round k-1)
+    candidates  every unique key (CSID, canonical C'_short) at the round's cut-off -> Novelty LLM (the base's)
                 -> Relevance LLM scores -> C_align (s_i > tau_align)
     kv          staged, verified KV table for round k
     pco         uniform sample of D_k -> (chosen, rejected) = (max, min) Relevance score (Eq. 15)
-                -> DPO + alpha * KL against the round k-1 Novelty LLM (Eq. 16-17)
-    relevance   Relevance LLM updated on the new clicks of D_k (Eq. 12-14)
+                -> DPO + alpha * KL, policy and reference = the promoted round's Novelty LLM (Eq. 16-17)
+    relevance   the promoted round's Relevance LLM updated on the new clicks of D_k (Eq. 12-14)
     validation  held-out users: state at the previous cut-off, round-k models, truth = their clicks in D_k
     promote     guardrail on validation C-H@1, then KV pointer + ``current`` link + state.json
+    retention   keep ``cycle.keep_rounds`` finished rounds (and what later rounds need), expire the rest whole
+
+Every model of round k starts from the *promoted* round ("the base", recorded as ``base`` in state.json and
+``cycle/base_round`` in metrics.json), never from a refused round k-1. Each attempt is counted in state.json; a
+failing one writes its traceback to ``rounds/NNN/failure-<attempt>.log`` and the round is not retried after
+``cycle.max_attempts`` (loops/state.py).
 
 Each stage writes into ``rounds/NNN/<stage>`` through :func:`coea.workdir.stage`, so a rerun after a crash skips
 what finished. Validation users (a stable hash of the user id) never contribute training signal. With
@@ -33,7 +39,7 @@ import pandas as pd
 from coea.config import Config
 from coea.console import banner, plural
 from coea.workdir import (
-    fault_point, read_json, round_dir, setup_run, stage, stage_done, write_json, write_manifest,
+    fault_point, log_finished_stages, read_json, round_dir, setup_run, stage, stage_done, write_json, write_manifest,
 )
 from coea.inference import Key, Models, load_models, propose_and_score, user_keys
 from coea.data.partitions import utc
@@ -43,20 +49,31 @@ from coea.rounds import (
     tokenizer_path,
 )
 from loops.launch import scores_in_workers, trains_in_workers
-from loops.state import last_finished_round, promote_link, read_state, record_round, workdir_lock
+from loops.state import (
+    FINISHED, check_attempts, last_finished_round, promote_link, read_state, record_round, round_attempt,
+    workdir_lock,
+)
 
 log = logging.getLogger("coea.cycle")
 
 
 @dataclass
 class CycleResult:
+    """What one ``run_cycle`` did. ``status``: ``promoted`` | ``refused`` (guardrail) | ``nothing_new`` (no round
+    ran; ``round`` is then the newest finished one). The CLI maps it to exit codes 0 / 4 / 0 (coea/errors.py)."""
+
     round: int
     promoted: bool
     reason: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
-    status: str = "promoted"  # "promoted" | "refused" | "nothing_new" (no round ran: the log held nothing new)
+    status: str = ""  # "promoted" | "refused" | "nothing_new" (no round ran: the log held nothing new)
+    base: int | None = None  # the promoted round whose models this round started from
     window: dict[str, Any] = field(default_factory=dict)  # the round's data/window.json (UTC bounds, counts, late)
+
+    def __post_init__(self) -> None:
+        if not self.status:
+            self.status = "promoted" if self.promoted else "refused"
 
 
 def run_dsie_stage(cfg: Config, workdir: Path, *, until: int | None = None) -> dict[str, Any]:
@@ -166,8 +183,12 @@ def preference_pairs(cfg: Config, table: pd.DataFrame, user_key: dict[str, Key],
     return pairs
 
 
-def stage_pco(cfg: Config, workdir: Path, k: int, pairs: list[dict[str, str]]) -> dict[str, Any]:
-    """``rounds/NNN/pco``: DPO + alpha * KL of the Novelty LLM against the round k-1 (or round-0) model."""
+def stage_pco(cfg: Config, workdir: Path, k: int, pairs: list[dict[str, str]], base: int) -> dict[str, Any]:
+    """``rounds/NNN/pco``: DPO + alpha * KL of the Novelty LLM, starting from the promoted round ``base``.
+
+    The policy starts from round ``base``'s adapter; the reference is the same adapter (``pco.anchor: previous``:
+    "the previous round" is the previous *promoted* round, never a refused one) or round 0's (``round0``).
+    """
     from loops.dpo import run_dpo
     from loops.pairs import preference_dataset
 
@@ -176,7 +197,7 @@ def stage_pco(cfg: Config, workdir: Path, k: int, pairs: list[dict[str, str]]) -
         return read_json(rp / "pco" / "metrics.json")
     with stage(rp, "pco") as tmp:
         write_json(tmp / "pairs.json", pairs)
-        previous = novelty_adapter(workdir, k - 1)
+        previous = novelty_adapter(workdir, base)
         anchor = novelty_adapter(workdir, 0) if cfg.pco.anchor == "round0" else None
         if not pairs:
             raise RuntimeError("pco: no preference pairs in the sample (every key had < 2 distinct scores)")
@@ -190,7 +211,8 @@ def stage_pco(cfg: Config, workdir: Path, k: int, pairs: list[dict[str, str]]) -
                              str(tokenizer_path(workdir)), preference_dataset(pairs), tmp, seed=cfg.run.seed + k,
                              dtype=cfg.backbone.dtype, deepspeed=cfg.cycle.deepspeed)
         # DpoResult.alerts are "[kind] step N: message" lines, kept whole.
-        write_manifest(tmp, cfg, {"pairs": len(pairs), "alerts": list(result.alerts)})
+        write_manifest(tmp, cfg, {"pairs": len(pairs), "alerts": list(result.alerts), "base_round": base,
+                                  "policy_start": str(previous), "reference": str(anchor or previous)})
     return read_json(rp / "pco" / "metrics.json")
 
 
@@ -240,7 +262,11 @@ def validation_metrics(cfg: Config, models: Models, inter, seqs_prev, csids_prev
 
 
 def next_round(workdir: Path) -> tuple[int, int]:
-    """(k, base): the round to run and the promoted round whose models it starts from."""
+    """(k, base): the round to run and the promoted round whose models it starts from.
+
+    k follows the newest finished round (promoted or refused: a refused round keeps its number); base is the
+    round served now (after ``coea rollback --to J``, J), or round 0 before any promotion.
+    """
     state = read_state(workdir)
     finished = last_finished_round(workdir)
     base = state["promoted_round"] if state["promoted_round"] is not None else 0
@@ -265,26 +291,71 @@ def run_cycle(cfg: Config, workdir: Path, *, until: int | None = None) -> CycleR
             timings[f"time/{name}_s"] = round(now - clock, 2)
             clock = now
 
-        if not any(r["round"] == 0 for r in read_state(workdir)["rounds"]):
+        if not any(r["round"] == 0 and r["status"] in FINISHED for r in read_state(workdir)["rounds"]):
             from loops.bootstrap import run_bootstrap
 
-            boot = run_bootstrap(cfg, workdir, until=until)
+            with round_attempt(workdir, 0, max_attempts=cfg.cycle.max_attempts, context=_context(cfg)):
+                boot = run_bootstrap(cfg, workdir, until=until)
             record_round(workdir, 0, "bootstrapped", metrics=_flat_metrics(boot), fingerprint=cfg.fingerprint())
             lap("bootstrap")
         k, base = next_round(workdir)
+        check_attempts(workdir, k, cfg.cycle.max_attempts)  # before loading data: exit 5 costs nothing
+        _restart_if_base_changed(workdir, k, base)
+        # Outside the attempt: "nothing new" is not an attempt, and load_round commits nothing until it has a window.
         data = load_round(cfg, workdir, k, until=until)
         if data.status == "nothing_new":
-            return CycleResult(round=k - 1, promoted=False, reason=data.message, status="nothing_new",
+            return CycleResult(round=k - 1, promoted=False, reason=data.message, status="nothing_new", base=base,
                                window={"start_utc": utc(data.start), "end_utc": utc(data.end)})
         log.info("round %d: events in [%s, %s), starting from round %d's models", k, utc(data.start),
                  utc(data.end), base)
-        try:
+        with round_attempt(workdir, k, max_attempts=cfg.cycle.max_attempts, base=base,
+                           context=_context(cfg, start=data.start, end=data.end)) as attempt:
+            attempt.set_window(data.start, data.end)
+            log_finished_stages(round_dir(workdir, k), f"round {k}", extra={"kv": _kv_staged(workdir, k)})
             result = _run_round(cfg, workdir, k, base, data, device, timings, lap)
-        except Exception as exc:
-            record_round(workdir, k, "failed", reason=f"{type(exc).__name__}: {exc}"[:500])
-            log.error("round %d failed; round %s stays promoted", k, read_state(workdir)["promoted_round"])
-            raise
+        _retain(cfg, workdir)
         return result
+
+
+def _restart_if_base_changed(workdir: Path, k: int, base: int) -> None:
+    """An unfinished round whose finished stages came from another base (a rollback since) starts over.
+
+    Its candidates and KV table were scored by the old base's models; mixing them with DPO and Relevance updates
+    from the new base would build round k on two different rounds.
+    """
+    from loops.retention import discard_unfinished
+    from loops.state import round_entry
+
+    entry = round_entry(read_state(workdir), k)
+    if entry is None or entry["status"] in FINISHED or entry.get("base") in (None, base):
+        return
+    log.warning("round %d: its earlier attempts started from round %s, the promoted round is now %d (rollback); "
+                "starting round %d over", k, entry["base"], base, k)
+    discard_unfinished(workdir, k)
+
+
+def _context(cfg: Config, **window: int | None) -> dict[str, Any]:
+    """Lines at the top of a failure log: enough to reproduce the attempt."""
+    import sys
+
+    return {"command": " ".join(sys.argv), "config fingerprint": cfg.fingerprint(), "seed": cfg.run.seed,
+            **{f"window {name}": value for name, value in window.items()}}
+
+
+def _kv_staged(workdir: Path, k: int) -> bool:
+    from storage.kv import KVStore
+
+    return k in KVStore(workdir).list_rounds()
+
+
+def _retain(cfg: Config, workdir: Path) -> None:
+    """Retention after a finished round; a failure here never fails the round (it is already recorded)."""
+    from loops.retention import apply_retention
+
+    try:
+        apply_retention(workdir, cfg.cycle.keep_rounds)
+    except Exception as exc:  # noqa: BLE001 - the next finished round retries the expiry
+        log.warning("retention failed (the round stands; the next round retries): %s: %s", type(exc).__name__, exc)
 
 
 def _run_round(cfg: Config, workdir: Path, k: int, base: int, data: RoundData, device: str,
@@ -323,7 +394,7 @@ def _run_round(cfg: Config, workdir: Path, k: int, base: int, data: RoundData, d
     train_users = [u for u in active if not is_validation_user(u)]
     sample = sample_users(train_users, cfg.pco.sample_fraction, cfg.run.seed + k)
     pairs = preference_pairs(cfg, table, keys_by_user, sample, portraits)
-    pco = stage_pco(cfg, workdir, k, pairs)
+    pco = stage_pco(cfg, workdir, k, pairs, base)
     lap("pco")
     rel = stage_relevance(cfg, workdir, k, base, inter, seqs_prev, csids_prev, portraits, start, end,
                           history=data.history)
@@ -338,19 +409,19 @@ def _run_round(cfg: Config, workdir: Path, k: int, base: int, data: RoundData, d
                "keys/count": len(keys), "keys/users": len(keys_by_user),
                "keys/aligned": int(table["aligned"].map(len).sum()), "pco/pairs": len(pairs),
                "pco/alerts": len(pco.get("alerts", [])), **metrics_of(data.window), "kv/entries": kv["count"],
-               **vocab, **timings}
+               "cycle/base_round": base, **vocab, **timings}
     promoted, reason = guardrail(cfg, workdir, metrics)
     if promoted:
-        promote(workdir, k, keep=cfg.cycle.keep_rounds)
+        promote(workdir, k)
     record_round(workdir, k, "promoted" if promoted else "refused", reason=reason, metrics=metrics,
-                 fingerprint=cfg.fingerprint())
+                 fingerprint=cfg.fingerprint(), base=base)
     write_json(rp / "metrics.json", metrics)
     track(cfg, workdir, k, metrics, base=base)
     log.info("round %d %s%s: %s", k, "promoted" if promoted else "NOT promoted", f" ({reason})" if reason else "",
              ", ".join(f"{m} {metrics[m]:.3f}" if isinstance(metrics[m], float) else f"{m} {metrics[m]}"
                        for m in ("val/C-H@1", "val/NCP@5", "keys/count", "keys/aligned") if m in metrics))
-    return CycleResult(round=k, promoted=promoted, reason=reason, metrics=metrics, timings=timings,
-                       status="promoted" if promoted else "refused", window=data.window)
+    return CycleResult(round=k, promoted=promoted, reason=reason, metrics=metrics, timings=timings, base=base,
+                       window=data.window)
 
 
 def guardrail(cfg: Config, workdir: Path, metrics: dict[str, Any]) -> tuple[bool, str]:
@@ -372,8 +443,11 @@ def guardrail(cfg: Config, workdir: Path, metrics: dict[str, Any]) -> tuple[bool
     return True, ""
 
 
-def promote(workdir: Path, k: int, *, keep: int) -> None:
-    """KV pointer first (what serving reads), then the ``current`` link; then expire old KV versions."""
+def promote(workdir: Path, k: int) -> None:
+    """KV pointer first (what serving reads), then the ``current`` link (state.json follows in the caller).
+
+    Old rounds expire afterwards, whole, in :func:`loops.retention.apply_retention`.
+    """
     from storage.kv import KVStore
 
     store = KVStore(workdir)
@@ -381,22 +455,42 @@ def promote(workdir: Path, k: int, *, keep: int) -> None:
     store.promote(k)
     fault_point("promote:before_link")
     promote_link(workdir, k)
-    store.expire(keep)
 
 
-def rollback(workdir: Path, to: int) -> None:
-    """Promote an earlier round that is still kept (KV version and models)."""
+def rollback(workdir: Path, to: int) -> int | None:
+    """Serve round ``to`` again (KV version, ``current`` link, state.json); returns the round served before.
+
+    Only what :func:`loops.retention.rollback_offers` lists: a kept round that was promoted once. The next cycle
+    then starts its models from round ``to``. Raises :class:`coea.errors.WorkdirError` (exit 2) otherwise.
+    """
+    from coea.errors import WorkdirError
+    from loops.retention import rollback_offers
+    from loops.state import write_state
     from storage.kv import KVStore
 
     with workdir_lock(workdir):
+        state = read_state(workdir)
+        before = state["promoted_round"]
+        if to == before:
+            raise WorkdirError(f"round {to} is already the promoted round")
+        offers = rollback_offers(workdir)
+        if to not in offers:
+            entry = next((r for r in state["rounds"] if r["round"] == to), None)
+            why = ("it does not exist" if entry is None else "it was expired by retention (cycle.keep_rounds)"
+                   if entry.get("expired") else "round 0 has no KV table" if to == 0 else
+                   f"it was never promoted (status {entry['status']})" if entry["status"] != "promoted" else
+                   "its files are not all on disk")
+            raise WorkdirError(f"cannot roll back to round {to}: {why}; rounds on offer: "
+                               f"{', '.join(map(str, offers)) or 'none'}")
         KVStore(workdir).rollback(to)
         promote_link(workdir, to)
         state = read_state(workdir)
         state["promoted_round"] = to
-        state.setdefault("rollbacks", []).append({"to": to, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        from loops.state import write_state
-
+        state.setdefault("rollbacks", []).append({"from": before, "to": to,
+                                                  "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         write_state(workdir, state)
+    log.warning("rollback: round %d is served again (was round %s); the next cycle starts from it", to, before)
+    return before
 
 
 LOOKUP_FOUND = ("found", "empty")  # statuses of a key that is in the promoted table; the others are unknown_*
@@ -574,7 +668,7 @@ def stage_relevance(cfg: Config, workdir: Path, k: int, base: int, inter, seqs_p
         metrics["calibration_fitted"] = int(finish_calibration(tmp, previous, base) == "fit")
         metrics["base_round"] = base
         write_json(tmp / "metrics.json", metrics)
-        write_manifest(tmp, cfg)
+        write_manifest(tmp, cfg, {"base_round": base, "start_model": str(previous)})
     return metrics
 
 

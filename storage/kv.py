@@ -604,14 +604,34 @@ class KVStore:
             rounds = self.list_rounds()
             current = self.current_round()
             retained = set(rounds[-keep:]) | ({current} if current is not None else set())
-            deleted = [r for r in rounds if r not in retained]
-            for r in deleted:
+            deleted = self.remove([r for r in rounds if r not in retained])
+            if deleted:
+                logger.info("KV expired rounds %s (kept %s)", deleted, sorted(retained))
+        return deleted
+
+    def remove(self, rounds: Iterable[int]) -> list[int]:
+        """Delete these whole versions, complete or not; never the promoted one. Returns the rounds deleted.
+
+        Whole-round retention (loops/retention.py) decides which rounds go; this only refuses the promoted
+        version (``KVError``) and skips rounds that have no version. Open readers keep working (see ``expire``).
+        """
+        rounds = sorted(set(rounds))
+        if not self.kv_dir.is_dir():
+            return []
+        with self._writer_lock():
+            current = self.current_round()
+            if current in rounds:
+                raise KVError(f"KV round {current} is promoted; promote another round before removing it")
+            deleted = []
+            for r in rounds:
+                if not self.round_dir(r).exists():
+                    continue
                 trash = self.kv_dir / f".trash-{_round_name(r)}-{os.getpid()}"
                 os.rename(self.round_dir(r), trash)  # disappears from list_rounds atomically
                 shutil.rmtree(trash, ignore_errors=True)
+                deleted.append(r)
             if deleted:
                 _fsync_dir(self.kv_dir)
-                logger.info("KV expired rounds %s (kept %s)", deleted, sorted(retained))
             self._remove_leftovers()
         return deleted
 

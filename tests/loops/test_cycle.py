@@ -73,7 +73,7 @@ def test_cli_lookup_and_status(two_cycles):
     out = subprocess.run([sys.executable, "-m", "coea.cli", "lookup", "--workdir", str(workdir), "--user", "u001"],
                          capture_output=True, text=True, cwd=REPO)  # the tiny world's users are u00..u79
     assert out.returncode == 6 and json.loads(out.stdout)["status"] == "unknown_user"
-    out = subprocess.run([sys.executable, "-m", "coea.cli", "status", "--workdir", str(workdir)],
+    out = subprocess.run([sys.executable, "-m", "coea.cli", "status", "--workdir", str(workdir), "--json"],
                          capture_output=True, text=True, cwd=REPO)
     assert json.loads(out.stdout)["promoted_round"] in (1, 2)
 

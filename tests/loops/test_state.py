@@ -51,3 +51,19 @@ def test_lock_refuses_second_holder_and_recovers_after_crash(tmp_path):
         holder.wait()
     with workdir_lock(tmp_path):
         pass
+
+
+def test_lock_holder_probes_without_taking_the_lock(tmp_path, monkeypatch):
+    import loops.state as state
+    from loops.state import lock_holder
+
+    assert lock_holder(tmp_path) is None
+    with workdir_lock(tmp_path):
+        assert lock_holder(tmp_path).startswith("pid=")
+        monkeypatch.setattr(state, "_flock_held", lambda st: None)  # no /proc/locks: the recorded pid decides
+        assert lock_holder(tmp_path).startswith("pid=")
+        monkeypatch.undo()
+    assert lock_holder(tmp_path) is None
+    (tmp_path / ".lock").write_text("pid=999999999 host=elsewhere since=then")  # a dead holder's leftover text
+    monkeypatch.setattr(state, "_flock_held", lambda st: None)
+    assert lock_holder(tmp_path) is None
