@@ -119,3 +119,13 @@ def latest_dsie_dir(workdir: Path, k: int) -> Path:
         if stage_done(round_dir(workdir, j), "dsie"):
             return round_dir(workdir, j) / "dsie"
     raise FileNotFoundError(f"no DSIE stage at or before round {k} in {workdir}")
+
+
+def round_cutoff(workdir: Path, k: int) -> int | None:
+    """The cut-off round ``k`` of a workdir ran to: the end of its data window (``rounds/NNN/data/window.json``),
+    i.e. its models trained on events before it. None when the round has no data stage."""
+    path = round_dir(workdir, k) / "data" / "window.json"
+    if not path.exists():
+        return None
+    end = read_json(path).get("end")
+    return None if end is None else int(end)

@@ -195,13 +195,15 @@ def validation_metrics(cfg: Config, models: Models, inter, seqs_prev, csids_prev
                        portraits: dict[str, str], start: int, end: int) -> dict[str, float]:
     """Held-out users: lists from their state at the previous cut-off with the round-k models; truth = D_k clicks.
 
-    C_u^pref = categories of I_long at the previous cut-off; C_u^hist = C'_short there; clicked = categories the
-    user clicked in [start, end). Validation users never contribute training signal to the cycle.
+    C_u^pref = categories of I_long at the previous cut-off; C_u^hist = every category the user clicked before it
+    (App. A.4; ``val/NCP-recent@K`` is the variant against C'_short); clicked = categories the user clicked in
+    [start, end). Validation users never contribute training signal to the cycle.
     """
     from coea.data.sequences import click_categories_by_user
     from coea.metrics import evaluate_users, long_tail_categories
 
     clicks = click_categories_by_user(inter, start=start, end=end)
+    history = click_categories_by_user(inter, end=start)
     category_of = inter.item_category
     item_cat = {j + 1: category_of.get(i) for j, i in enumerate(seqs_prev.item_vocab)}
     rows = [i for i, u in enumerate(seqs_prev.user_ids) if is_validation_user(u) and u in clicks]
@@ -216,7 +218,8 @@ def validation_metrics(cfg: Config, models: Models, inter, seqs_prev, csids_prev
         u = seqs_prev.user_ids[i]
         row = by_key[(keys[u].csid, keys[u].recent)]
         recs.append(row["aligned"] or row["candidates"])
-        truth.append({"pref": {item_cat[j] for j in seqs_prev.long_items[i]}, "hist": set(seqs_prev.c_short[i]),
+        truth.append({"pref": {item_cat[j] for j in seqs_prev.long_items[i]},
+                      "hist": {c for _, c in history.get(u, [])}, "recent": set(seqs_prev.c_short[i]),
                       "clicked": {c for _, c in clicks[u]}})
     counts = inter.events.loc[inter.events["event"] == "click", "item_id"].map(inter.item_category).value_counts()
     tail = long_tail_categories({c: int(counts.get(c, 0)) for c in inter.categories})
