@@ -339,9 +339,6 @@ class EvalConfig:
                         "budget_k (the frontiers plot C-N@budget_k against NCP@budget_k and CLTP@budget_k).", min=1)
     matched_budget: int = opt(2, "Summary figure: C-N@budget_k at matched NCP@budget_k = matched_budget / |C| "
                               "(linear interpolation on each method's frontier).", min=0)
-    ch1_tolerance: float = opt(
-        0.01, "Operating point: each exploration method's largest budget whose validation C-H@1 is within this "
-        "relative margin of the best exploitation row's validation C-H@1.", min=0.0, max=1.0)
     bootstrap: int = opt(1000, "Paired bootstrap resamples of the users for the CoEA-minus-baseline intervals.",
                          min=1)
     bootstrap_seed: int = opt(0, "Seed of the bootstrap resamples.", min=0)
@@ -368,11 +365,11 @@ class EvalConfig:
     batch_size: int = opt(128, "Item models: sequences per batch.", min=1)
     lr: float = opt(1e-3, "Item models: Adam learning rate.", min=0.0)
     mask_prob: float = opt(0.2, "BERT4Rec: share of positions masked (Cloze objective).", min=0.01, max=1.0)
-    ucb_c: str = opt("0.1,0.5,1,2", "UCB: bonus weights c tried on validation (comma-separated; one = fixed).")
-    hucb_c: str = opt("0.1,0.5,1,2", "HUCB: bonus weights tried on validation.")
+    ucb_c: str = opt("0,0.1,0.5,1,2", "UCB: bonus weights c tried on validation (comma-separated; one = fixed).")
+    hucb_c: str = opt("0,0.1,0.5,1,2", "HUCB: bonus weights tried on validation.")
     hucb_clusters: int = opt(0, "HUCB / pHUCB: clusters of categories in the tree; 0 = round(sqrt(|C|)).", min=0)
-    phucb_c: str = opt("0.1,0.5,1,2", "pHUCB: bonus weights tried on validation.")
-    phucb_prior: str = opt("1,10", "pHUCB: strengths m of the global prior on each user's rates, tried on "
+    phucb_c: str = opt("0,0.1,0.5,1,2", "pHUCB: bonus weights tried on validation.")
+    phucb_prior: str = opt("0.1,1,10", "pHUCB: strengths m of the global prior on each user's rates, tried on "
                            "validation.")
     nlb_alpha: str = opt("0,0.5,1,2", "NLB: weights alpha of the posterior std tried on validation.")
     nlb_hidden: int = opt(32, "NLB: width of the representation network.", min=2)

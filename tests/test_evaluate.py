@@ -147,6 +147,38 @@ def test_leak_check_refuses_models_that_saw_held_out_events(cfg, inter, tmp_path
     assert assert_unseen(inter, split, "valid", wd, 0)["held_out_seen"] == 0
 
 
+def test_leak_check_global_split_cut_off(cfg, inter, tmp_path):
+    """Global split: a round whose cut-off is t_test saw no test event (passes the test phase, fails the valid
+    phase: it saw validation events); one second later it saw the first test events (refused)."""
+    import dataclasses
+
+    gcfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, split="global", test_fraction=0.8))
+    split = make_split(gcfg, inter)
+    t_test = split.info["test"]
+    wd = tmp_path / "w"
+    (wd / "rounds" / "002" / "data").mkdir(parents=True)
+    gcfg.save(wd / "rounds" / "002" / "data" / "config.yaml")
+    window = wd / "rounds" / "002" / "data" / "window.json"
+    window.write_text(json.dumps({"start": 0, "end": t_test}))
+    assert assert_unseen(inter, split, "test", wd, 2)["cutoff"] == t_test
+    with pytest.raises(LeakError):
+        assert_unseen(inter, split, "valid", wd, 2)
+    later = int(inter.events["timestamp"][inter.events["timestamp"] >= t_test].min()) + 1
+    window.write_text(json.dumps({"start": 0, "end": later}))
+    with pytest.raises(LeakError, match="round 2"):
+        assert_unseen(inter, split, "test", wd, 2)
+
+
+def test_cli_writes_the_train_view(tmp_path):
+    from coea.cli import main
+    from tests.conftest import REPO, TINY
+
+    args = ["evaluate", "--config", str(REPO / "configs" / "demo.yaml"), *[x for o in TINY for x in ("--set", o)]]
+    assert main([*args, "--write-train-view", str(tmp_path / "view")]) == 0
+    assert (tmp_path / "view" / "events.parquet").exists() and (tmp_path / "view" / "split.json").exists()
+    assert main(args) == 2  # neither --workdir/--out nor --write-train-view: a usage error, one line
+
+
 def test_run_evaluate_refuses_a_leaky_workdir(cfg, tmp_path):
     """run_evaluate raises LeakError (the CLI exits 2) when CoEA's workdir trained on the full data set."""
     from loops.cycle import run_cycle
@@ -194,8 +226,8 @@ def test_every_row_and_each_method_ranks_its_own_list(evaluated, cfg):
 
 
 def test_settings_are_chosen_on_validation(evaluated):
-    """Each tuned method's choice is the argmax of its validation areas, over the configured grid; the operating
-    budgets lie in 0..budget_k; the leak checks of the LLM rows passed for both phases."""
+    """Each tuned method's choice is the argmax of its validation areas, over the configured grid; the leak checks
+    of the LLM rows passed for both phases."""
     _, out = evaluated
     meta = json.loads((out / "meta.json").read_text())
     assert meta["chosen"]["ucb"]["0"]["c"] in (0.5, 2.0)
@@ -203,14 +235,13 @@ def test_settings_are_chosen_on_validation(evaluated):
     for method, per_seed in meta["validation_area"].items():
         areas = per_seed["0"]
         assert json.loads(max(areas, key=areas.get)) == meta["chosen"][method]["0"]
-    assert all(0 <= b <= meta["budget_k"] for per in meta["operating"].values() for b in per.values())
     coea = meta["sources"]["coea/seed0"]
     assert set(coea["checks"]) == {"valid", "test"} and coea["checks"]["test"]["held_out_seen"] == 0
     assert meta["sources"]["google_v1/seed0"]["round"] == 0
 
 
 def test_results_md_layout_and_one_seed(evaluated):
-    """Table 2 columns, the interval, operating-point and frontier tables; one seed prints means, not ± 0.0000."""
+    """Table 2 columns, the interval and frontier tables, the targets; one seed prints means, not ± 0.0000."""
     _, out = evaluated
     md = (out / "results.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| Group"))
@@ -219,7 +250,8 @@ def test_results_md_layout_and_one_seed(evaluated):
             assert f"| {fam}@{k} " in header
     for m in ("two_tower", "sasrec", "random", "hucb", "nlb", "google_v1", "google_v2", "llm_kerec", "wo_rllm"):
         assert f"| {LABELS[m]} |" in md
-    assert "| **CoEA** |" in md and "| Improv. |" in md and "paired bootstrap" in md and "Operating point" in md
+    assert "| **CoEA** |" in md and "| Improv. |" in md and "paired bootstrap" in md and "Frontier summary" in md
+    assert "Targets" in md
     assert "± 0.0000" not in md and "1 seed" in md
     table = md.split("\n\n")[1]
     n_cols = header.count("|")
@@ -281,8 +313,7 @@ def test_results_markdown_without_coea_rows(evaluated):
     _, out = evaluated
     rankings, truth, meta = read_files(out)
     keep = {k: v for k, v in rankings.items() if k[0] in ("sasrec", "popular")}
-    meta = {**meta, "groups": {"sasrec": "exploitation", "popular": "exploration"},
-            "operating": {"popular": meta["operating"]["popular"]}, "chosen": {}}
+    meta = {**meta, "groups": {"sasrec": "exploitation", "popular": "exploration"}, "chosen": {}}
     md = results_markdown(compute_results(keep, truth, meta), meta)
     assert "| Most popular |" in md and "Targets" not in md
 

@@ -7,8 +7,7 @@
                  exploitation  item models trained on the train part (coea/exploitation.py)
                  exploration   random, popular, UCB, HUCB, pHUCB, NLB, Google-v1, Google-v2, LLM-KERec, CoEA
                  ablations     CoEA w/o Long / Short / R-LLM / KL (their own workdirs)
-    tuning       each method's grid value with the best validation frontier area; the operating budget = the
-                 largest budget whose validation C-H@1 stays within eval.ch1_tolerance of the best exploitation row
+    tuning       each method's grid value with the best validation frontier area (never the test part)
     files        rankings.jsonl, recommendations.jsonl, ground_truth.jsonl, meta.json -> results.json, results.md,
                  frontier.png (coea/evaluate/report.py; results.json is recomputed from the files alone)
 """
@@ -45,7 +44,7 @@ from coea.evaluate.split import (
     subset,
     workdir_config,
 )
-from coea.exploration import budget_list, own_list, popular_ranking, random_ranking, ucb_ranking
+from coea.exploration import budget_list, popular_ranking, random_ranking, ucb_ranking
 from coea.metrics import per_user
 
 log = logging.getLogger("coea.evaluate")
@@ -141,17 +140,6 @@ def validation_area(rankings: list[list[str]], phase: Phase, k: int, length: int
         ncp.append(m[f"NCP@{k}"].mean())
         cn.append(m[f"C-N@{k}"].mean())
     return frontier_area(np.array(ncp), np.array(cn))
-
-
-def operating_budget(rankings: list[list[str]], phase: Phase, k: int, length: int, threshold: float) -> int:
-    """The largest budget b in 0..k whose validation C-H@1 >= threshold; else the budget with the best C-H@1
-    (the smallest such b on ties)."""
-    ch1 = []
-    for b in range(k + 1):
-        m = _lists_metrics([budget_list(r, h, b, k, length) for r, h in zip(rankings, phase.hist)], phase, (1,))
-        ch1.append(float(m["C-H@1"].mean()))
-    meeting = [b for b, v in enumerate(ch1) if v >= threshold - 1e-12]
-    return max(meeting) if meeting else int(np.argmax(ch1))
 
 
 class Methods:
@@ -278,13 +266,13 @@ class Methods:
         return {_j(beta=b): kerec_ranking(graph, p.user_clicks, p.categories, b)
                 for b in grid(self.cfg.eval.kerec_beta)}
 
-    def tuned(self, method: str) -> tuple[dict[str, Any], list[list[str]], list[list[str]], dict[str, float]]:
-        """(chosen setting, validation ranking, test ranking, validation area per grid point)."""
+    def tuned(self, method: str) -> tuple[dict[str, Any], list[list[str]], dict[str, float]]:
+        """(chosen setting, test ranking, validation area per grid point)."""
         valid = self.candidates(method, "valid")
         areas = {g: validation_area(r, self.phases["valid"], self.k, self.length) for g, r in valid.items()}
         best = max(areas, key=lambda g: (areas[g], -list(areas).index(g)))
         test = self.candidates(method, "test")
-        return json.loads(best), valid[best], test[best], areas
+        return json.loads(best), test[best], areas
 
 
 def _j(**kw: float) -> str:
@@ -347,27 +335,20 @@ def run_evaluate(cfg: Config, workdir: Path, out: Path) -> dict[str, Any]:
         rankings: dict[tuple[str, int], list[list[str]]] = {}
         chosen: dict[str, dict[str, Any]] = {}
         areas: dict[str, dict[str, Any]] = {}
-        operating: dict[str, dict[str, int]] = {}
         fits: dict[str, Any] = {}
         skipped: dict[str, str] = {}
         sources: dict[str, Any] = {}
         leak_cache: dict = {}
         for seed in seeds:
-            valid_rankings: dict[str, list[list[str]]] = {}
             for name in dict.fromkeys([*exploitation, *([ev.base_model] if ev.policy == "slots" else [])]):
                 t = time.perf_counter()
                 model, fit = fit_model(name, data, ev, seed=seed)
-                valid_rankings[name] = rank_with(model, data, data.train, rows["valid"], inter.categories, ev)
                 rankings[(name, seed)] = rank_with(model, data, data.test, rows["test"], inter.categories, ev)
                 fits[f"{name}/seed{seed}"] = {"loss": [round(x, 4) for x in fit.losses], "valid_hit@10": fit.valid_hit,
                                               "best_epoch": fit.best_epoch, "time_s": round(time.perf_counter() - t, 1)}
                 log.info("seed %d %s: loss %.3f -> %.3f, valid hit@10 %.3f (epoch %d) in %.0fs", seed, name,
                          fit.losses[0], fit.losses[-1], max(fit.valid_hit or [0]), fit.best_epoch,
                          time.perf_counter() - t)
-            vp = phases["valid"]
-            best_ch1 = max((float(_lists_metrics([own_list(r, length) for r in valid_rankings[m]], vp, (1,))
-                                  ["C-H@1"].mean()) for m in exploitation), default=0.0)
-            threshold = (1.0 - ev.ch1_tolerance) * best_ch1
             methods = Methods(cfg, workdir, seed, inter, split, phases, device, leak_cache)
             todo = [*exploration, *ablations]
             with progress() as bar:
@@ -375,7 +356,7 @@ def run_evaluate(cfg: Config, workdir: Path, out: Path) -> dict[str, Any]:
                 for method in todo:
                     t = time.perf_counter()
                     try:
-                        setting, valid_r, test_r, grid_areas = methods.tuned(method)
+                        setting, test_r, grid_areas = methods.tuned(method)
                     except FileNotFoundError as exc:
                         skipped[method] = str(exc)
                         log.warning("evaluate: %s skipped (%s)", method, exc)
@@ -384,20 +365,16 @@ def run_evaluate(cfg: Config, workdir: Path, out: Path) -> dict[str, Any]:
                     rankings[(method, seed)] = test_r
                     chosen.setdefault(method, {})[str(seed)] = setting
                     areas.setdefault(method, {})[str(seed)] = grid_areas
-                    operating.setdefault(method, {})[str(seed)] = operating_budget(valid_r, vp, k, length, threshold)
-                    log.info("seed %d %s: %s (validation area %.4f), operating budget %d, %.0fs", seed, method,
-                             setting or "no settings", max(grid_areas.values()), operating[method][str(seed)],
-                             time.perf_counter() - t)
+                    log.info("seed %d %s: %s (validation area %.4f) in %.0fs", seed, method,
+                             setting or "no settings", max(grid_areas.values()), time.perf_counter() - t)
                     bar.advance(task)
             for method, src in methods.sources.items():
                 sources[f"{method}/seed{seed}"] = src
-            sources[f"valid_best_exploitation_C-H@1/seed{seed}"] = best_ch1
         # a row is reported only when every seed produced it
         for method in {m for m, _ in rankings}:
             if any((method, s) not in rankings for s in seeds):
                 for s in seeds:
                     rankings.pop((method, s), None)
-                operating.pop(method, None)
                 chosen.pop(method, None)
                 skipped.setdefault(method, "missing for some seeds")
         groups = {m: g for m, g in groups.items() if any(key[0] == m for key in rankings)}
@@ -406,9 +383,9 @@ def run_evaluate(cfg: Config, workdir: Path, out: Path) -> dict[str, Any]:
                 "tail": sorted(test.tail), "split": split.info, "users": len(test.users),
                 "valid_users": len(phases["valid"].users), "groups": groups, "policy": ev.policy,
                 "slots": [int(s) for s in _csv(ev.slots)], "list_length": length, "base_model": ev.base_model,
-                "budget_k": k, "matched_budget": ev.matched_budget, "ch1_tolerance": ev.ch1_tolerance,
+                "budget_k": k, "matched_budget": ev.matched_budget,
                 "bootstrap": ev.bootstrap, "bootstrap_seed": ev.bootstrap_seed, "confidence": ev.confidence,
-                "hist_k": ev.hist_k or cfg.data.short_k, "operating": operating, "chosen": chosen,
+                "hist_k": ev.hist_k or cfg.data.short_k, "chosen": chosen,
                 "grids": {m: ", ".join(f"{f}: {getattr(ev, f)}" for f in GRIDS.get(m, ())) or
                           (f"tau_align: {ev.tau_align or 'the workdir value'}" if m in DUAL else "")
                           for m in chosen}, "validation_area": areas,
