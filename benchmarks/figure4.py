@@ -1,21 +1,24 @@
-"""The paper's Figure 4 on MovieLens-100K: does novelty hold over many co-evolution rounds, with and without KL?
+"""The paper's Figure 4 on MovieLens-100K: does novelty hold over 30 co-evolution rounds, with and without KL?
 
-    nice python benchmarks/figure4.py --set run.num_threads=1          # 30 rounds each, resumable
-    python benchmarks/figure4.py --summarize-only                      # tables + plot from what exists
+    nice python benchmarks/figure4.py --set run.num_threads=1         # train (resumable), evaluate, write
+    python benchmarks/figure4.py --evaluate-only                      # evaluate the rounds that exist so far
 
-Two workdirs share one round 0 (bootstrapped once, then copied): ``kl`` runs every round with the configured
-``pco.alpha`` (the KL anchor of Eq. 17 on), ``nokl`` with ``pco.alpha=0``. Each round replays the next
-``--replay-days`` days of the log (``cycle.replay_days``) in a fresh ``coea cycle`` process; rerunning continues each
-workdir where it stopped (a crashed round resumes at its unfinished stage, a refused round is kept and the next one
-starts from the promoted models, as the cycle does).
+Protocol (docs/evaluation.md, Figure 4):
 
-The figures are the cycle's own per-round validation (loops/cycle.py ``validation_metrics``): held-out validation
-users (a stable 10% hash, never trained on), their state at the round's previous cut-off, the round's Novelty +
-Relevance LLMs, truth = their clicks in the round's window; metrics as App. A.4 (docs/metrics.md). Also the DPO
-round's KL to its reference and the keys with an aligned candidate.
+- Data: the train view of evaluation v2's per-user split (benchmarks/table2.py ``ensure_view``): no round ever sees
+  a validation or test event.
+- Two workdirs share one round 0 (``kl`` bootstraps it in its first cycle; ``nokl`` starts from a copy): ``kl``
+  runs every round with the configured ``pco.alpha`` (the KL anchor of Eq. 17), ``nokl`` with ``pco.alpha=0``.
+  ``--rounds`` replay rounds (``cycle.replay_days`` sized so the last one ends at the view's last event), one
+  ``coea cycle`` process per round, the two runs in turns (a run stopped early has two curves of equal length).
+- After each round k, round k's Novelty + Relevance LLMs rank the catalogue for every test user of the split
+  (920 on ml-100k; state = train + validation events), each user's own list as in Table 2, with the workdir's
+  ``relevance.tau_align``: C-H@1, C-N@5, NCP@5, CLTP@5 (App. A.4) over rounds. Round 0 is the shared start.
+  Nothing is chosen from these figures. The cycle's own per-round figures (KL of the DPO round, pairs, keys with
+  an aligned candidate, its small validation) come from state.json.
 
-Writes ``--out`` .json (every round of both runs, the protocol, thirds summary), .md (the table) and .png (one
-panel per metric, both runs).
+Resumable: finished rounds are skipped, each round's evaluation is cached in ``<run>/figure4/round_NNN.json``.
+Writes ``--out`` .json (every round of both runs, the protocol, thirds summary), .md (table) and .png.
 """
 
 from __future__ import annotations
@@ -32,9 +35,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-METRICS = ("val/NCP@5", "val/CLTP@5", "val/C-H@1", "val/C-N@5", "val/NCP-recent@5", "pco/kl", "pco/dpo_loss",
-           "keys/aligned", "val/users", "pco/pairs")
-PLOTTED = ("val/NCP@5", "val/CLTP@5", "val/C-H@1", "val/C-N@5", "pco/kl", "keys/aligned")
+EVAL = ("NCP@5", "CLTP@5", "C-H@1", "C-N@5", "NCP-recent@5", "aligned_per_key")
+CYCLE = ("pco/kl", "pco/dpo_loss", "pco/pairs", "keys/aligned", "val/users")
+PLOTTED = ("NCP@5", "CLTP@5", "C-H@1", "C-N@5", "aligned_per_key", "pco/kl")
 RUNS = {"kl": "with KL (pco.alpha as configured)", "nokl": "without KL (pco.alpha = 0)"}
 
 
@@ -43,31 +46,25 @@ def log(msg: str) -> None:
 
 
 def rounds_of(workdir: Path) -> list[dict]:
-    """Finished rounds > 0 of a workdir (promoted or refused) with their recorded metrics."""
+    """Finished rounds > 0 of a workdir (promoted or refused) with the cycle's recorded figures."""
     state = workdir / "state.json"
     if not state.exists():
         return []
-    rows = []
-    for r in json.loads(state.read_text()).get("rounds", []):
-        if r["round"] > 0 and r.get("status") in ("promoted", "refused"):
-            rows.append({"round": r["round"], "status": r["status"],
-                         **{m: (r.get("metrics") or {}).get(m) for m in METRICS}})
+    rows = [{"round": r["round"], "status": r["status"], **{m: (r.get("metrics") or {}).get(m) for m in CYCLE}}
+            for r in json.loads(state.read_text()).get("rounds", [])
+            if r["round"] > 0 and r.get("status") in ("promoted", "refused")]
     return sorted(rows, key=lambda r: r["round"])
 
 
 def coea(*args: str) -> int:
-    cmd = [sys.executable, "-m", "coea.cli", *args]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "coea.cli", *args], cwd=REPO, capture_output=True, text=True)
     if proc.returncode not in (0, 4):
         sys.stderr.write(proc.stderr[-3000:])
     return proc.returncode
 
 
-def train(config: str, root: Path, rounds: int, overrides: list[str]) -> None:
-    """``kl``'s first cycle bootstraps round 0; ``nokl`` starts from a copy of it; then both advance in turns, so a
-    run stopped early still has two curves of the same length."""
+def train(config: str, root: Path, rounds: int, sets: list[str]) -> None:
     kl, nokl = root / "kl", root / "nokl"
-    sets = [x for o in overrides for x in ("--set", o)]
     runs = {kl: sets, nokl: [*sets, "--set", "pco.alpha=0"]}
     failures = {kl: 0, nokl: 0}
     for target in range(1, rounds + 1):
@@ -91,6 +88,37 @@ def train(config: str, root: Path, rounds: int, overrides: list[str]) -> None:
                     return
 
 
+def evaluate(cfg, root: Path) -> dict[str, list[dict]]:
+    """Every finished round of both runs on the test phase (cached per round)."""
+    from coea.data.loaders import load_interactions
+    from coea.evaluate.run import evaluate_round
+    from coea.evaluate.split import build_phase, make_split
+
+    inter = load_interactions(cfg.data, cfg.synthetic, cfg.run.seed)
+    split = make_split(cfg, inter)
+    phase = build_phase(cfg, inter, split, "test")
+    cache: dict = {}
+    out: dict[str, list[dict]] = {}
+    for name in RUNS:
+        wd = root / name
+        cycle = {r["round"]: r for r in rounds_of(wd)}
+        rows = []
+        for k in [0, *sorted(cycle)]:
+            path = wd / "figure4" / f"round_{k:03d}.json"
+            if not path.exists():
+                t = time.perf_counter()
+                res = evaluate_round(cfg, inter, split, phase, wd, k, leak_cache=cache)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(res))
+                log(f"{name}: round {k} evaluated in {time.perf_counter() - t:.0f}s: NCP@5 {res['NCP@5']:.4f} "
+                    f"C-N@5 {res['C-N@5']:.4f}")
+            res = json.loads(path.read_text())
+            rows.append({"round": k, "status": cycle.get(k, {}).get("status", "bootstrapped"),
+                         **{m: res.get(m) for m in EVAL}, **{m: cycle.get(k, {}).get(m) for m in CYCLE}})
+        out[name] = rows
+    return out
+
+
 def mean(rows: list[dict], key: str, lo: int, hi: int) -> float | None:
     vals = [r[key] for r in rows if lo <= r["round"] <= hi and isinstance(r.get(key), (int, float))]
     return round(sum(vals) / len(vals), 4) if vals else None
@@ -99,8 +127,8 @@ def mean(rows: list[dict], key: str, lo: int, hi: int) -> float | None:
 def summarize(result: dict) -> dict:
     n = max((r["round"] for v in RUNS for r in result[v]), default=0)
     third = max(1, n // 3)
-    return {v: {m: {"first_third": mean(result[v], m, 1, third), "last_third": mean(result[v], m, n - third + 1, n),
-                    "all": mean(result[v], m, 1, n)} for m in PLOTTED}
+    return {v: {m: {"round0": mean(result[v], m, 0, 0), "first_third": mean(result[v], m, 1, third),
+                    "last_third": mean(result[v], m, n - third + 1, n)} for m in PLOTTED}
             | {"refused_rounds": [r["round"] for r in result[v] if r["status"] == "refused"]} for v in RUNS}
 
 
@@ -112,26 +140,29 @@ def _fmt(v) -> str:
 
 def markdown(result: dict) -> str:
     p = result["protocol"]
-    lines = [f"### Figure 4 on ml-100k: {p['rounds']} rounds of {p['replay_days']} days, with and without KL", "",
-             f"Command: `{p['command']}`. Validation = the cycle's held-out users (docs/evaluation.md, Figure 4).", "",
-             "| round | " + " | ".join(f"{m} KL" + " | " + f"{m} no KL" for m in PLOTTED) + " |",
-             "|---:|" + "---:|" * (2 * len(PLOTTED))]
+    cols = ("NCP@5", "CLTP@5", "C-H@1", "C-N@5", "pco/kl")
+    lines = [f"### Figure 4 ({p['config']}): {p['rounds']} co-evolution rounds with and without KL", "",
+             f"Command: `{p['command']}`. Each round's models on the {p['users']} test users of the per-user split "
+             "(state = train + validation events, Table 2's own lists); KL = the DPO round's mean KL to its "
+             "reference (state.json). `*` = the guardrail refused the round (its models are still evaluated).", "",
+             "| round | " + " | ".join(f"{m} KL | {m} no KL" for m in cols) + " |",
+             "|---:|" + "---:|" * (2 * len(cols))]
     by = {v: {r["round"]: r for r in result[v]} for v in RUNS}
     for k in sorted(set(by["kl"]) | set(by["nokl"])):
         cells = []
-        for m in PLOTTED:
+        for m in cols:
             for v in RUNS:
                 r = by[v].get(k)
-                cells.append(_fmt(r.get(m)) + ("*" if r and r["status"] == "refused" and m == PLOTTED[0] else "")
-                             if r else "–")
+                mark = "*" if r and r["status"] == "refused" and m == cols[0] else ""
+                cells.append(_fmt(r.get(m)) + mark if r else "–")
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
-    lines += ["", "`*` = the guardrail refused that round (its models were not promoted).", "",
-              "| metric | KL first third | KL last third | no KL first third | no KL last third |",
-              "|---|---:|---:|---:|---:|"]
     s = result["summary"]
+    lines += ["", "| metric | round 0 | KL first third | KL last third | no KL first third | no KL last third |",
+              "|---|---:|---:|---:|---:|---:|"]
     for m in PLOTTED:
-        lines.append(f"| {m} | {_fmt(s['kl'][m]['first_third'])} | {_fmt(s['kl'][m]['last_third'])} | "
-                     f"{_fmt(s['nokl'][m]['first_third'])} | {_fmt(s['nokl'][m]['last_third'])} |")
+        lines.append(f"| {m} | {_fmt(s['kl'][m]['round0'])} | {_fmt(s['kl'][m]['first_third'])} | "
+                     f"{_fmt(s['kl'][m]['last_third'])} | {_fmt(s['nokl'][m]['first_third'])} | "
+                     f"{_fmt(s['nokl'][m]['last_third'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -148,12 +179,12 @@ def plot(result: dict, out_png: Path) -> None:
             if pts:
                 xs, ys = zip(*pts)
                 ax.plot(xs, ys, style, markersize=3, label=RUNS[v])
-        ax.set_title(m, fontsize=9)
+        ax.set_title(m if m != "aligned_per_key" else "C_align size per key", fontsize=9)
         ax.set_xlabel("round", fontsize=8)
         ax.tick_params(labelsize=7)
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle(f"Figure 4 (ml-100k): {result['protocol']['rounds']} co-evolution rounds with / without KL",
-                 fontsize=10)
+    fig.suptitle(f"Figure 4 ({result['protocol']['config']}, {result['protocol']['users']} test users): {result['protocol']['rounds']} "
+                 "co-evolution rounds with / without KL", fontsize=10)
     fig.tight_layout()
     tmp = out_png.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -164,21 +195,36 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/ml-100k.yaml")
     ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--replay-days", type=float, default=2.0)
     ap.add_argument("--root", default="workdirs/figure4-ml100k")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra overrides, every run")
-    ap.add_argument("--summarize-only", action="store_true")
+    ap.add_argument("--evaluate-only", action="store_true", help="train nothing; evaluate the rounds that exist")
+    ap.add_argument("--train-only", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/figure4_ml100k")
     args = ap.parse_args()
+
+    from benchmarks.table2 import ensure_view, view_overrides
+    from coea.config import load_config
+
     root = (REPO / args.root).resolve()
-    overrides = [f"cycle.replay_days={args.replay_days}", "tracking.backend=local", *args.overrides]
+    cfg = load_config(REPO / args.config, args.overrides)
+    cfg.data.path = str(Path(cfg.data.path).resolve()) if cfg.data.path else cfg.data.path
     t0 = time.perf_counter()
-    if not args.summarize_only:
-        train(args.config, root, args.rounds, overrides)
-    result = {"protocol": {"config": args.config, "replay_days": args.replay_days, "rounds": args.rounds,
-                           "overrides": overrides, "command": " ".join(["python", "benchmarks/figure4.py",
-                                                                        *sys.argv[1:]])},
-              "kl": rounds_of(root / "kl"), "nokl": rounds_of(root / "nokl")}
+    if not args.evaluate_only:
+        root.mkdir(parents=True, exist_ok=True)
+        view = ensure_view(cfg, root)
+        sets = [*args.overrides, *view_overrides(cfg, view, args.rounds), "tracking.backend=local",
+                f"cycle.keep_rounds={args.rounds + 1}"]
+        log(f"training on {view}: {next(o for o in sets if o.startswith('cycle.replay_days'))}")
+        train(args.config, root, args.rounds, [x for o in sets for x in ("--set", o)])
+    if args.train_only:
+        return
+    runs = evaluate(cfg, root)
+    result = {"protocol": {"config": args.config, "rounds": args.rounds, "overrides": args.overrides,
+                           "users": None, "command": " ".join(["python", "benchmarks/figure4.py", *sys.argv[1:]])},
+              **runs}
+    first = next((r for v in RUNS for r in result[v]), None)
+    if first is not None:
+        result["protocol"]["users"] = json.loads((root / "kl" / "figure4" / "round_000.json").read_text())["users"]
     result["summary"] = summarize(result)
     out = REPO / args.out
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,8 @@ Layout under ``--root`` (default workdirs/table2-ml100k):
                           workdir trains on it, so no model ever sees a validation or test event
     seed<S>/<variant>/    one coea workdir per seed and variant (:data:`VARIANTS`), bootstrap + ``--rounds`` rounds,
                           each round in a fresh ``coea cycle`` process; replay windows sized so that the last round's
-                          cut-off is the end of the view
+                          cut-off is the end of the view. w/o KL starts from a copy of CoEA's round 0 (identical:
+                          pco.alpha only acts from round 1), so train coea before wo_kl of a seed
     eval/                 run_evaluate's files (rankings, truth, meta, results, frontier.png)
 
 Resumable: a workdir whose state.json records ``--rounds`` finished rounds is skipped, and a cycle that crashed
@@ -61,6 +62,8 @@ VARIANTS: dict[str, list[str]] = {
     ],
     "wo_kl": ["pco.alpha=0"],
 }
+# variants whose round 0 is the CoEA workdir's (the overrides only act from round 1 on): copied, not retrained.
+SHARES_ROUND0 = {"wo_kl": "coea"}
 
 
 def log(msg: str) -> None:
@@ -104,6 +107,20 @@ def view_overrides(cfg, view: Path, rounds: int) -> list[str]:
     inter = load_data(vcfg)
     days = math.ceil((timeline(inter)[1] - cutoff(vcfg, inter, 0)) / DAY / rounds * 1e6) / 1e6  # up: reach the end
     return [*sets, f"cycle.replay_days={days}"]
+
+
+def copy_round0(source: Path, workdir: Path) -> bool:
+    """Start ``workdir`` from ``source``'s recorded round 0 (same seed, same config up to round-1+ settings)."""
+    state_path = source / "state.json"
+    if workdir.exists() or not state_path.exists():
+        return False
+    state = json.loads(state_path.read_text())
+    if not any(r["round"] == 0 for r in state.get("rounds", [])):
+        return False
+    shutil.copytree(source / "rounds" / "000", workdir / "rounds" / "000")
+    state = {**state, "promoted_round": None, "rounds": [r for r in state["rounds"] if r["round"] == 0]}
+    (workdir / "state.json").write_text(json.dumps(state))
+    return True
 
 
 def train(config: str, workdir: Path, overrides: list[str], rounds: int) -> None:
@@ -159,6 +176,8 @@ def main() -> None:
                 if finished_rounds(wd) >= args.rounds:
                     log(f"seed {seed} {v}: done, skipped")
                     continue
+                if v in SHARES_ROUND0 and copy_round0(root / f"seed{seed}" / SHARES_ROUND0[v], wd):
+                    log(f"seed {seed} {v}: round 0 copied from {SHARES_ROUND0[v]}")
                 log(f"seed {seed} {v}: training")
                 train(args.config, wd, [*args.overrides, *sets, f"run.seed={seed}", *VARIANTS[v]], args.rounds)
     if args.train_only:

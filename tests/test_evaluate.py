@@ -284,6 +284,19 @@ def test_slot_policy_option_keeps_the_base_ranking(evaluated):
             assert [c for c in lst if c not in placed] == [c for c in base if c not in placed][:len(lst) - len(placed)]
 
 
+def test_evaluate_round_scores_one_rounds_models(cfg, inter, root):
+    """Figure 4's per-round figure: round k's LLMs on the test phase, Table 2's own lists, A.4 means."""
+    from coea.evaluate.run import evaluate_round
+
+    split = make_split(cfg, inter)
+    phase = build_phase(cfg, inter, split, "test")
+    r0 = evaluate_round(cfg, inter, split, phase, root / "seed0" / "coea", 0)
+    r1 = evaluate_round(cfg, inter, split, phase, root / "seed0" / "coea", 1)
+    assert r0["round"] == 0 and r1["round"] == 1 and r1["users"] == len(phase.users)
+    for r in (r0, r1):
+        assert 0 <= r["NCP@5"] <= 5 / 8 and 0 <= r["C-H@1"] <= 1 and r["keys"] >= 1
+
+
 def test_frontier_area_and_matched_ncp():
     """Frontier (NCP, C-N): (0, 0.6), (0.1, 0.5), (0.2, 0.2).
 

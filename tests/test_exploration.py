@@ -183,12 +183,13 @@ def test_neural_linear_learns_click_rates():
 
 
 def test_llm_rankings_from_scores():
-    """dual_ranking: C_align (score > tau) by score, other candidates, then the rest by Relevance score.
+    """dual_ranking: C_align (score > tau) by score, then everything else (dropped candidates too) by Relevance score.
     novelty_ranking: by log-probability with the recent categories last. kerec: (1 - beta) f + beta f W."""
     cats = ["A", "B", "C", "D"]
     ds = DualScores(candidates=[["B", "C"]], scores=[[0.4, 0.9]], all_scores=np.array([[0.8, 0.4, 0.9, 0.1]]))
-    assert dual_ranking(ds, 0, cats, 0.5) == ["C", "B", "A", "D"]
-    assert dual_ranking(ds, 0, cats, 0.95) == ["C", "B", "A", "D"]  # none aligned: candidates by score first
+    assert dual_ranking(ds, 0, cats, 0.5) == ["C", "A", "B", "D"]  # C aligned; B dropped, ranked with the rest
+    assert dual_ranking(ds, 0, cats, 0.95) == ["C", "A", "B", "D"]  # none aligned: the Relevance order
+    assert dual_ranking(ds, 0, cats, 0.0) == ["C", "B", "A", "D"]  # both aligned
     ds2 = DualScores(candidates=[["B", "D"]], scores=[[0.6, 0.7]], all_scores=np.array([[0.9, 0.6, 0.8, 0.7]]))
     assert dual_ranking(ds2, 0, cats, 0.5) == ["D", "B", "A", "C"]
     lp = np.array([[-1.0, -3.0, -0.5, -2.0]])

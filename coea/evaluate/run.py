@@ -424,3 +424,28 @@ def _write(out: Path, test: Phase, rankings: dict, results: dict, meta: dict) ->
     write_json(out / "results.json", results)
     (out / "results.md").write_text(results_markdown(results, meta))
     plot_frontiers(results, meta, out / "frontier.png")
+
+
+# ------------------------------------------------------------------------------------------ one round's models
+
+
+def evaluate_round(cfg: Config, inter, split: Split, phase: Phase, workdir: Path, k: int, device: str = "cpu",
+                   *, leak_cache: dict | None = None) -> dict[str, Any]:
+    """Round ``k``'s Novelty + Relevance LLMs of a CoEA workdir on one phase, as CoEA's Table-2 row ranks them
+    (the workdir's own ``relevance.tau_align``, each user's own list): the means over the phase's users of every
+    metric at ``eval.ks`` (benchmarks/figure4.py tracks these over rounds). Refuses leaky models (LeakError)."""
+    from coea.exploration import own_list
+    from coea.exploration.llm import dual_ranking, dual_scores, keys_for, load_round
+
+    check = assert_unseen(inter, split, phase.name, workdir, k, leak_cache)
+    llm = load_round(workdir_config(workdir, k), workdir, k, device)
+    keys, unique = keys_for(llm, phase.state, phase.users)
+    ds = dual_scores(llm, unique, phase.categories)
+    row = {(key.csid, key.recent): i for i, key in enumerate(unique)}
+    length = max(cfg.eval.list_length, max(ks_of(cfg)))
+    lists = [own_list(dual_ranking(ds, row[(key.csid, key.recent)], phase.categories, llm.cfg.relevance.tau_align),
+                      length) for key in keys]
+    means = {name: float(v.mean()) for name, v in _lists_metrics(lists, phase, ks_of(cfg)).items()}
+    aligned = [sum(s > llm.cfg.relevance.tau_align for s in scores) for scores in ds.scores]
+    return {"round": k, "users": len(phase.users), "keys": len(unique), "aligned_per_key": float(np.mean(aligned)),
+            "cutoff": check["cutoff"], **means}

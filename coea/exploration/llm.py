@@ -3,8 +3,8 @@ coea.inference, coea.candidates, coea.relevance). Every method ranks the whole c
 
     coea        the promoted round's Novelty LLM proposes M candidates for the user's key (CSID, C'_short), its
                 Relevance LLM scores them, C_align = candidates scoring > tau_align (``propose_and_score``, as the
-                cycle does). Ranking: C_align by score, the other candidates by score, then every other category
-                by its Relevance score. The ablations (w/o Long, w/o Short, w/o KL) are the same on their workdirs.
+                cycle does). Ranking: C_align by score (what the KV value serves), then every other category --
+                the candidates the filter dropped included -- by its Relevance score. The ablations (w/o Long, w/o Short, w/o KL) are the same on their workdirs.
     google_v1   Wang et al. 2024 ("LLMs for User Interest Exploration in Large-scale Recommendation Systems") as
                 a fair dual-model baseline: the same ranking as ``coea`` with the round-0 Novelty and Relevance
                 LLMs of a workdir trained on short-term-only prompts (no group portrait: the w/o Long workdir's
@@ -137,13 +137,13 @@ def _models(llm: LlmRound):
 
 
 def dual_ranking(ds: DualScores, i: int, categories: Sequence[str], tau: float) -> list[str]:
-    """Key i's ranking: C_align (candidates scoring > tau) by score, other candidates by score, the rest by score."""
+    """Key i's ranking: C_align (the candidates scoring > tau, what the KV value holds) by score, then every other
+    category -- the candidates the filter dropped included -- by its Relevance score."""
     cands = list(zip(ds.candidates[i], ds.scores[i]))
     aligned = [c for c, s in sorted(cands, key=lambda t: -t[1]) if s > tau]
-    others = [c for c, s in sorted(cands, key=lambda t: -t[1]) if s <= tau]
-    seen = set(aligned) | set(others)
-    rest = [categories[j] for j in np.argsort(-ds.all_scores[i], kind="stable") if categories[j] not in seen]
-    return aligned + others + rest
+    kept = set(aligned)
+    rest = [categories[j] for j in np.argsort(-ds.all_scores[i], kind="stable") if categories[j] not in kept]
+    return aligned + rest
 
 
 def novelty_logprobs(llm: LlmRound, keys: Sequence, categories: Sequence[str], *, portrait: bool) -> np.ndarray:
