@@ -125,7 +125,7 @@ def dual_scores(llm: LlmRound, keys: Sequence, categories: Sequence[str]) -> Dua
 
     rows = propose_and_score(llm.cfg, _models(llm), list(keys), llm.portraits, list(categories))
     texts = [relevance_prompt(llm.cfg.prompts, _portrait(llm, k.csid), k.recent, c) for k in keys for c in categories]
-    flat = score(llm.relevance, llm.tokenizer, texts, batch_size=llm.cfg.novelty.inference_batch_size)
+    flat = score(llm.relevance, llm.tokenizer, texts, batch_size=max(128, llm.cfg.novelty.inference_batch_size))
     return DualScores(candidates=[list(r["candidates"]) for r in rows], scores=[list(r["scores"]) for r in rows],
                       all_scores=np.asarray(flat, dtype=np.float64).reshape(len(keys), len(categories)))
 
