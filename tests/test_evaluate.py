@@ -210,6 +210,19 @@ def test_files_recompute_to_results(evaluated):
     assert set(results["table"]["sasrec"]["C-H@1"]) == {"mean", "std", "seeds"}
 
 
+def test_rerun_resumes_from_the_cache(evaluated, cfg, root):
+    """A second run over the same out directory reads every method from out/cache and writes the same results."""
+    import time
+
+    summary, out = evaluated
+    assert (out / "cache" / "seed0" / "coea.json").exists() and (out / "cache" / "seed0" / "sasrec.json").exists()
+    before = json.loads((out / "results.json").read_text())
+    t = time.perf_counter()
+    again = run_evaluate(cfg, root, out)
+    assert again["results"] == summary["results"] and json.loads((out / "results.json").read_text()) == before
+    assert time.perf_counter() - t < summary["time_s"]
+
+
 def test_every_row_and_each_method_ranks_its_own_list(evaluated, cfg):
     summary, out = evaluated
     table = summary["results"]

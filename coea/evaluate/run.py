@@ -9,7 +9,8 @@
                  ablations     CoEA w/o Long / Short / R-LLM / KL (their own workdirs)
     tuning       each method's grid value with the best validation frontier area (never the test part)
     files        rankings.jsonl, recommendations.jsonl, ground_truth.jsonl, meta.json -> results.json, results.md,
-                 frontier.png (coea/evaluate/report.py; results.json is recomputed from the files alone)
+                 frontier.png (coea/evaluate/report.py; results.json is recomputed from the files alone);
+                 cache/seed<S>/<method>.json lets an interrupted run resume
 """
 
 from __future__ import annotations
@@ -339,37 +340,48 @@ def run_evaluate(cfg: Config, workdir: Path, out: Path) -> dict[str, Any]:
         skipped: dict[str, str] = {}
         sources: dict[str, Any] = {}
         leak_cache: dict = {}
+        cache = _Cache(out / "cache", cfg, workdir)
         for seed in seeds:
             for name in dict.fromkeys([*exploitation, *([ev.base_model] if ev.policy == "slots" else [])]):
-                t = time.perf_counter()
-                model, fit = fit_model(name, data, ev, seed=seed)
-                rankings[(name, seed)] = rank_with(model, data, data.test, rows["test"], inter.categories, ev)
-                fits[f"{name}/seed{seed}"] = {"loss": [round(x, 4) for x in fit.losses], "valid_hit@10": fit.valid_hit,
-                                              "best_epoch": fit.best_epoch, "time_s": round(time.perf_counter() - t, 1)}
-                log.info("seed %d %s: loss %.3f -> %.3f, valid hit@10 %.3f (epoch %d) in %.0fs", seed, name,
-                         fit.losses[0], fit.losses[-1], max(fit.valid_hit or [0]), fit.best_epoch,
-                         time.perf_counter() - t)
+                got = cache.get(name, seed)
+                if got is None:
+                    t = time.perf_counter()
+                    model, fit = fit_model(name, data, ev, seed=seed)
+                    got = {"ranking": rank_with(model, data, data.test, rows["test"], inter.categories, ev),
+                           "fit": {"loss": [round(x, 4) for x in fit.losses], "valid_hit@10": fit.valid_hit,
+                                   "best_epoch": fit.best_epoch, "time_s": round(time.perf_counter() - t, 1)}}
+                    cache.put(name, seed, got)
+                    log.info("seed %d %s: loss %.3f -> %.3f, valid hit@10 %.3f (epoch %d) in %.0fs", seed, name,
+                             fit.losses[0], fit.losses[-1], max(fit.valid_hit or [0]), fit.best_epoch,
+                             time.perf_counter() - t)
+                rankings[(name, seed)] = got["ranking"]
+                fits[f"{name}/seed{seed}"] = got["fit"]
             methods = Methods(cfg, workdir, seed, inter, split, phases, device, leak_cache)
             todo = [*exploration, *ablations]
             with progress() as bar:
                 task = bar.add_task(f"evaluate seed {seed}", total=len(todo))
                 for method in todo:
                     t = time.perf_counter()
-                    try:
-                        setting, test_r, grid_areas = methods.tuned(method)
-                    except FileNotFoundError as exc:
-                        skipped[method] = str(exc)
-                        log.warning("evaluate: %s skipped (%s)", method, exc)
-                        bar.advance(task)
-                        continue
-                    rankings[(method, seed)] = test_r
-                    chosen.setdefault(method, {})[str(seed)] = setting
-                    areas.setdefault(method, {})[str(seed)] = grid_areas
-                    log.info("seed %d %s: %s (validation area %.4f) in %.0fs", seed, method,
-                             setting or "no settings", max(grid_areas.values()), time.perf_counter() - t)
+                    got = cache.get(method, seed)
+                    if got is None:
+                        try:
+                            setting, test_r, grid_areas = methods.tuned(method)
+                        except FileNotFoundError as exc:
+                            skipped[method] = str(exc)
+                            log.warning("evaluate: %s skipped (%s)", method, exc)
+                            bar.advance(task)
+                            continue
+                        got = {"ranking": test_r, "setting": setting, "areas": grid_areas,
+                               "source": methods.sources.get(method)}
+                        cache.put(method, seed, got)
+                        log.info("seed %d %s: %s (validation area %.4f) in %.0fs", seed, method,
+                                 setting or "no settings", max(grid_areas.values()), time.perf_counter() - t)
+                    rankings[(method, seed)] = got["ranking"]
+                    chosen.setdefault(method, {})[str(seed)] = got["setting"]
+                    areas.setdefault(method, {})[str(seed)] = got["areas"]
+                    if got.get("source"):
+                        sources[f"{method}/seed{seed}"] = got["source"]
                     bar.advance(task)
-            for method, src in methods.sources.items():
-                sources[f"{method}/seed{seed}"] = src
         # a row is reported only when every seed produced it
         for method in {m for m, _ in rankings}:
             if any((method, s) not in rankings for s in seeds):
@@ -402,6 +414,37 @@ def run_evaluate(cfg: Config, workdir: Path, out: Path) -> dict[str, Any]:
                 "results": results["table"], "targets": results["targets"], "skipped": skipped, "time_s": elapsed}
     finally:
         torch.set_num_threads(threads)
+
+
+class _Cache:
+    """``out/cache/seed<S>/<method>.json``: a finished method's test ranking, setting and sources, so a rerun of an
+    interrupted evaluation resumes where it stopped. Valid only for the same eval config, data and workdir state
+    (a fingerprint of them is stored with each entry; a mismatch recomputes)."""
+
+    def __init__(self, root: Path, cfg: Config, workdir: Path):
+        import hashlib
+
+        from coea.rounds import read_state
+
+        self.root = root
+        states = sorted(str(p) + ":" + json.dumps(read_state(p.parent).get("promoted_round"))
+                        for p in Path(workdir).glob("**/state.json"))
+        blob = json.dumps([dataclasses.asdict(cfg.eval), dataclasses.asdict(cfg.data), str(workdir), states],
+                          sort_keys=True, default=str)
+        self.fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def get(self, method: str, seed: int) -> dict | None:
+        path = self.root / f"seed{seed}" / f"{method}.json"
+        if not path.exists():
+            return None
+        got = json.loads(path.read_text())
+        return got if got.get("fingerprint") == self.fingerprint else None
+
+    def put(self, method: str, seed: int, value: dict) -> None:
+        from coea.workdir import write_json
+
+        (self.root / f"seed{seed}").mkdir(parents=True, exist_ok=True)
+        write_json(self.root / f"seed{seed}" / f"{method}.json", {**value, "fingerprint": self.fingerprint})
 
 
 def _write(out: Path, test: Phase, rankings: dict, results: dict, meta: dict) -> None:
