@@ -376,7 +376,7 @@ class EvalConfig:
     nlb_epochs: int = opt(3, "NLB: passes over the logged feedback.", min=1)
     nlb_ridge: float = opt(1.0, "NLB: ridge (prior precision) of the per-category linear posteriors.", min=1e-6)
     kerec_edges: int = opt(3, "LLM-KERec: complementary edges kept per category.", min=1)
-    kerec_beta: str = opt("0.25,0.5,0.75,1", "LLM-KERec: weights of the complementary view tried on validation.")
+    kerec_beta: str = opt("0.1,0.25,0.5,0.75,1", "LLM-KERec: weights of the complementary view tried on validation.")
     tau_align: str = opt("0.3,0.5,0.7,0.9", "CoEA, its ablations and Google-v1: tau_align values tried on "
                          "validation (comma-separated); '' = each workdir's relevance.tau_align only.")
     num_threads: int = opt(0, "torch threads while evaluating (restored afterwards); 0 = keep.", min=0)
