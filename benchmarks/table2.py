@@ -197,7 +197,7 @@ def main() -> None:
         load = None
     report = {"command": command, "users": summary["users"], "seeds": seeds, "rounds": args.rounds,
               "split": meta["split"], "skipped": meta["skipped"], "chosen": meta["chosen"],
-              "operating": meta["operating"], "sources": meta["sources"], "wall_s": round(time.perf_counter() - t0, 1),
+              "sources": meta["sources"], "wall_s": round(time.perf_counter() - t0, 1),
               "load_average": load, "results": results}
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     md = (root / "eval" / "results.md").read_text()

@@ -363,10 +363,14 @@ def plot_frontiers(results: Mapping[str, Any], meta: Mapping[str, Any], out_png:
     fig = Figure(figsize=(12, 5))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
-    for method, v in results["summary"]["methods"].items():
+    from matplotlib import colormaps
+
+    palette = colormaps["tab20"].colors
+    for i, (method, v) in enumerate(results["summary"]["methods"].items()):
         pts = v["frontier"]
         style = {"linewidth": 2.5, "color": "black", "zorder": 5} if method == "coea" else (
-            {"linestyle": "--", "linewidth": 1} if meta["groups"].get(method) == "ablation" else {"linewidth": 1.2})
+            {"linestyle": "--", "linewidth": 1, "color": palette[i % 20]} if meta["groups"].get(method) == "ablation"
+            else {"linewidth": 1.2, "color": palette[i % 20]})
         for ax, x in zip(axes, (f"NCP@{k}", f"CLTP@{k}")):
             ax.plot([p[x] for p in pts], [p[f"C-N@{k}"] for p in pts], marker="o", markersize=3,
                     label=LABELS.get(method, method), **style)
