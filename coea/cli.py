@@ -548,12 +548,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from coea.evaluate import run_evaluate
+    from coea.evaluate import run_evaluate, write_train_view
 
     from coea.workdir import configure_threads
 
     cfg = _cfg(args)
     configure_threads(cfg.run.num_threads)  # run.num_threads everywhere; eval.num_threads may override torch's
+    if args.write_train_view:
+        emit(json.dumps(write_train_view(cfg, Path(args.write_train_view)), indent=2, default=str))
+        return 0
+    if not args.workdir or not args.out:
+        raise ConfigError("evaluate: give --workdir W --out DIR (or --write-train-view DIR)")
     emit(json.dumps(run_evaluate(cfg, Path(args.workdir), Path(args.out)), indent=2, default=str))
     return 0
 
@@ -695,8 +700,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_export)
 
     p = add("evaluate", "offline evaluation: metrics, baselines, ablations")
-    _add_config_args(p)
-    p.add_argument("--out", required=True, help="output directory")
+    _add_config_args(p, workdir=False)
+    p.add_argument("--workdir", help="CoEA workdir, or a benchmark root of seed<S>/<variant>/ workdirs")
+    p.add_argument("--out", help="output directory")
+    p.add_argument("--write-train-view", metavar="DIR",
+                   help="write the split's train events as a Parquet data set to train CoEA on, then stop")
     p.set_defaults(fn=cmd_evaluate)
 
     from coea.wheelhouse import DEFAULT_PLATFORM, DEFAULT_PYTHON, DEFAULT_TORCH_INDEX

@@ -341,34 +341,58 @@ class TrackingConfig:
 
 @dataclass
 class EvalConfig:
-    """Offline evaluation (``coea evaluate``, docs/evaluation.md): split, truth sets, baselines, final lists."""
+    """Offline evaluation (``coea evaluate``, docs/evaluation.md): split, truth sets, methods, lists, uncertainty."""
 
+    split: Literal["user", "global"] = opt(
+        "user", "user = per-user chronological split (each user's last test_clicks clicks are the test, the "
+        "valid_clicks before them the validation; BERT4Rec-style); global = one timeline cut (valid_fraction, "
+        "test_fraction). docs/evaluation.md has the trade-off.")
+    test_clicks: int = opt(3, "user split: each user's last this-many clicks (and the exposures among them) are "
+                           "the test part.", min=1)
+    valid_clicks: int = opt(3, "user split: the this-many clicks before the test part are the validation part.",
+                            min=1)
+    min_train_clicks: int = opt(2, "user split: a user is evaluated when this many clicks remain before the "
+                                "validation part.", min=1)
     valid_fraction: float = opt(
-        0.0, "Validation window starts this far through the timeline (global cut, by time); 0 = "
-        "data.bootstrap_fraction, so the window is the one the cycle replays. Item models train before it.",
-        min=0.0, max=1.0)
+        0.0, "global split: the validation window starts this far through the timeline; 0 = "
+        "data.bootstrap_fraction. Item models train before it.", min=0.0, max=1.0)
     test_fraction: float = opt(
-        0.85, "Test window starts this far through the timeline (global cut); truth = clicks after it.",
+        0.85, "global split: the test window starts this far through the timeline; truth = clicks after it.",
         min=0.05, max=1.0)
     ks: str = opt("1,5,10", "Cut-offs K for every metric, comma-separated.")
     seeds: str = opt("0", "Comma-separated seeds; results are mean and std over them. A benchmark root "
                      "(seed<S>/<variant>/ workdirs) gives every seed its own CoEA workdirs.")
-    max_users: int = opt(0, "Evaluate a fixed random sample of this many test users (0 = all).", min=0)
-    hist_k: int = opt(0, "C_u^hist = categories of the user's last hist_k clicks before the test cut; "
-                      "0 = data.short_k (exactly the C'_short the KV key uses).", min=0)
-    tail_fraction: float = opt(0.2, "Long tail = this bottom share of categories by clicks before the test cut.",
+    max_users: int = opt(0, "Evaluate a fixed random sample of this many users (0 = all).", min=0)
+    hist_k: int = opt(0, "The NCP-recent variant's window: categories of the user's last hist_k clicks; 0 = "
+                      "data.short_k (the C'_short of the KV key). NCP itself uses the whole history (A.4).", min=0)
+    tail_fraction: float = opt(0.2, "Long tail = this bottom share of categories by clicks in the state.",
                                min=0.0, max=1.0)
     list_length: int = opt(10, "Length of every final category list.", min=1)
-    slots: str = opt("2,4", "Slot policy: 1-based positions of the final list that receive an exploration "
+    policy: Literal["own", "slots"] = opt(
+        "own", "Table 2's lists: own = each method's own ranking; slots = evaluation v1's policy (the method's "
+        "novel categories at eval.slots of eval.base_model's ranking).")
+    slots: str = opt("2,4", "slots policy: 1-based positions of the final list that receive an exploration "
                      "method's novel categories (in its order); the other positions keep the base ranking.")
     base_model: Literal["two_tower", "gru4rec", "sasrec", "bert4rec"] = opt(
-        "sasrec", "Exploitation model whose category ranking every exploration method starts from.")
+        "sasrec", "slots policy: the exploitation model whose category ranking the slots are placed into.")
+    budget_k: int = opt(5, "Novelty budget: positions 1..budget_k hold exactly b novel categories, b = 0.."
+                        "budget_k (the frontiers plot C-N@budget_k against NCP@budget_k and CLTP@budget_k).", min=1)
+    matched_budget: int = opt(2, "Summary figure: C-N@budget_k at matched NCP@budget_k = matched_budget / |C| "
+                              "(linear interpolation on each method's frontier).", min=0)
+    bootstrap: int = opt(1000, "Paired bootstrap resamples of the users for the CoEA-minus-baseline intervals.",
+                         min=1)
+    bootstrap_seed: int = opt(0, "Seed of the bootstrap resamples.", min=0)
+    confidence: float = opt(0.95, "Coverage of the bootstrap intervals.", min=0.5, max=0.999)
     exploitation: str = opt("two_tower,gru4rec,sasrec,bert4rec", "Exploitation rows (comma-separated).")
-    exploration: str = opt("random,popular,ucb,google_v1,coea", "Exploration rows (comma-separated).")
-    ablations: str = opt("wo_long,wo_short,wo_rllm,wo_kl", "Ablation rows (comma-separated); each reads "
-                         "its own workdir (docs/evaluation.md), wo_rllm falls back to the CoEA workdir's round 0.")
+    exploration: str = opt("random,popular,ucb,hucb,phucb,nlb,google_v1,google_v2,llm_kerec,coea",
+                           "Exploration rows (comma-separated).")
+    ablations: str = opt("wo_long,wo_short,wo_rllm,wo_kl", "Ablation rows (comma-separated); each reads its own "
+                         "workdir (docs/evaluation.md); wo_rllm is the CoEA workdir's round-0 Novelty LLM.")
     variants_dir: str = opt("", "Where ablation workdirs live (<dir>/<name>); '' = siblings of --workdir "
                             "named <workdir>-<name>, or seed<S>/<name> under a benchmark root.")
+    short_term_variant: str = opt(
+        "wo_long", "Variant workdir whose round-0 LLMs were trained on short-term-only prompts (no portrait): "
+        "Google-v1 (its Novelty + Relevance LLMs), Google-v2 and LLM-KERec (its Novelty LLM).")
     item_sequences: Literal["all", "long"] = opt(
         "all", "Item models' input: 'all' clicks (tau = 1) or 'long' = I_long exactly as DSIE sees it.")
     max_seq_len: int = opt(50, "Item models: most recent clicks kept per sequence.", min=2)
@@ -376,14 +400,25 @@ class EvalConfig:
     n_layers: int = opt(2, "SASRec / BERT4Rec: transformer layers.", min=1)
     n_heads: int = opt(2, "SASRec / BERT4Rec: attention heads (must divide d_model).", min=1)
     dropout: float = opt(0.2, "Item models: dropout.", min=0.0, max=0.9)
-    epochs: int = opt(10, "Item models: training epochs (the best epoch on the validation window is kept).",
+    epochs: int = opt(10, "Item models: training epochs (the best epoch on the validation part is kept).",
                       min=1)
     batch_size: int = opt(128, "Item models: sequences per batch.", min=1)
     lr: float = opt(1e-3, "Item models: Adam learning rate.", min=0.0)
     mask_prob: float = opt(0.2, "BERT4Rec: share of positions masked (Cloze objective).", min=0.01, max=1.0)
-    ucb_c: float = opt(1.0, "UCB bandit: exploration bonus weight c in rate + c * sqrt(ln N / n_c).", min=0.0)
-    llm_prompt: str = opt(
-        "", "Google-v1 baseline prompt with {recent}; '' = prompts.novelty_infer with an empty portrait.")
+    ucb_c: str = opt("0,0.1,0.5,1,2", "UCB: bonus weights c tried on validation (comma-separated; one = fixed).")
+    hucb_c: str = opt("0,0.1,0.5,1,2", "HUCB: bonus weights tried on validation.")
+    hucb_clusters: int = opt(0, "HUCB / pHUCB: clusters of categories in the tree; 0 = round(sqrt(|C|)).", min=0)
+    phucb_c: str = opt("0,0.1,0.5,1,2", "pHUCB: bonus weights tried on validation.")
+    phucb_prior: str = opt("0.1,1,10", "pHUCB: strengths m of the global prior on each user's rates, tried on "
+                           "validation.")
+    nlb_alpha: str = opt("0,0.5,1,2", "NLB: weights alpha of the posterior std tried on validation.")
+    nlb_hidden: int = opt(32, "NLB: width of the representation network.", min=2)
+    nlb_epochs: int = opt(3, "NLB: passes over the logged feedback.", min=1)
+    nlb_ridge: float = opt(1.0, "NLB: ridge (prior precision) of the per-category linear posteriors.", min=1e-6)
+    kerec_edges: int = opt(3, "LLM-KERec: complementary edges kept per category.", min=1)
+    kerec_beta: str = opt("0.1,0.25,0.5,0.75,1", "LLM-KERec: weights of the complementary view tried on validation.")
+    tau_align: str = opt("0.3,0.5,0.7,0.9", "CoEA, its ablations and Google-v1: tau_align values tried on "
+                         "validation (comma-separated); '' = each workdir's relevance.tau_align only.")
     num_threads: int = opt(0, "torch threads while evaluating (restored afterwards); 0 = keep.", min=0)
 
 
@@ -447,6 +482,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a number; got {value!r}")
         return float(value)
     if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # `--set eval.seeds=0` or `ks: 5` in YAML: a number where a string is expected
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string; got {value!r}")
         return value
@@ -506,6 +543,14 @@ def _check_cross_fields(cfg: Config) -> None:
         raise ConfigError(f"data.engine: spark reads Parquet logs (data.source: parquet); got {cfg.data.source!r}")
     if cfg.synthetic.categories_per_group > cfg.synthetic.n_categories:
         raise ConfigError("synthetic.categories_per_group: must be <= synthetic.n_categories")
+    for name in ("ucb_c", "hucb_c", "phucb_c", "phucb_prior", "nlb_alpha", "kerec_beta", "tau_align", "ks", "seeds"):
+        text = getattr(cfg.eval, name)
+        try:
+            values = [float(t) for t in str(text).split(",") if t.strip()]
+        except ValueError:
+            raise ConfigError(f"eval.{name}: expected comma-separated numbers; got {text!r}") from None
+        if (not values and name != "tau_align") or any(v < 0 for v in values):
+            raise ConfigError(f"eval.{name}: expected non-negative comma-separated numbers; got {text!r}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -1,25 +1,29 @@
 """Offline metrics of Appendix A.4, as pure functions over hand-checkable inputs (docs/metrics.md).
 
-Per user: a ranked list of categories and three sets --
+Per user: a ranked list of categories and three sets (a fourth, optional) --
     pref     C_u^pref: the user's preferred categories (categories of I_long, the tau-filtered long-term history)
-    hist     C_u^hist: what "new" is relative to (categories of the short-term window, C'_short)
+    hist     C_u^hist: what "new" is relative to -- A.4: every category the user clicked before the cut-off
     clicked  categories the user clicks in the evaluation window
+    recent   (optional) categories of a recent window (C'_short): only for the NCP-recent variant
 plus the catalogue size |C| and the long-tail set (bottom 20% of categories by clicks, `long_tail_categories`).
 
-    C-H@K   = 1[ top-K ∩ pref ≠ ∅ ]
+    C-H@K   = |top-K ∩ pref| / K                                          (Eq. 18: hit_u / K)
     C-N@K   = DCG@K / IDCG@K, rel(c) = 1[c ∈ clicked], DCG = Σ_{i=1..K} rel_i / log2(i + 1),
-              IDCG over min(K, |clicked|) ideal positions
+              IDCG over min(K, |clicked|) ideal positions                  (Eq. 19)
     NCP@K   = |{c ∈ top-K : c ∉ hist}| / |C|                              (Eq. 20)
     CLTP@K  = |{c ∈ top-K : c ∈ tail}| / |C|                              (Eq. 21)
-    NCP-norm@K, CLTP-norm@K: the same counts divided by K
+Variants under their own names (not the paper's definitions):
+    C-H-any@K        1[ top-K ∩ pref ≠ ∅ ] (the "any hit" indicator of evaluation v1)
+    NCP-recent@K     NCP against ``recent`` instead of the whole history (v1's "hist")
+    NCP-norm@K, NCP-recent-norm@K, CLTP-norm@K: the same counts divided by K instead of |C|
 
 Conventions (each tested in tests/test_metrics.py):
 - The list order is the ranking; ties were broken by whoever made the list.
 - Lists are de-duplicated keeping the first occurrence (a repeat is not a second hit or a second new category).
 - K larger than the list uses the list as it is: C-N's IDCG still runs over min(K, |clicked|) positions and the
   -norm variants still divide by K, so a short list is not rewarded for being short.
-- Empty pref gives C-H = 0; empty clicked gives C-N = 0 and the user still counts in the mean, unless
-  ``exclude_no_clicks=True`` (then C-N averages over users with clicks only).
+- Empty pref gives C-H = 0; C-H divides by K even when the list is shorter; empty clicked gives C-N = 0 and the
+  user still counts in the mean, unless ``exclude_no_clicks=True`` (then C-N averages over users with clicks).
 """
 
 from __future__ import annotations
@@ -49,7 +53,9 @@ def _check_catalogue(n_categories: int) -> None:
 
 
 def category_hit(ranked: Sequence[str], pref: Iterable[str], ks: Sequence[int]) -> dict[str, float]:
-    """C-H@K: 1 if any of the top K categories is one of the user's preferred categories C_u^pref.
+    """C-H@K (App. A.4, Eq. 18): hit_u / K, hit_u = how many of the top K categories are in C_u^pref.
+
+    K is the divisor even when the list is shorter than K (a short list is not rewarded for being short).
 
     Args:
         ranked: the user's recommended categories, best first.
@@ -57,11 +63,21 @@ def category_hit(ranked: Sequence[str], pref: Iterable[str], ks: Sequence[int]) 
         ks: cut-offs.
 
     Returns:
-        ``{"C-H@k": 0.0 or 1.0}`` for every k.
+        ``{"C-H@k": value in [0, 1]}`` for every k.
     """
     _check_ks(ks)
     r, pref = _dedupe(ranked), set(pref)
-    return {f"C-H@{k}": float(any(c in pref for c in r[:k])) for k in ks}
+    return {f"C-H@{k}": sum(1 for c in r[:k] if c in pref) / k for k in ks}
+
+
+def category_hit_any(ranked: Sequence[str], pref: Iterable[str], ks: Sequence[int]) -> dict[str, float]:
+    """C-H-any@K (a variant, not Eq. 18): 1 if any of the top K categories is in C_u^pref, else 0.
+
+    Equal to C-H@1 at K = 1; evaluation v1 reported this indicator under the name C-H.
+    """
+    _check_ks(ks)
+    r, pref = _dedupe(ranked), set(pref)
+    return {f"C-H-any@{k}": float(any(c in pref for c in r[:k])) for k in ks}
 
 
 def category_ndcg(ranked: Sequence[str], clicked: Iterable[str], ks: Sequence[int]) -> dict[str, float]:
@@ -88,17 +104,18 @@ def category_ndcg(ranked: Sequence[str], clicked: Iterable[str], ks: Sequence[in
 
 
 def novel_category_proportion(ranked: Sequence[str], hist: Iterable[str], n_categories: int,
-                              ks: Sequence[int]) -> dict[str, float]:
+                              ks: Sequence[int], *, name: str = "NCP") -> dict[str, float]:
     """NCP@K (Eq. 20): categories in the top K that are new to the user (not in C_u^hist), divided by |C|.
 
     Args:
         ranked: the user's recommended categories, best first.
-        hist: C_u^hist, what "new" is relative to.
+        hist: C_u^hist, what "new" is relative to (A.4: every category the user clicked before the cut-off).
         n_categories: |C|, the catalogue size.
         ks: cut-offs.
+        name: metric name; ``"NCP-recent"`` when ``hist`` is a recent window (the variant).
 
     Returns:
-        ``{"NCP@k": count / |C|, "NCP-norm@k": count / k}`` for every k.
+        ``{"<name>@k": count / |C|, "<name>-norm@k": count / k}`` for every k.
     """
     _check_ks(ks)
     _check_catalogue(n_categories)
@@ -106,8 +123,8 @@ def novel_category_proportion(ranked: Sequence[str], hist: Iterable[str], n_cate
     out = {}
     for k in ks:
         n = sum(1 for c in r[:k] if c not in hist)
-        out[f"NCP@{k}"] = n / n_categories
-        out[f"NCP-norm@{k}"] = n / k
+        out[f"{name}@{k}"] = n / n_categories
+        out[f"{name}-norm@{k}"] = n / k
     return out
 
 
@@ -165,20 +182,26 @@ def user_metrics(ranked: Sequence[str], truth: Mapping[str, Iterable[str]], *, n
 
     Args:
         ranked: the user's recommended categories, best first.
-        truth: ``{"pref": C_u^pref, "hist": C_u^hist, "clicked": clicked}``; any iterables (lists from JSON work).
+        truth: ``{"pref": C_u^pref, "hist": C_u^hist, "clicked": clicked}`` and optionally ``"recent"`` (adds the
+            NCP-recent variant); any iterables (lists from JSON work).
         n_categories: |C|.
         tail: the long-tail set.
         ks: cut-offs.
 
     Returns:
-        ``{"C-H@k", "C-N@k", "NCP@k", "NCP-norm@k", "CLTP@k", "CLTP-norm@k"}`` for every k.
+        ``{"C-H@k", "C-H-any@k", "C-N@k", "NCP@k", "NCP-norm@k", "CLTP@k", "CLTP-norm@k"}`` for every k, plus
+        ``"NCP-recent@k", "NCP-recent-norm@k"`` when the row has ``recent``.
     """
     missing = [key for key in TRUTH_KEYS if key not in truth]
     if missing:
         raise ValueError(f"truth row lacks {missing}; it needs {list(TRUTH_KEYS)}")
-    return {**category_hit(ranked, truth["pref"], ks), **category_ndcg(ranked, truth["clicked"], ks),
-            **novel_category_proportion(ranked, truth["hist"], n_categories, ks),
-            **long_tail_proportion(ranked, tail, n_categories, ks)}
+    out = {**category_hit(ranked, truth["pref"], ks), **category_hit_any(ranked, truth["pref"], ks),
+           **category_ndcg(ranked, truth["clicked"], ks),
+           **novel_category_proportion(ranked, truth["hist"], n_categories, ks),
+           **long_tail_proportion(ranked, tail, n_categories, ks)}
+    if "recent" in truth:
+        out.update(novel_category_proportion(ranked, truth["recent"], n_categories, ks, name="NCP-recent"))
+    return out
 
 
 def per_user(recs: Sequence[Sequence[str]], truth: Sequence[Mapping[str, Iterable[str]]], *, n_categories: int,
@@ -224,3 +247,40 @@ def evaluate_users(recs: Sequence[Sequence[str]], truth: Sequence[Mapping[str, I
         kept = v[~np.isnan(v)]
         out[name] = float(kept.mean()) if kept.size else 0.0
     return out
+
+
+# ------------------------------------------------------------------------------------------------ uncertainty
+
+
+def bootstrap_indices(n_users: int, n_boot: int, seed: int = 0) -> np.ndarray:
+    """(n_boot, n_users) user indices drawn with replacement: one shared set of resamples for every method and
+    metric, so that differences are paired (the same resampled users on both sides)."""
+    if n_users < 1 or n_boot < 1:
+        raise ValueError(f"need n_users >= 1 and n_boot >= 1, got {n_users}, {n_boot}")
+    return np.random.default_rng(seed).integers(0, n_users, size=(n_boot, n_users))
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, idx: np.ndarray, confidence: float = 0.95) -> dict[str, float]:
+    """Mean of ``a - b`` over users and its percentile bootstrap interval.
+
+    Args:
+        a, b: (U,) per-user values of two methods on the same users, in the same order (NaN = not defined for
+            that user, e.g. C-N with ``exclude_no_clicks``; such users are dropped from both sides).
+        idx: (B, U) resampled user indices from :func:`bootstrap_indices`.
+        confidence: coverage of the interval.
+
+    Returns:
+        ``{"delta", "lo", "hi"}``: the observed mean difference and the (1-confidence)/2, (1+confidence)/2
+        percentiles of the resampled mean differences. E.g. a = [1, 0], b = [0, 0]: delta = 0.5; every resample
+        is one of {0, 0.5, 1}.
+    """
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)  # (U,)
+    if d.shape != (idx.shape[1],):
+        raise ValueError(f"per-user arrays of shape {d.shape} for resamples over {idx.shape[1]} users")
+    ok = ~np.isnan(d)
+    if not ok.any():
+        return {"delta": math.nan, "lo": math.nan, "hi": math.nan}
+    samples = np.where(ok[idx], d[idx], 0.0).sum(1) / np.maximum(ok[idx].sum(1), 1)  # (B,)
+    tail = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(samples, [tail, 1.0 - tail])
+    return {"delta": float(d[ok].mean()), "lo": float(lo), "hi": float(hi)}

@@ -66,6 +66,7 @@ class RoundData:
     seqs: Sequences | None = None
     seqs_prev: Sequences | None = None  # at ``start`` (None for round 0)
     history: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # last clicks before ``start``
+    hist_categories: dict[str, set[str]] = field(default_factory=dict)  # every category clicked before ``start``
     category_clicks: dict[str, int] = field(default_factory=dict)  # clicks per category before ``start``
     vocab: Vocabulary | None = None
     window: dict[str, Any] = field(default_factory=dict)
@@ -112,6 +113,7 @@ def load_round(cfg: Config, workdir: Path, k: int, *, until: int | None = None) 
     users = inter.users
     seqs_prev = prev_state.to_sequences(vocab, users, batch.start) if k > 0 else None
     history = prev_state.history(vocab) if k > 0 else {}
+    hist_categories = prev_state.clicked_categories(vocab) if k > 0 else {}
     before = dict(prev_state.category_clicks)
     first_time = set(events["user_id"].astype(str).unique()) - prev_state.users  # first consumed event this round
     state = prev_state
@@ -147,7 +149,8 @@ def load_round(cfg: Config, workdir: Path, k: int, *, until: int | None = None) 
     record_window(workdir, k, window)
     _log_window(window, rp)
     return RoundData(k=k, mode=mode, start=batch.start, end=batch.end, status="ok", inter=inter, seqs=seqs,
-                     seqs_prev=seqs_prev, history=history, category_clicks=before, vocab=vocab, window=window)
+                     seqs_prev=seqs_prev, history=history, hist_categories=hist_categories,
+                     category_clicks=before, vocab=vocab, window=window)
 
 
 # --------------------------------------------------------------------------------------------------- reading
@@ -383,13 +386,15 @@ def _read_back(cfg: Config, workdir: Path, k: int, mode: str) -> RoundData:
     seqs = state.to_sequences(vocab, users, end)
     if (d / FILES["spark"]).exists():
         seqs = _assemble(pd.read_parquet(d / FILES["spark"]), seqs, vocab)
-    seqs_prev, history, before = None, {}, {}
+    seqs_prev, history, hist_categories, before = None, {}, {}, {}
     if k > 0:
         prev, _, _ = _previous(cfg, workdir, k, mode)
         seqs_prev, history, before = prev.to_sequences(vocab, users, start), prev.history(vocab), \
             dict(prev.category_clicks)
+        hist_categories = prev.clicked_categories(vocab)
     return RoundData(k=k, mode=mode, start=start, end=end, status="ok", inter=inter, seqs=seqs, seqs_prev=seqs_prev,
-                     history=history, category_clicks=before, vocab=vocab, window=window)
+                     history=history, hist_categories=hist_categories, category_clicks=before, vocab=vocab,
+                     window=window)
 
 
 # --------------------------------------------------------------------------------------------------- spark

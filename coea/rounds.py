@@ -145,3 +145,13 @@ def previous_csids(workdir: Path, k: int, dsie_dir: Path) -> dict[str, str] | No
         return None
     table = pd.read_parquet(path, columns=["user_id", "csid"])
     return dict(zip(table["user_id"].astype(str), table["csid"].astype(str)))
+
+
+def round_cutoff(workdir: Path, k: int) -> int | None:
+    """The cut-off round ``k`` of a workdir ran to: the end of its data window (``rounds/NNN/data/window.json``),
+    i.e. its models trained on events before it. None when the round has no data stage."""
+    path = round_dir(workdir, k) / "data" / "window.json"
+    if not path.exists():
+        return None
+    end = read_json(path).get("end")
+    return None if end is None else int(end)

@@ -221,17 +221,23 @@ def stage_pco(cfg: Config, workdir: Path, k: int, pairs: list[dict[str, str]], b
 
 def validation_metrics(cfg: Config, models: Models, inter, seqs_prev, csids_prev: dict[str, str],
                        portraits: dict[str, str], start: int, end: int,
-                       popularity: dict[str, int] | None = None) -> dict[str, float]:
+                       popularity: dict[str, int] | None = None,
+                       hist: dict[str, set[str]] | None = None) -> dict[str, float]:
     """Held-out users: lists from their state at the previous cut-off with the round-k models; truth = D_k clicks.
 
-    C_u^pref = categories of I_long at the previous cut-off; C_u^hist = C'_short there; clicked = categories the
-    user clicked in [start, end). Validation users never contribute training signal to the cycle. The long tail
-    comes from ``popularity`` (clicks per category before ``start``; ``None``: the clicks in ``inter``).
+    C_u^pref = categories of I_long at the previous cut-off; C_u^hist = every category the user clicked before it
+    (App. A.4; ``val/NCP-recent@K`` is the variant against C'_short); clicked = categories the user clicked in
+    [start, end). Validation users never contribute training signal to the cycle. ``hist`` (user -> categories
+    clicked before ``start``; the round's sequence state has them, coea/round_data.py) defaults to ``inter``'s
+    clicks before ``start``. The long tail comes from ``popularity`` (clicks per category before ``start``;
+    ``None``: the clicks in ``inter``).
     """
     from coea.data.sequences import click_categories_by_user
     from coea.metrics import evaluate_users, long_tail_categories
 
     clicks = click_categories_by_user(inter, start=start, end=end)
+    if hist is None:
+        hist = {u: {c for _, c in cl} for u, cl in click_categories_by_user(inter, end=start).items()}
     category_of = inter.item_category
     item_cat = {j + 1: category_of.get(i) for j, i in enumerate(seqs_prev.item_vocab)}
     rows = [i for i, u in enumerate(seqs_prev.user_ids) if is_validation_user(u) and u in clicks]
@@ -247,7 +253,8 @@ def validation_metrics(cfg: Config, models: Models, inter, seqs_prev, csids_prev
         u = seqs_prev.user_ids[i]
         row = by_key[(keys[u].csid, keys[u].recent)]
         recs.append(row["aligned"] or row["candidates"])
-        truth.append({"pref": {item_cat[j] for j in seqs_prev.long_items[i]}, "hist": set(seqs_prev.c_short[i]),
+        truth.append({"pref": {item_cat[j] for j in seqs_prev.long_items[i]},
+                      "hist": set(hist.get(u, ())), "recent": set(seqs_prev.c_short[i]),
                       "clicked": {c for _, c in clicks[u]}})
     counts = popularity if popularity is not None else \
         inter.events.loc[inter.events["event"] == "click", "item_id"].map(inter.item_category).value_counts()
@@ -402,7 +409,7 @@ def _run_round(cfg: Config, workdir: Path, k: int, base: int, data: RoundData, d
 
     new_models = load_models(cfg, workdir, k, k, device)
     val = validation_metrics(cfg, new_models, inter, seqs_prev, csids_prev, portraits, start, end,
-                             popularity=data.category_clicks)
+                             popularity=data.category_clicks, hist=data.hist_categories)
     lap("validation")
 
     metrics = {"round": k, **val, **_prefixed("pco", pco.get("summary", {})), **_prefixed("relevance", rel),

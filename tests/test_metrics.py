@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 
 from coea.metrics import (
+    bootstrap_indices,
     category_hit,
+    category_hit_any,
     category_ndcg,
     evaluate_users,
     long_tail_categories,
     long_tail_proportion,
     novel_category_proportion,
+    paired_bootstrap,
     per_user,
     user_metrics,
 )
@@ -22,13 +25,28 @@ L2_3 = 1 / math.log2(3)  # 0.6309, the discount at rank 2
 
 
 def test_category_hit():
-    """ranked [B, A, C], pref {A}: top-1 = {B} misses -> 0; top-2 and top-5 contain A -> 1.
+    """Eq. 18: C-H@K = hit_u / K, hit_u = |top-K ∩ pref|.
 
-    Empty pref -> 0 at every K, even for a long list.
+    ranked [B, A, C], pref {A}: top-1 = {B} -> 0/1 = 0; top-2 holds A -> 1/2; top-5 (the list has 3) -> 1/5.
+    ranked [A, B, C], pref {A, C}: @1 -> 1/1; @2 -> 1/2; @3 -> 2/3; @10 -> 2/10 (divided by K, not by the list).
+    Empty pref -> 0 at every K, even for a long list; an empty list -> 0.
     """
-    assert category_hit(["B", "A", "C"], {"A"}, (1, 2, 5)) == {"C-H@1": 0.0, "C-H@2": 1.0, "C-H@5": 1.0}
+    assert category_hit(["B", "A", "C"], {"A"}, (1, 2, 5)) == {"C-H@1": 0.0, "C-H@2": 0.5, "C-H@5": 0.2}
+    got = category_hit(["A", "B", "C"], {"A", "C"}, (1, 2, 3, 10))
+    assert got == {"C-H@1": 1.0, "C-H@2": 0.5, "C-H@3": pytest.approx(2 / 3), "C-H@10": 0.2}
     assert category_hit(["B", "A", "C"], set(), (1, 10)) == {"C-H@1": 0.0, "C-H@10": 0.0}
     assert category_hit([], {"A"}, (1,)) == {"C-H@1": 0.0}  # empty list
+
+
+def test_category_hit_any_variant():
+    """C-H-any@K = 1[top-K ∩ pref ≠ ∅] (v1's indicator), kept under its own name.
+
+    ranked [B, A, C], pref {A}: @1 -> 0, @2 and @5 -> 1 (where C-H is 1/2 and 1/5). At K = 1 both agree.
+    """
+    assert category_hit_any(["B", "A", "C"], {"A"}, (1, 2, 5)) == {"C-H-any@1": 0.0, "C-H-any@2": 1.0,
+                                                                   "C-H-any@5": 1.0}
+    assert category_hit_any(["A"], {"A"}, (1,))["C-H-any@1"] == category_hit(["A"], {"A"}, (1,))["C-H@1"] == 1.0
+    assert category_hit_any(["A"], set(), (3,)) == {"C-H-any@3": 0.0}
 
 
 def test_category_ndcg_hand_computed():
@@ -69,22 +87,24 @@ def test_k_larger_than_the_list():
     NCP with hist {A}: 1 new (B) -> NCP@10 = 1/4 = 0.25, NCP-norm@10 = 1/10 = 0.1 (divided by K, not by the list).
     C-N with clicked {B, C, D}: DCG = 1/log2(3) = 0.6309 (B at rank 2); IDCG over min(10, 3) = 3 ideal positions
         = 1 + 0.6309 + 0.5 = 2.1309 -> 0.2961. A short list cannot find C and D, so it is not rewarded for being short.
-    C-H with pref {B}: B is in the list -> 1.
+    C-H with pref {B}: one hit in the top 10 -> 1/10 (the divisor is K, not the list length).
     """
     assert novel_category_proportion(["A", "B"], {"A"}, 4, (10,)) == {"NCP@10": 0.25, "NCP-norm@10": 0.1}
     assert category_ndcg(["A", "B"], {"B", "C", "D"}, (10,))["C-N@10"] == pytest.approx(L2_3 / (1 + L2_3 + 0.5))
-    assert category_hit(["A", "B"], {"B"}, (10,)) == {"C-H@10": 1.0}
+    assert category_hit(["A", "B"], {"B"}, (10,)) == {"C-H@10": 0.1}
 
 
 def test_duplicates_are_dropped_keeping_the_first():
     """ranked [A, A, B] is read as [A, B].
 
     NCP@2 with hist {} counts A and B: 2 / |C| = 2/4 = 0.5 (not A twice). C-N@2 with clicked {A}: DCG = 1 (A at
-    rank 1 only, no second credit), IDCG = 1 -> 1.0. C-H@2 with pref {B}: B is at rank 2 after dedupe -> 1.
+    rank 1 only, no second credit), IDCG = 1 -> 1.0. C-H@2 with pref {B}: B is at rank 2 after dedupe -> 1/2;
+    [A, A] with pref {A}: one hit, not two -> 1/2.
     """
     assert novel_category_proportion(["A", "A", "B"], set(), 4, (2,)) == {"NCP@2": 0.5, "NCP-norm@2": 1.0}
     assert category_ndcg(["A", "A", "B"], {"A"}, (2,)) == {"C-N@2": 1.0}
-    assert category_hit(["A", "A", "B"], {"B"}, (2,)) == {"C-H@2": 1.0}
+    assert category_hit(["A", "A", "B"], {"B"}, (2,)) == {"C-H@2": 0.5}
+    assert category_hit(["A", "A"], {"A"}, (2,)) == {"C-H@2": 0.5}
 
 
 def test_long_tail_proportion():
@@ -123,13 +143,17 @@ def test_user_metrics_names_and_lists_from_json():
     """Truth sets may arrive as JSON lists; every metric is present for every K.
 
     ranked [B, A], pref [A], hist [A], clicked [B], tail [B], |C| = 4, K = 1:
-    C-H@1 = 0 (B not preferred), C-N@1 = 1 (B clicked at rank 1; IDCG over min(1, 1) = 1),
+    C-H@1 = C-H-any@1 = 0 (B not preferred), C-N@1 = 1 (B clicked at rank 1; IDCG over min(1, 1) = 1),
     NCP@1 = 1/4 (B not in hist), NCP-norm@1 = 1, CLTP@1 = 1/4, CLTP-norm@1 = 1.
+    With recent [B] as well: NCP-recent@1 = 0 (B is recent), NCP-recent-norm@1 = 0; NCP itself is unchanged.
     """
     got = user_metrics(["B", "A"], {"pref": ["A"], "hist": ["A"], "clicked": ["B"]}, n_categories=4, tail=["B"],
                        ks=(1,))
-    assert got == {"C-H@1": 0.0, "C-N@1": 1.0, "NCP@1": 0.25, "NCP-norm@1": 1.0, "CLTP@1": 0.25,
-                   "CLTP-norm@1": 1.0}
+    assert got == {"C-H@1": 0.0, "C-H-any@1": 0.0, "C-N@1": 1.0, "NCP@1": 0.25, "NCP-norm@1": 1.0,
+                   "CLTP@1": 0.25, "CLTP-norm@1": 1.0}
+    got = user_metrics(["B", "A"], {"pref": ["A"], "hist": ["A"], "clicked": ["B"], "recent": ["B"]},
+                       n_categories=4, tail=["B"], ks=(1,))
+    assert got["NCP-recent@1"] == 0.0 and got["NCP-recent-norm@1"] == 0.0 and got["NCP@1"] == 0.25
     with pytest.raises(ValueError, match="clicked"):
         user_metrics(["A"], {"pref": [], "hist": []}, n_categories=4, tail=[])
 
@@ -183,3 +207,36 @@ def test_bad_arguments_are_errors(bad):
     kw = {"n_categories": 4, "tail": set(), "ks": (1,)} | bad
     with pytest.raises(ValueError):
         evaluate_users([["A"]], [{"pref": set(), "hist": set(), "clicked": set()}], **kw)
+
+
+def test_hist_is_the_whole_history_and_empty_sets():
+    """A.4: C_u^hist = every category clicked before the cut-off. ranked [A, B, C, D], |C| = 8, K = 4.
+
+    hist {A, B, C} (the whole history) -> 1 new (D) -> NCP@4 = 1/8; recent {C} (a window) -> 3 new ->
+    NCP-recent@4 = 3/8. Empty hist -> all 4 new -> 4/8. Empty list -> 0 everywhere.
+    """
+    truth = {"pref": {"A"}, "hist": {"A", "B", "C"}, "clicked": set(), "recent": {"C"}}
+    got = user_metrics(["A", "B", "C", "D"], truth, n_categories=8, tail=set(), ks=(4,))
+    assert got["NCP@4"] == 1 / 8 and got["NCP-recent@4"] == 3 / 8 and got["C-H@4"] == 1 / 4
+    assert novel_category_proportion(["A", "B", "C", "D"], set(), 8, (4,))["NCP@4"] == 0.5
+    empty = user_metrics([], truth, n_categories=8, tail={"A"}, ks=(4,))
+    assert all(v == 0.0 for v in empty.values())
+
+
+def test_paired_bootstrap_hand_checked():
+    """a = [1, 0, 1, 0], b = [0, 0, 0, 0]: delta = 0.5; every resample's mean difference is k/4, k in 0..4.
+
+    Identical arrays -> delta 0 and a [0, 0] interval. A constant shift a = b + 0.25 -> [0.25, 0.25].
+    NaN users are dropped from both sides: a = [1, nan], b = [0, 0] -> delta 1.
+    """
+    idx = bootstrap_indices(4, 2000, seed=0)
+    got = paired_bootstrap(np.array([1, 0, 1, 0]), np.zeros(4), idx)
+    assert got["delta"] == 0.5 and 0.0 <= got["lo"] < 0.5 < got["hi"] <= 1.0
+    assert {got["lo"] * 4, got["hi"] * 4} <= {0.0, 1.0, 2.0, 3.0, 4.0}
+    b = np.array([0.1, 0.4, 0.2, 0.9])
+    assert paired_bootstrap(b, b, idx) == {"delta": 0.0, "lo": 0.0, "hi": 0.0}
+    shifted = paired_bootstrap(b + 0.25, b, idx)
+    assert shifted["lo"] == pytest.approx(0.25) and shifted["hi"] == pytest.approx(0.25)
+    assert paired_bootstrap(np.array([1.0, np.nan]), np.zeros(2), bootstrap_indices(2, 100))["delta"] == 1.0
+    with pytest.raises(ValueError):
+        paired_bootstrap(np.zeros(3), np.zeros(3), idx)

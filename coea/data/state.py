@@ -173,6 +173,24 @@ class SequenceState:
             out.setdefault(u, []).append((int(ts), c))
         return out
 
+    def clicked_categories(self, vocab: Vocabulary) -> dict[str, set[str]]:
+        """Each user's set of categories clicked in everything consumed (App. A.4's C_u^hist at the state's cut-off).
+
+        From the tau counts, which cover every consumed click: their level is the category (``long_filter:
+        category``) or the item, mapped to its category.
+        """
+        if not len(self.counts):
+            return {}
+        level = self.counts["level"].to_numpy(dtype=np.int64)
+        if self.long_filter == "item":
+            cats = np.asarray(vocab.item_categories, dtype=object)[level - 1]
+        else:
+            cats = np.asarray(vocab.categories, dtype=object)[level]
+        out: dict[str, set[str]] = {}
+        for u, c in zip(self.counts["user"].tolist(), cats.tolist()):
+            out.setdefault(u, set()).add(str(c))
+        return out
+
     def _ordered(self, vocab: Vocabulary) -> pd.DataFrame:
         rank = _item_rank(vocab)
         c = self.clicks

@@ -87,6 +87,14 @@ def test_incremental_equals_full_rebuild(seed, long_filter, tmp_path):
         state = SequenceState.load(tmp_path / f"s{r}")
         consumed.append(inter.events)
         _assert_same(state.to_sequences(vocab, users, end), _full_rebuild(consumed, users, vocab, data, end))
+        # App. A.4's C_u^hist: every category the user clicked in everything consumed so far
+        every = pd.concat(consumed, ignore_index=True)
+        every = every[(every["event"] == "click") & every["item_id"].isin(vocab.item_ids)]
+        cat_of = dict(zip(vocab.item_ids, vocab.item_categories))
+        expected: dict[str, set[str]] = {}
+        for u, i in zip(every["user_id"], every["item_id"]):
+            expected.setdefault(u, set()).add(cat_of[i])
+        assert state.clicked_categories(vocab) == expected
 
 
 def test_state_refuses_events_at_or_after_its_cutoff():

@@ -1,0 +1,420 @@
+"""From final lists to figures: per-user metrics, means over seeds, frontiers, paired bootstrap intervals, Table 2.
+
+Everything here is a function of the written files (rankings, truth, meta), so :func:`recompute_from_files`
+reproduces ``results.json`` exactly (tested).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coea.exploration import budget_list, own_list, slot_list
+from coea.metrics import bootstrap_indices, paired_bootstrap, per_user
+
+LABELS = {
+    "two_tower": "Two-Tower", "gru4rec": "GRU4Rec", "sasrec": "SASRec", "bert4rec": "BERT4Rec",
+    "random": "Random", "popular": "Most popular", "ucb": "UCB", "hucb": "HUCB", "phucb": "pHUCB",
+    "nlb": "NLB", "google_v1": "Google-v1", "google_v2": "Google-v2", "llm_kerec": "LLM-KERec",
+    "coea": "CoEA", "wo_long": "CoEA w/o Long", "wo_short": "CoEA w/o Short", "wo_rllm": "CoEA w/o R-LLM",
+    "wo_kl": "CoEA w/o KL",
+}
+GROUPS = ("exploitation", "exploration", "ablation")
+METRIC_FAMILIES = ("C-H", "C-N", "NCP", "CLTP")
+VARIANT_FAMILIES = ("C-H-any", "NCP-recent")
+
+Lists = dict[tuple[str, int], list[list[str]]]  # (method, seed) -> one list per user
+
+
+# ----------------------------------------------------------------------------------------------------- lists
+
+
+def table_lists(rankings: Lists, hist: Sequence[set[str]], meta: Mapping[str, Any]) -> Lists:
+    """Table 2's lists: each method's own ranking (``policy: own``) or v1's slots in the base model's ranking."""
+    out: Lists = {}
+    length, groups = meta["list_length"], meta["groups"]
+    for (method, seed), ranks in rankings.items():
+        if method not in groups:
+            continue
+        if meta["policy"] == "slots" and groups[method] != "exploitation":
+            base = rankings[(meta["base_model"], seed)]
+            out[(method, seed)] = [slot_list(b, r, h, meta["slots"], length) for b, r, h in zip(base, ranks, hist)]
+        else:
+            out[(method, seed)] = [own_list(r, length) for r in ranks]
+    return out
+
+
+def budget_lists(rankings: Lists, hist: Sequence[set[str]], budget: int, meta: Mapping[str, Any]) -> Lists:
+    return {key: [budget_list(r, h, budget, meta["budget_k"], meta["list_length"]) for r, h in zip(ranks, hist)]
+            for key, ranks in rankings.items() if key[0] in meta["groups"]}
+
+
+# ------------------------------------------------------------------------------------------------- metrics
+
+
+def user_arrays(lists: Lists, truth: Sequence[Mapping], meta: Mapping[str, Any]) -> dict[tuple[str, int], dict]:
+    """(method, seed) -> metric -> (U,) per-user values."""
+    return {key: per_user(ls, truth, n_categories=meta["n_categories"], tail=set(meta["tail"]), ks=meta["ks"])
+            for key, ls in lists.items()}
+
+
+def over_seeds(arrays: dict[tuple[str, int], dict]) -> dict[str, dict[str, dict[str, float]]]:
+    """method -> metric -> {mean, std, seeds}: mean and population std over seeds of the per-seed user means."""
+    by_method: dict[str, list[dict]] = {}
+    for (method, _), a in sorted(arrays.items()):
+        by_method.setdefault(method, []).append({m: float(np.mean(v)) for m, v in a.items()})
+    return {method: {m: {"mean": float(np.mean([r[m] for r in runs])), "std": float(np.std([r[m] for r in runs])),
+                         "seeds": len(runs)} for m in runs[0]} for method, runs in by_method.items()}
+
+
+def seed_mean_users(arrays: dict[tuple[str, int], dict]) -> dict[str, dict[str, np.ndarray]]:
+    """method -> metric -> (U,) each user's value averaged over seeds (the paired bootstrap's unit is the user)."""
+    by_method: dict[str, list[dict]] = {}
+    for (method, _), a in sorted(arrays.items()):
+        by_method.setdefault(method, []).append(a)
+    return {method: {m: np.mean([r[m] for r in runs], axis=0) for m in runs[0]} for method, runs in by_method.items()}
+
+
+def intervals(users: dict[str, dict[str, np.ndarray]], reference: str, idx: np.ndarray, confidence: float,
+              metrics: Sequence[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """baseline -> metric -> paired bootstrap {delta, lo, hi} of ``reference`` minus the baseline."""
+    if reference not in users:
+        return {}
+    return {m: {name: paired_bootstrap(users[reference][name], users[m][name], idx, confidence)
+                for name in metrics if name in users[m]} for m in users if m != reference}
+
+
+# ------------------------------------------------------------------------------------------------ frontiers
+
+
+def frontier_area(ncp: np.ndarray, cn: np.ndarray) -> float:
+    """Normalised area under a frontier: trapezoid of C-N over NCP divided by the NCP span (the frontier's mean
+    height); the single point's C-N when the span is 0. Points are sorted by NCP first."""
+    order = np.argsort(ncp, kind="stable")
+    x, y = np.asarray(ncp, float)[order], np.asarray(cn, float)[order]
+    span = x[-1] - x[0]
+    if span <= 0:
+        return float(y.mean())
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0) / span)
+
+
+def at_matched(ncp: np.ndarray, cn: np.ndarray, target: float) -> float:
+    """C-N interpolated linearly on the frontier at NCP = target; NaN outside the frontier's NCP range."""
+    order = np.argsort(ncp, kind="stable")
+    x, y = np.asarray(ncp, float)[order], np.asarray(cn, float)[order]
+    if not x[0] - 1e-12 <= target <= x[-1] + 1e-12:
+        return math.nan
+    return float(np.interp(target, x, y))
+
+
+def frontier_summary(frontier_users: dict[str, dict[int, dict[str, np.ndarray]]], meta: Mapping[str, Any],
+                     idx: np.ndarray | None = None) -> dict[str, Any]:
+    """Per method: the frontier (budget -> mean metrics), its area and C-N at matched NCP; with ``idx`` also the
+    paired bootstrap of CoEA minus each method on both summary figures.
+
+    ``frontier_users``: method -> budget -> metric -> (U,) per-user values (averaged over seeds).
+    """
+    k = meta["budget_k"]
+    ncp_name, cn_name, tail_name = f"NCP@{k}", f"C-N@{k}", f"CLTP@{k}"
+    target = meta["matched_budget"] / meta["n_categories"]
+    out: dict[str, Any] = {"target_ncp": target, "methods": {}, "intervals": {}}
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for method, by_budget in frontier_users.items():
+        budgets = sorted(by_budget)
+        points = [{"budget": b, **{name: float(np.mean(by_budget[b][name]))
+                                   for name in (ncp_name, cn_name, tail_name, "C-H@1", f"C-H@{k}")}}
+                  for b in budgets]
+        ncp = np.array([p[ncp_name] for p in points])
+        cn = np.array([p[cn_name] for p in points])
+        out["methods"][method] = {"frontier": points, "area": frontier_area(ncp, cn),
+                                  "cn_at_matched_ncp": at_matched(ncp, cn, target)}
+        if idx is not None:  # (B, nb) resampled means
+            curves[method] = (np.stack([by_budget[b][ncp_name][idx].mean(1) for b in budgets], 1),
+                              np.stack([by_budget[b][cn_name][idx].mean(1) for b in budgets], 1))
+    if idx is not None and "coea" in curves:
+        tail = (1.0 - meta["confidence"]) / 2.0
+
+        def boot(method: str, fn) -> np.ndarray:
+            x, y = curves[method]
+            return np.array([fn(x[i], y[i]) for i in range(len(x))])
+
+        ref_area, ref_cn = boot("coea", frontier_area), boot("coea", lambda x, y: at_matched(x, y, target))
+        for method in curves:
+            if method == "coea":
+                continue
+            res = {}
+            for name, ref, fn in (("area", ref_area, frontier_area),
+                                  ("cn_at_matched_ncp", ref_cn, lambda x, y: at_matched(x, y, target))):
+                d = ref - boot(method, fn)
+                d = d[~np.isnan(d)]
+                delta = out["methods"]["coea"][name] - out["methods"][method][name]
+                res[name] = {"delta": float(delta),
+                             "lo": float(np.quantile(d, tail)) if d.size else math.nan,
+                             "hi": float(np.quantile(d, 1.0 - tail)) if d.size else math.nan}
+            out["intervals"][method] = res
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- results
+
+
+def compute_results(rankings: Lists, truth: Sequence[Mapping], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Every figure of results.json from the test rankings, the truth rows and meta (see module docstring)."""
+    hist = [set(t["hist"]) for t in truth]
+    ks, k = meta["ks"], meta["budget_k"]
+    idx = bootstrap_indices(len(truth), meta["bootstrap"], meta["bootstrap_seed"])
+    names = [f"{fam}@{x}" for fam in (*METRIC_FAMILIES, *VARIANT_FAMILIES) for x in ks]
+
+    table = user_arrays(table_lists(rankings, hist, meta), truth, meta)
+    result: dict[str, Any] = {"table": over_seeds(table)}
+    result["intervals"] = intervals(seed_mean_users(table), "coea", idx, meta["confidence"], names)
+
+    frontier_users: dict[str, dict[int, dict[str, np.ndarray]]] = {}
+    for b in range(k + 1):
+        for method, arrays in seed_mean_users(user_arrays(budget_lists(rankings, hist, b, meta), truth,
+                                                          meta)).items():
+            if meta["groups"].get(method) in ("exploration", "ablation"):
+                frontier_users.setdefault(method, {})[b] = arrays
+    result["summary"] = frontier_summary(frontier_users, meta, idx)
+    result["improvement_percent"] = improvement(result["table"], meta["groups"])
+    result["targets"] = targets(result, meta)
+    return clean(result)
+
+
+def clean(obj: Any) -> Any:
+    """JSON-ready copy: numpy scalars unwrapped, NaN / inf -> None (so results compare equal after a round trip)."""
+    if isinstance(obj, Mapping):
+        return {str(k): clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def improvement(results: Mapping[str, Mapping[str, Mapping[str, float]]],
+                groups: Mapping[str, str]) -> dict[str, float | None]:
+    """Improv. (%) of CoEA over the best non-CoEA baseline (exploitation or exploration row) for each metric."""
+    if "coea" not in results:
+        return {}
+    baselines = [m for m, g in groups.items() if g in ("exploitation", "exploration") and m != "coea" and m in results]
+    out: dict[str, float | None] = {}
+    for metric, v in results["coea"].items():
+        best = max((results[m][metric]["mean"] for m in baselines if metric in results[m]), default=None)
+        out[metric] = None if not best else 100.0 * (v["mean"] - best) / best
+    return out
+
+
+def targets(result: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The issue's targets, measured on Table 2 (each method's own list) and the frontier summary.
+
+    - CoEA's C-N@k at matched NCP@k (and frontier area) above every exploration baseline's beyond the interval;
+    - CoEA's NCP@k and CLTP@k >= 10% above the best exploration baseline's;
+    - CoEA's C-H@1 within 1% of the best exploitation row's.
+    """
+    k = meta["budget_k"]
+    groups, table = meta["groups"], result["table"]
+    explo = [m for m, g in groups.items() if g == "exploration" and m != "coea" and m in table]
+    exploit = [m for m, g in groups.items() if g == "exploitation" and m in table]
+    out: dict[str, Any] = {}
+    if "coea" not in table:
+        return out
+    iv = result["summary"]["intervals"]
+    out["matched_ncp_beats_every_exploration_baseline"] = bool(explo) and all(
+        (iv.get(m, {}).get("cn_at_matched_ncp", {}).get("lo") or -1) > 0 for m in explo)
+    out["area_beats_every_exploration_baseline"] = bool(explo) and all(
+        (iv.get(m, {}).get("area", {}).get("lo") or -1) > 0 for m in explo)
+    for name in (f"NCP@{k}", f"CLTP@{k}"):
+        if explo:
+            best = max(explo, key=lambda m: table[m][name]["mean"])
+            ref = table[best][name]["mean"]
+            out[f"{name}_vs_best_exploration"] = {
+                "best": best, "gain_percent": 100.0 * (table["coea"][name]["mean"] - ref) / ref if ref else None}
+    if exploit:
+        best = max(exploit, key=lambda m: table[m]["C-H@1"]["mean"])
+        ref = table[best]["C-H@1"]["mean"]
+        out["C-H@1_vs_best_exploitation"] = {
+            "best": best, "gain_percent": 100.0 * (table["coea"]["C-H@1"]["mean"] - ref) / ref if ref else None}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ markdown
+
+
+def _cell(v: Mapping[str, float]) -> str:
+    """``mean ± std`` over seeds; the mean alone with one seed (a std over one seed is not a spread)."""
+    return f"{v['mean']:.4f}" if v.get("seeds", 2) < 2 else f"{v['mean']:.4f} ± {v['std']:.4f}"
+
+
+def _num(v: float | None) -> str:
+    return "–" if v is None else f"{v:.4f}"
+
+
+def _iv(d: Mapping[str, float] | None) -> str:
+    if not d or any(d.get(x) is None for x in ("delta", "lo", "hi")):
+        return "–"
+    star = "**" if d["lo"] > 0 or d["hi"] < 0 else ""
+    return f"{star}{d['delta']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]{star}"
+
+
+def _label(method: str) -> str:
+    return f"**{LABELS.get(method, method)}**" if method == "coea" else LABELS.get(method, method)
+
+
+def table_markdown(results: Mapping[str, Mapping[str, Mapping[str, float]]], groups: Mapping[str, str],
+                   ks: Sequence[int], *, title: str = "", families: Sequence[str] = METRIC_FAMILIES,
+                   improv: bool = True) -> str:
+    """Table 2's layout: one row per method in groups, metric families x K as columns, then Improv."""
+    cols = [f"{fam}@{k}" for fam in families for k in ks]
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| Group | Method | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]
+    for group in GROUPS:
+        for method, g in groups.items():
+            if g != group or method not in results:
+                continue
+            r = results[method]
+            cells = [_cell(r[c]) if c in r else "–" for c in cols]
+            lines.append(f"| {group} | {_label(method)} | " + " | ".join(cells) + " |")
+    imp = improvement(results, groups) if improv else {}
+    if imp:
+        lines.append("| | Improv. | " + " | ".join("–" if imp.get(c) is None else f"{imp[c]:+.2f}%" for c in cols)
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def results_markdown(results: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
+    """results.md: Table 2, the intervals, the frontier summary, the targets, variants, chosen settings."""
+    ks, k, groups = meta["ks"], meta["budget_k"], meta["groups"]
+    seeds = len(meta["seeds"])
+    spread = "mean ± std over seeds" if seeds > 1 else "1 seed: means only, no spread"
+    split = meta["split"]
+    how = (f"per-user split, each user's last {split['test_clicks']} clicks" if split["kind"] == "user"
+           else "global temporal split")
+    lists = "each method's own ranking" if meta["policy"] == "own" else f"slots {meta['slots']} of {meta['base_model']}"
+    out = [table_markdown(results["table"], groups, ks, title=(
+        f"Table 2 ({meta['users']} test users, {seeds} seed(s), {spread}; {how}; lists: {lists})"))]
+    out.append("Metrics as App. A.4 (docs/metrics.md): C-H@K = hits / K, NCP against every category the user "
+               "clicked before the test part, NCP and CLTP divided by |C| = "
+               f"{meta['n_categories']}.\n")
+    ref = [m for m in groups if m != "coea" and m in results["intervals"]]
+    cols = [f"{fam}@{x}" for fam in METRIC_FAMILIES for x in ks]
+    conf = int(round(100 * meta["confidence"]))
+    out += [f"### CoEA minus each row: paired bootstrap {conf}% intervals over users ({meta['bootstrap']} "
+            "resamples; bold = the interval excludes 0)", "",
+            "| Method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for m in ref:
+        out.append(f"| {_label(m)} | " + " | ".join(_iv(results["intervals"][m].get(c)) for c in cols) + " |")
+    s = results["summary"]
+    out += ["", f"### Frontier summary (budgets 0..{k}; matched NCP@{k} = {meta['matched_budget']}/|C| = "
+            f"{s['target_ncp']:.4f})", "",
+            f"| Method | C-N@{k} at matched NCP@{k} | CoEA minus it | frontier area (mean C-N@{k}) | CoEA minus it |",
+            "|---|---:|---:|---:|---:|"]
+    for m, v in s["methods"].items():
+        iv = s["intervals"].get(m, {})
+        out.append(f"| {_label(m)} | {_num(v['cn_at_matched_ncp'])} | {_iv(iv.get('cn_at_matched_ncp'))} | "
+                   f"{_num(v['area'])} | {_iv(iv.get('area'))} |")
+    t = results.get("targets", {})
+    if t:
+        out += ["", "### Targets (issue 13), as measured", ""]
+        out.append(f"- C-N@{k} at matched NCP@{k} above every exploration baseline beyond the interval: "
+                   f"**{'yes' if t.get('matched_ncp_beats_every_exploration_baseline') else 'no'}**; frontier "
+                   f"area: **{'yes' if t.get('area_beats_every_exploration_baseline') else 'no'}**.")
+        for name, goal in ((f"NCP@{k}", "target >= +10%"), (f"CLTP@{k}", "target >= +10%"),
+                           ("C-H@1", "target >= -1%")):
+            v = t.get(f"{name}_vs_best_{'exploitation' if name == 'C-H@1' else 'exploration'}")
+            if v and v["gain_percent"] is not None:
+                kind = "exploitation row" if name == "C-H@1" else "exploration baseline"
+                out.append(f"- Table 2 {name}: CoEA {v['gain_percent']:+.1f}% vs the best {kind} "
+                           f"({LABELS.get(v['best'], v['best'])}); {goal}.")
+    out += ["", table_markdown(results["table"], groups, ks, families=VARIANT_FAMILIES, improv=False,
+                               title="Variants (not the paper's definitions): C-H-any@K = 1[any hit in the top K] "
+                                     "(v1's C-H), NCP-recent@K = NCP against the last "
+                                     f"{meta.get('hist_k')} clicks' categories (v1's NCP)")]
+    chosen = meta.get("chosen", {})
+    if chosen:
+        out += ["### Settings chosen on the validation part (never on test)", "",
+                f"Rule: the value with the largest validation frontier area (mean C-N@{k} over budgets 0..{k}); "
+                "ties -> the first value of the grid. Item models: the epoch with the best validation next-item "
+                "hit@10.", "", "| Method | grid | chosen per seed |", "|---|---|---|"]
+        for m, per_seed in chosen.items():
+            grid = meta.get("grids", {}).get(m, "")
+            vals = "; ".join(f"seed {s}: {json.dumps(v, sort_keys=True)}" for s, v in per_seed.items())
+            out.append(f"| {_label(m)} | {grid} | {vals} |")
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------- plot
+
+
+def plot_frontiers(results: Mapping[str, Any], meta: Mapping[str, Any], out_png: Path) -> Path:
+    """Two panels: C-N@k against NCP@k and against CLTP@k, one curve (budgets 0..k) per exploration method and
+    ablation; the exploitation rows' own lists as points."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    k = meta["budget_k"]
+    fig = Figure(figsize=(12, 5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    from matplotlib import colormaps
+
+    palette = colormaps["tab20"].colors
+    for i, (method, v) in enumerate(results["summary"]["methods"].items()):
+        pts = v["frontier"]
+        style = {"linewidth": 2.5, "color": "black", "zorder": 5} if method == "coea" else (
+            {"linestyle": "--", "linewidth": 1, "color": palette[i % 20]} if meta["groups"].get(method) == "ablation"
+            else {"linewidth": 1.2, "color": palette[i % 20]})
+        for ax, x in zip(axes, (f"NCP@{k}", f"CLTP@{k}")):
+            ax.plot([p[x] for p in pts], [p[f"C-N@{k}"] for p in pts], marker="o", markersize=3,
+                    label=LABELS.get(method, method), **style)
+    for method, g in meta["groups"].items():
+        if g == "exploitation" and method in results["table"]:
+            r = results["table"][method]
+            for ax, x in zip(axes, (f"NCP@{k}", f"CLTP@{k}")):
+                ax.scatter([r[x]["mean"]], [r[f"C-N@{k}"]["mean"]], marker="*", s=60)
+                ax.annotate(LABELS.get(method, method), (r[x]["mean"], r[f"C-N@{k}"]["mean"]), fontsize=6)
+    for ax, x in zip(axes, (f"NCP@{k}", f"CLTP@{k}")):
+        ax.set_xlabel(x)
+        ax.set_ylabel(f"C-N@{k}")
+        ax.grid(alpha=0.3)
+    axes[0].axvline(results["summary"]["target_ncp"], color="grey", linewidth=0.8, linestyle=":")
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.suptitle(f"Novelty-budget frontiers ({meta['users']} test users, {len(meta['seeds'])} seed(s); points = "
+                 f"0..{k} novel categories in the top {k}; stars = exploitation rows)", fontsize=9)
+    fig.tight_layout()
+    tmp = Path(out_png).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(out_png)
+    return Path(out_png)
+
+
+# ----------------------------------------------------------------------------------------------------- files
+
+
+def read_files(out: str | Path) -> tuple[Lists, list[dict], dict]:
+    """(rankings, truth rows, meta) from an evaluation directory."""
+    out = Path(out)
+    meta = json.loads((out / "meta.json").read_text())
+    truth = [json.loads(line) for line in (out / "ground_truth.jsonl").read_text().splitlines() if line.strip()]
+    row = {t["user"]: i for i, t in enumerate(truth)}
+    rows = [{"pref": set(t["pref"]), "hist": set(t["hist"]), "clicked": set(t["clicked"]),
+             "recent": set(t["recent"])} for t in truth]
+    rankings: Lists = {}
+    for line in (out / "rankings.jsonl").read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            rankings.setdefault((r["method"], r["seed"]), [[] for _ in truth])[row[r["user"]]] = r["ranking"]
+    return rankings, rows, meta
+
+
+def recompute_from_files(out: str | Path) -> dict[str, Any]:
+    """results.json recomputed from rankings.jsonl, ground_truth.jsonl and meta.json alone."""
+    rankings, truth, meta = read_files(out)
+    return json.loads(json.dumps(compute_results(rankings, truth, meta)))
