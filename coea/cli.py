@@ -447,8 +447,7 @@ def cmd_rounds(args: argparse.Namespace) -> int:
             break
         log.info("cycle %d/%d: round %s %s", i + 1, args.n, result.round, result.status)
     code = worst(codes)
-    log.info("rounds: %d of %d cycles ran; exit codes %s; exit %d (%s)", len(codes), args.n, codes, code,
-             EXIT_CODES[code])
+    emit(f"rounds: {len(codes)} of {args.n} cycles ran; exit codes {codes}; exit {code} ({EXIT_CODES[code]})")
     return code
 
 

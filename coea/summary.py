@@ -91,6 +91,9 @@ def render(result: Any, workdir: Path | None, *, log_path: Path | None = None, e
         head, rows, style = str(result), [], ""
     if heading:
         head = f"{heading}: {head}"
+    if hasattr(result, "promoted") and cycle_status(result) == "nothing_new":
+        # One line: nothing ran, so there is no round folder, plot or metric to point at (cron reads this line).
+        return _format(head + (f" (log: {log_path})" if log_path else ""), [], style, fancy)
     where = files(result if hasattr(result, "round") else _Round0(), workdir, log_path)
     labels = {"round": "files", "plot": "plot", "log": "log", "wandb": "W&B run"}
     rows += [(labels[k], v) for k, v in where.items()]

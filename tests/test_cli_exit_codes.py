@@ -50,9 +50,10 @@ def test_cycle_exit_codes(monkeypatch, tmp_path, capsys, outcome, code):
     assert main(["cycle", "--config", DEMO, "--workdir", str(tmp_path)]) == code
     captured = capsys.readouterr()
     if outcome is NOTHING:
-        assert captured.out.strip() == "nothing new: no new events; round 2 stays the newest round"
-    if code in (1, 2, 3, 5):
-        assert len(captured.err.strip().splitlines()) == 1
+        assert captured.out.startswith("nothing new after round 2: no new events")
+    if code in (1, 2, 3, 5):  # one line for cron (stderr may also name the command's log file first)
+        failure = [line for line in captured.err.strip().splitlines() if line.startswith("coea:")]
+        assert len(failure) == 1 and failure[0] == captured.err.strip().splitlines()[-1]
 
 
 def test_config_error_exits_2(tmp_path, capsys):
