@@ -2,7 +2,7 @@
 
     python benchmarks/first_run.py                      # clone HEAD into a temp dir, run, write the results
     python benchmarks/first_run.py --no-clone           # run this checkout as it is (uncommitted changes too)
-    python benchmarks/first_run.py --threads 1          # OMP/MKL threads = 1 (what benchmarks/results/ holds)
+    python benchmarks/first_run.py --threads 1          # also set OMP/MKL threads = 1 in the environment
 
 What it does:
 
@@ -16,8 +16,10 @@ What it does:
    validation (promotion, W&B, plot) from the run's log file;
 4. prints a table and writes ``benchmarks/results/first_run.json``.
 
-Results: ``first_run.json`` (``--threads 1``) and ``first_run_default_threads.json`` (torch's default, one
-thread per core, measured while the machine was shared: the spin-waiting threads, not coea's work, took the time).
+Results: ``first_run.json`` (plain ``python benchmarks/first_run.py``: exactly the newcomer's command, whose config
+default ``run.num_threads: 1`` caps every pool) and ``first_run_default_threads.json`` (an older run from before
+that default, with torch's one thread per core, measured while the machine was shared: the spin-waiting threads,
+not coea's work, took the time).
 
 The target (issue 15) is at most 5 minutes on 2 cores. On a shared machine the wall time is inflated by the
 other processes: the result records the load average and the CPU time, which load does not inflate.
