@@ -188,6 +188,11 @@ def stage_pco(cfg: Config, workdir: Path, k: int, pairs: list[dict[str, str]], b
 
     The policy starts from round ``base``'s adapter; the reference is the same adapter (``pco.anchor: previous``:
     "the previous round" is the previous *promoted* round, never a refused one) or round 0's (``round0``).
+
+    No preference pairs (every sampled key's candidates scored alike, e.g. after a calibration with slope 0, or an
+    empty sample) is a round with nothing to learn from, not a failure: the base round's adapter is carried
+    forward unchanged (``summary.skipped``), as the Relevance update does without new clicks. Failing instead
+    would repeat on every retry of the same window and stop the daily cycle at ``cycle.max_attempts``.
     """
     from loops.dpo import run_dpo
     from loops.pairs import preference_dataset
@@ -200,7 +205,17 @@ def stage_pco(cfg: Config, workdir: Path, k: int, pairs: list[dict[str, str]], b
         previous = novelty_adapter(workdir, base)
         anchor = novelty_adapter(workdir, 0) if cfg.pco.anchor == "round0" else None
         if not pairs:
-            raise RuntimeError("pco: no preference pairs in the sample (every key had < 2 distinct scores)")
+            import shutil
+
+            why = "no preference pairs in the sample (every sampled key's candidates scored alike, or no key)"
+            log.warning("pco: round %d: %s; the Novelty adapter of round %d is carried forward unchanged", k, why,
+                        base)
+            shutil.copytree(previous, tmp / "adapter")
+            write_json(tmp / "metrics.json", {"summary": {"n_pairs": 0, "skipped": 1}, "history": [], "alerts": [],
+                                              "skipped": why, "policy_start": str(previous)})
+            write_manifest(tmp, cfg, {"pairs": 0, "alerts": [], "base_round": base, "policy_start": str(previous),
+                                      "reference": str(anchor or previous), "skipped": why})
+            return read_json(tmp / "metrics.json")
         if trains_in_workers(cfg):
             from loops.workers import launch_dpo
 

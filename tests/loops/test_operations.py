@@ -330,3 +330,24 @@ def test_an_unfinished_round_starts_over_when_a_rollback_changed_its_base(histor
     assert entry["base"] == 4 and "candidates:start" in entry["failures"][-1]["error"]
     assert 6 not in KVStore(workdir).list_rounds()
     capsys.readouterr()
+
+
+def test_a_round_whose_candidates_all_score_alike_carries_the_novelty_adapter_forward(fresh, monkeypatch, capsys):
+    """A Relevance LLM whose calibration has slope 0 (it ranked held-out clicks below non-clicks) scores every
+    candidate alike: no DPO pair exists. That round has nothing to learn, so it must not fail (it would fail on
+    every retry of the same window and stop the cron at cycle.max_attempts): the base adapter carries forward."""
+    import numpy as np
+
+    from coea.relevance import Calibration
+
+    workdir, args = fresh
+    monkeypatch.setattr(Calibration, "probability", lambda self, logits: np.full(np.shape(logits), 0.5))
+    assert main(["cycle", *args]) in (0, 4)
+    metrics = read_json(round_dir(workdir, 1) / "metrics.json")
+    assert metrics["pco/pairs"] == 0 and metrics["pco/skipped"] == 1 and metrics["keys/aligned"] == 0
+    carried, base = novelty_adapter(workdir, 1), novelty_adapter(workdir, 0)
+    names = sorted(p.name for p in base.iterdir())
+    assert names and sorted(p.name for p in carried.iterdir()) == names
+    assert all((carried / n).read_bytes() == (base / n).read_bytes() for n in names if (base / n).is_file())
+    assert "no preference pairs" in read_json(round_dir(workdir, 1) / "pco" / "metrics.json")["skipped"]
+    capsys.readouterr()
