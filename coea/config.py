@@ -296,7 +296,8 @@ class CycleConfig:
         5, "Retention: after each finished round, keep the newest this-many finished rounds (promoted or refused) "
         "on disk and delete every older round whole (rounds/NNN with its models and candidates, and its KV "
         "version kv/NNN). Always kept besides: round 0 (base model, tokenizer, round-0 models), the promoted "
-        "round, the round holding the newest DSIE, and an unfinished round. `coea rollback` offers the kept rounds "
+        "round, the round holding the newest DSIE, the round holding the newest grown backbone, and an unfinished "
+        "round: at most keep_rounds + 4 finished rounds plus one unfinished on disk. `coea rollback` offers the kept rounds "
         "that were promoted once (docs/cycle.md).", min=1)
     max_attempts: int = opt(
         3, "A round that fails this many times is not retried blindly: the cycle exits 5 until the cause is fixed "
