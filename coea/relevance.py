@@ -237,7 +237,9 @@ def calibrate(pairs: Sequence[dict], chosen: np.ndarray, rejected: np.ndarray, t
     fold: fold A's categories are scored by the calibration fitted on fold B and vice versa, so no example is judged
     by a fit that saw it. The calibration returned (and applied) is then fitted on both folds.
 
-    Returns ``(calibration, metrics)``; calibration is None when the held-out set has fewer than ``min_examples``
+    Returns ``(calibration, metrics)``; calibration is None (the caller keeps the previous one) when the fit has
+    slope 0 (``metrics["calibration_degenerate"]``: the model does not rank the held-out set), or when the held-out
+    set has fewer than ``min_examples``
     clicked or unclicked categories, or a fold has fewer than half of that (the caller keeps the previous one).
     Metrics: ``ece`` / ``brier`` (calibrated, out of fold) and ``ece_raw`` / ``brier_raw`` (sigmoid of the raw
     reward), ``pass_rate`` / ``pass_rate_raw`` = share of held-out categories scoring above ``tau_align``,
@@ -267,6 +269,15 @@ def calibrate(pairs: Sequence[dict], chosen: np.ndarray, rejected: np.ndarray, t
         "pass_rate": float((cal.probability(z) > tau_align).mean()), "pass_rate_raw": float((raw > tau_align).mean()),
         "positive_rate": float(y.mean()), "calibration_a": cal.a, "calibration_b": cal.b, "ece_bins": bins,
     })
+    if cal.a == 0.0:
+        # A slope-0 fit scores every candidate the base rate: C_align would be all keys' candidates or none, by
+        # which side of tau_align the base rate falls (found by benchmarks/live.py: three days of empty tables).
+        # The held-out set says this round's model carries no ranking signal on it, not that every candidate is
+        # alike, so the previous round's calibration (or the identity) stays, and the metric says so.
+        metrics["calibration_degenerate"] = 1
+        log.warning("calibration: slope 0 on %d held-out categories (the Relevance LLM does not rank them); keeping "
+                    "the previous calibration", len(y))
+        return None, metrics
     log.info("calibration: a %.3f, b %.3f on %d held-out categories; ECE %.3f (uncalibrated %.3f), Brier %.3f "
              "(uncalibrated %.3f)", cal.a, cal.b, len(y), metrics["ece"], metrics["ece_raw"], metrics["brier"],
              metrics["brier_raw"])

@@ -123,6 +123,18 @@ def test_calibrate_declines_with_too_few_examples():
     assert cal is None and m == {"calibration_examples": 24}
 
 
+def test_calibrate_keeps_the_previous_calibration_on_a_slope_0_fit():
+    """Held-out clicks ranked below non-clicks: a slope-0 fit would score every candidate the base rate (C_align all
+    or nothing), so calibrate declines it, reports why, and the caller keeps the previous calibration."""
+    from coea.relevance import calibrate
+
+    pairs, chosen, rejected = _held_out_pairs(200, 0.0)
+    cal, m = calibrate(pairs, rejected, chosen, 0.5)  # chosen and rejected swapped: clicks score lower
+    assert cal is None and m["calibration_degenerate"] == 1 and m["calibration_a"] == 0.0
+    cal, m = calibrate(pairs, chosen, rejected, 0.5)
+    assert cal is not None and "calibration_degenerate" not in m
+
+
 def test_a_click_with_several_negatives_counts_once():
     from coea.relevance import calibration_examples
 
