@@ -22,6 +22,7 @@ because quantizer/ imports nothing from the rest of the project).
 
 from __future__ import annotations
 
+import heapq
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,21 @@ def build_csid_map(
 ) -> CsidMap:
     """Group users by code tuple and merge groups down to ``max_groups`` (rule in the module docstring).
 
+    The rule is sequential (each merge moves one centroid), and this runs it exactly, in O(G log G) for the
+    picking plus a pruned nearest-centroid search per merge, instead of rescanning every group per merge
+    (O(G^2 d), minutes at the ~10^5 code tuples a 64^4 codebook realises on a million users; docs/scale.md):
+
+    * the smallest group comes from a heap of (size, index) with lazy deletion: a group's entry is stale once it
+      died or grew, and a grown group is pushed again, so the pop order is the rule's (smallest, then smaller
+      tuple: indices are in sorted tuple order);
+    * the most similar centroid is searched cell by cell. Cells are a few rounds of spherical k-means over the
+      starting unit centroids (they only affect speed). A cell keeps its centre ``c`` and an upper bound ``theta``
+      on the angle between ``c`` and any member's unit centroid (raised when a member's centroid moves), so no
+      member of a cell at angle ``alpha`` from the query can have a cosine above ``cos(max(0, alpha - theta))``.
+      Cells are visited by that bound, best first, and the search stops when the next bound is below the best
+      cosine found (with a margin far above rounding error), so the argmax, ties to the smaller tuple included,
+      is the one a full scan finds. The cosines themselves are computed as the full scan computes them.
+
     Args:
         indices: (N, l) RQ-VAE code indices of the (warm) users.
         embeddings: (N, d) their u_long.
@@ -126,41 +142,125 @@ def build_csid_map(
     embeddings = np.asarray(embeddings, dtype=np.float64)
     if len(indices) == 0:
         return CsidMap([], [], np.zeros((0, embeddings.shape[-1])), {})
-    codes = [tuple(int(c) for c in row) for row in indices.tolist()]
-    keys = sorted(set(codes))
-    pos = {k: g for g, k in enumerate(keys)}
-    member = np.array([pos[c] for c in codes])  # (N,)
-    sizes = np.bincount(member, minlength=len(keys)).astype(np.int64)  # (G,)
-    sums = np.zeros((len(keys), embeddings.shape[1]))
-    np.add.at(sums, member, embeddings)  # (G, d)
-    alive = np.ones(len(keys), dtype=bool)
-    parent = list(range(len(keys)))
+    uniq, member = np.unique(indices.astype(np.int64).reshape(len(indices), -1), axis=0, return_inverse=True)
+    keys: list[Code] = [tuple(row) for row in uniq.tolist()]  # sorted, as sorted(set(tuples))
+    member = member.reshape(-1)  # (N,)
+    n_groups = len(keys)
+    sizes = np.bincount(member, minlength=n_groups).astype(np.int64)  # (G,)
+    sums = np.zeros((n_groups, embeddings.shape[1]))
+    np.add.at(sums, member, embeddings)  # (G, d) in row order, as before
+    alive = np.ones(n_groups, dtype=bool)
+    n_alive = n_groups
+    merged: list[tuple[int, int]] = []  # (src, dst) in merge order
 
-    def too_many_or_small() -> bool:
-        n_alive = int(alive.sum())
-        return n_alive > 1 and (n_alive > max_groups or int(sizes[alive].min()) < min_group_size)
+    heap = [(int(sizes[g]), g) for g in range(n_groups)]
+    heapq.heapify(heap)
 
-    while too_many_or_small():
-        live = np.flatnonzero(alive)  # sorted, so ties pick the smaller code tuple
-        src = int(live[np.argmin(sizes[live])])
-        others = live[live != src]
-        unit = _unit(sums[others] / sizes[others, None])  # (G-1, d)
-        sims = unit @ _unit(sums[src] / sizes[src])  # (G-1,)
-        dst = int(others[np.argmax(sims)])
+    def smallest() -> int:
+        while True:
+            size, g = heap[0]
+            if alive[g] and size == sizes[g]:
+                return g
+            heapq.heappop(heap)
+
+    search: _CentroidSearch | None = None
+    while n_alive > 1:
+        src = smallest()
+        if not (n_alive > max_groups or int(sizes[src]) < min_group_size):
+            break
+        if search is None:
+            search = _CentroidSearch(sums, sizes)
+        heapq.heappop(heap)
+        alive[src] = False
+        search.remove(src)
+        dst = search.nearest(src)
         sums[dst] += sums[src]
         sizes[dst] += sizes[src]
-        alive[src] = False
-        parent[src] = dst
+        search.moved(dst)
+        heapq.heappush(heap, (int(sizes[dst]), dst))
+        merged.append((src, dst))
+        n_alive -= 1
 
-    def root(g: int) -> int:
-        while parent[g] != g:
-            g = parent[g]
-        return g
-
+    root = np.arange(n_groups)
+    for src, dst in reversed(merged):  # dst's own fate is already resolved: it can only have died later
+        root[src] = root[dst]
     live = np.flatnonzero(alive)
     return CsidMap(
         survivors=[keys[g] for g in live],
         sizes=[int(sizes[g]) for g in live],
         centroids=sums[live] / sizes[live, None],
-        merge={keys[g]: keys[root(g)] for g in range(len(keys))},
+        merge={keys[g]: keys[root[g]] for g in range(n_groups)},
     )
+
+
+_BOUND_MARGIN = 1e-6  # cosine slack of the cell bounds: far above the ~1e-8 error of arccos near 1
+
+
+class _CentroidSearch:
+    """Exact most-cosine-similar alive centroid, pruned by cells (see :func:`build_csid_map`).
+
+    ``unit[g]`` is ``_unit(sums[g] / sizes[g])``, refreshed when g's centroid moves, so a cosine is computed from
+    the same unit vectors a full rescan computes.
+    """
+
+    def __init__(self, sums: np.ndarray, sizes: np.ndarray, *, iterations: int = 4) -> None:
+        self.sums, self.sizes = sums, sizes
+        self.unit = _unit(sums / sizes[:, None])  # (G, d)
+        n = len(sizes)
+        k = max(1, min(n, int(np.sqrt(n))))
+        centers = self.unit[np.linspace(0, n - 1, k).astype(np.int64)]  # (K, d) deterministic start
+        for _ in range(iterations):  # spherical k-means: cells only steer the search, any cells are exact
+            cell = np.argmax(self.unit @ centers.T, axis=1) if n * k <= 4e6 else self._assign_blocked(centers)
+            sums_k = np.zeros_like(centers)
+            np.add.at(sums_k, cell, self.unit)
+            empty = ~sums_k.any(axis=1)
+            centers = np.where(empty[:, None], centers, _unit(sums_k))
+        self.cell = np.argmax(self.unit @ centers.T, axis=1) if n * k <= 4e6 else self._assign_blocked(centers)
+        self.centers = centers
+        order = np.argsort(self.cell, kind="stable")
+        bounds = np.searchsorted(self.cell[order], np.arange(k + 1))
+        self.members = [order[bounds[c]:bounds[c + 1]] for c in range(k)]  # ascending group index per cell
+        self.dead = np.zeros(k, dtype=np.int64)
+        self.alive = np.ones(n, dtype=bool)
+        cos = np.clip(np.einsum("gd,gd->g", self.unit, centers[self.cell]), -1.0, 1.0)
+        self.theta = np.zeros(k)
+        np.maximum.at(self.theta, self.cell, np.arccos(cos))
+
+    def _assign_blocked(self, centers: np.ndarray, block: int = 4_096) -> np.ndarray:
+        return np.concatenate([np.argmax(self.unit[a:a + block] @ centers.T, axis=1)
+                               for a in range(0, len(self.unit), block)])
+
+    def remove(self, g: int) -> None:
+        self.alive[g] = False
+        c = self.cell[g]
+        self.dead[c] += 1
+        if self.dead[c] * 2 > len(self.members[c]):  # compact: keep scans proportional to the alive members
+            self.members[c] = self.members[c][self.alive[self.members[c]]]
+            self.dead[c] = 0
+
+    def moved(self, g: int) -> None:
+        self.unit[g] = _unit(self.sums[g:g + 1] / self.sizes[g:g + 1, None])[0]
+        c = self.cell[g]
+        angle = float(np.arccos(np.clip(self.unit[g] @ self.centers[c], -1.0, 1.0)))
+        self.theta[c] = max(self.theta[c], angle)
+
+    def nearest(self, src: int) -> int:
+        """The alive group (src already removed) whose unit centroid has the highest cosine with src's;
+        ties: the smaller index."""
+        q = _unit(self.sums[src] / self.sizes[src])  # (d,) as the full scan computes it
+        alpha = np.arccos(np.clip(self.centers @ q, -1.0, 1.0))  # (K,)
+        bound = np.cos(np.maximum(0.0, alpha - self.theta)) + _BOUND_MARGIN  # (K,)
+        best_sim, best = -np.inf, -1
+        for c in np.argsort(-bound, kind="stable"):
+            if bound[c] < best_sim:
+                break
+            rows = self.members[c]
+            rows = rows[self.alive[rows]]
+            if not len(rows):
+                continue
+            sims = self.unit[rows] @ q  # (n_c,)
+            j = int(np.argmax(sims))
+            sim, g = float(sims[j]), int(rows[j])
+            if sim > best_sim or (sim == best_sim and g < best):
+                best_sim, best = sim, g
+        return best
