@@ -128,9 +128,9 @@ def build_csid_map(
       starting unit centroids (they only affect speed). A cell keeps its centre ``c`` and an upper bound ``theta``
       on the angle between ``c`` and any member's unit centroid (raised when a member's centroid moves), so no
       member of a cell at angle ``alpha`` from the query can have a cosine above ``cos(max(0, alpha - theta))``.
-      Cells are visited by that bound, best first, and the search stops when the next bound is below the best
-      cosine found (with a margin far above rounding error), so the argmax, ties to the smaller tuple included,
-      is the one a full scan finds. The cosines themselves are computed as the full scan computes them.
+      The cell with the highest bound is scanned first; then every cell whose bound (plus a margin far above
+      rounding error) reaches the best cosine found is scanned in one product, so the argmax, ties to the smaller
+      tuple included, is the one a full scan finds. The cosines themselves are computed as the full scan computes them.
 
     Args:
         indices: (N, l) RQ-VAE code indices of the (warm) users.
@@ -251,16 +251,32 @@ class _CentroidSearch:
         alpha = np.arccos(np.clip(self.centers @ q, -1.0, 1.0))  # (K,)
         bound = np.cos(np.maximum(0.0, alpha - self.theta)) + _BOUND_MARGIN  # (K,)
         best_sim, best = -np.inf, -1
-        for c in np.argsort(-bound, kind="stable"):
-            if bound[c] < best_sim:
+        # the cell with the highest bound first; then, in one product, every other cell whose bound reaches the
+        # best cosine found (a cell below it cannot hold a better or an equal, smaller-index, group)
+        order = np.argsort(-bound, kind="stable")
+        for c in order:
+            rows = self._alive_members(int(c))
+            if len(rows):
+                best_sim, best = self._best(rows, q)
+                first = int(c)
                 break
-            rows = self.members[c]
+        cand = np.flatnonzero(bound >= best_sim)
+        cand = cand[cand != first]
+        if len(cand):
+            rows = np.concatenate([self.members[int(c)] for c in cand])
             rows = rows[self.alive[rows]]
-            if not len(rows):
-                continue
-            sims = self.unit[rows] @ q  # (n_c,)
-            j = int(np.argmax(sims))
-            sim, g = float(sims[j]), int(rows[j])
-            if sim > best_sim or (sim == best_sim and g < best):
-                best_sim, best = sim, g
+            if len(rows):
+                sim, g = self._best(np.sort(rows), q)
+                if sim > best_sim or (sim == best_sim and g < best):
+                    best_sim, best = sim, g
         return best
+
+    def _alive_members(self, c: int) -> np.ndarray:
+        rows = self.members[c]
+        return rows[self.alive[rows]]
+
+    def _best(self, rows: np.ndarray, q: np.ndarray) -> tuple[float, int]:
+        """(highest cosine, its group) among ``rows`` (ascending), ties to the first (the smaller index)."""
+        sims = self.unit[rows] @ q  # (n,)
+        j = int(np.argmax(sims))
+        return float(sims[j]), int(rows[j])
