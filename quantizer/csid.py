@@ -117,20 +117,18 @@ def build_csid_map(
 ) -> CsidMap:
     """Group users by code tuple and merge groups down to ``max_groups`` (rule in the module docstring).
 
-    The rule is sequential (each merge moves one centroid), and this runs it exactly, in O(G log G) for the
-    picking plus a pruned nearest-centroid search per merge, instead of rescanning every group per merge
-    (O(G^2 d), minutes at the ~10^5 code tuples a 64^4 codebook realises on a million users; docs/scale.md):
+    The rule is sequential and its nearest-centroid step is a search over every alive group, so it is
+    Theta(G^2 d) in the number G of realised code tuples whatever the implementation (in the standardised u_long
+    space no index prunes: a cell index with exact angular bounds still scanned ~90% of the centroids per merge
+    on real DSIE output; docs/scale.md). What this implementation removes is the rest of the old loop's cost:
 
-    * the smallest group comes from a heap of (size, index) with lazy deletion: a group's entry is stale once it
-      died or grew, and a grown group is pushed again, so the pop order is the rule's (smallest, then smaller
-      tuple: indices are in sorted tuple order);
-    * the most similar centroid is searched cell by cell. Cells are a few rounds of spherical k-means over the
-      starting unit centroids (they only affect speed). A cell keeps its centre ``c`` and an upper bound ``theta``
-      on the angle between ``c`` and any member's unit centroid (raised when a member's centroid moves), so no
-      member of a cell at angle ``alpha`` from the query can have a cosine above ``cos(max(0, alpha - theta))``.
-      The cell with the highest bound is scanned first; then every cell whose bound (plus a margin far above
-      rounding error) reaches the best cosine found is scanned in one product, so the argmax, ties to the smaller
-      tuple included, is the one a full scan finds. The cosines themselves are computed as the full scan computes them.
+    * the smallest group comes from a heap of (size, index) with lazy deletion (a group's entry is stale once it
+      died or grew; a grown group is pushed again), so the pop order is the rule's (smallest, then the smaller
+      tuple: indices are in sorted tuple order) at O(log G) instead of a scan;
+    * unit centroids are cached and refreshed only for the group that grew, instead of recomputing all of them;
+    * cosines are computed for a batch of upcoming picks at once (one matrix product, BLAS-3), and a cached
+      column is corrected for the centroids that moved since it was computed, so each pick sees exactly the
+      current centroids. The argmax, ties to the smaller tuple, is the full scan's.
 
     Args:
         indices: (N, l) RQ-VAE code indices of the (warm) users.
@@ -156,24 +154,27 @@ def build_csid_map(
     heap = [(int(sizes[g]), g) for g in range(n_groups)]
     heapq.heapify(heap)
 
-    def smallest() -> int:
-        while True:
-            size, g = heap[0]
-            if alive[g] and size == sizes[g]:
-                return g
-            heapq.heappop(heap)
+    def valid(entry: tuple[int, int]) -> bool:
+        return bool(alive[entry[1]]) and entry[0] == sizes[entry[1]]
 
-    search: _CentroidSearch | None = None
+    def smallest() -> int:
+        while not valid(heap[0]):
+            heapq.heappop(heap)
+        return heap[0][1]
+
+    search: _CosineColumns | None = None
     while n_alive > 1:
         src = smallest()
         if not (n_alive > max_groups or int(sizes[src]) < min_group_size):
             break
         if search is None:
-            search = _CentroidSearch(sums, sizes)
+            search = _CosineColumns(sums, sizes)
+        if not search.has(src):  # cosines for src and the next picks in line, in one product
+            upcoming = [e[1] for e in heapq.nsmallest(search.batch * 2, heap) if valid(e)][: search.batch]
+            search.compute([src] + [g for g in upcoming if g != src], alive)
         heapq.heappop(heap)
         alive[src] = False
-        search.remove(src)
-        dst = search.nearest(src)
+        dst = search.nearest(src, alive)
         sums[dst] += sums[src]
         sizes[dst] += sizes[src]
         search.moved(dst)
@@ -193,90 +194,44 @@ def build_csid_map(
     )
 
 
-_BOUND_MARGIN = 1e-6  # cosine slack of the cell bounds: far above the ~1e-8 error of arccos near 1
+class _CosineColumns:
+    """Cosines of picked groups' centroids with every alive group's, computed a batch at a time and kept exact.
 
-
-class _CentroidSearch:
-    """Exact most-cosine-similar alive centroid, pruned by cells (see :func:`build_csid_map`).
-
-    ``unit[g]`` is ``_unit(sums[g] / sizes[g])``, refreshed when g's centroid moves, so a cosine is computed from
-    the same unit vectors a full rescan computes.
+    ``unit[g]`` is ``_unit(sums[g] / sizes[g])`` (as a full rescan computes it), refreshed when g grows. A batch
+    is one product over the groups alive at that time (``rows``, ascending, so the first maximum is the smaller
+    tuple); a row computed at merge ``t`` is corrected, when used, for every group that moved after ``t``.
     """
 
-    def __init__(self, sums: np.ndarray, sizes: np.ndarray, *, iterations: int = 4) -> None:
+    def __init__(self, sums: np.ndarray, sizes: np.ndarray) -> None:
         self.sums, self.sizes = sums, sizes
         self.unit = _unit(sums / sizes[:, None])  # (G, d)
-        n = len(sizes)
-        k = max(1, min(n, int(np.sqrt(n))))
-        centers = self.unit[np.linspace(0, n - 1, k).astype(np.int64)]  # (K, d) deterministic start
-        for _ in range(iterations):  # spherical k-means: cells only steer the search, any cells are exact
-            cell = np.argmax(self.unit @ centers.T, axis=1) if n * k <= 4e6 else self._assign_blocked(centers)
-            sums_k = np.zeros_like(centers)
-            np.add.at(sums_k, cell, self.unit)
-            empty = ~sums_k.any(axis=1)
-            centers = np.where(empty[:, None], centers, _unit(sums_k))
-        self.cell = np.argmax(self.unit @ centers.T, axis=1) if n * k <= 4e6 else self._assign_blocked(centers)
-        self.centers = centers
-        order = np.argsort(self.cell, kind="stable")
-        bounds = np.searchsorted(self.cell[order], np.arange(k + 1))
-        self.members = [order[bounds[c]:bounds[c + 1]] for c in range(k)]  # ascending group index per cell
-        self.dead = np.zeros(k, dtype=np.int64)
-        self.alive = np.ones(n, dtype=bool)
-        cos = np.clip(np.einsum("gd,gd->g", self.unit, centers[self.cell]), -1.0, 1.0)
-        self.theta = np.zeros(k)
-        np.maximum.at(self.theta, self.cell, np.arccos(cos))
+        self.batch = int(min(256, max(8, 2 ** 25 // max(len(sizes), 1))))  # rows per product (<= 256 MiB)
+        self.rows = np.arange(len(sizes))  # (G_t,) the alive groups of the last product
+        self.block = np.zeros((0, 0))  # (B, G_t)
+        self.slot: dict[int, int] = {}  # group -> its row of block
+        self.t = 0  # merges done when block was computed
+        self.moves: list[int] = []  # the group that moved at each merge
+        self.last_move: dict[int, int] = {}  # group -> the merge at which it last moved
 
-    def _assign_blocked(self, centers: np.ndarray, block: int = 4_096) -> np.ndarray:
-        return np.concatenate([np.argmax(self.unit[a:a + block] @ centers.T, axis=1)
-                               for a in range(0, len(self.unit), block)])
+    def has(self, g: int) -> bool:
+        return g in self.slot and self.last_move.get(g, -1) < self.t
 
-    def remove(self, g: int) -> None:
-        self.alive[g] = False
-        c = self.cell[g]
-        self.dead[c] += 1
-        if self.dead[c] * 2 > len(self.members[c]):  # compact: keep scans proportional to the alive members
-            self.members[c] = self.members[c][self.alive[self.members[c]]]
-            self.dead[c] = 0
+    def compute(self, groups: list[int], alive: np.ndarray) -> None:
+        self.rows = np.flatnonzero(alive)
+        self.block = self.unit[groups] @ self.unit[self.rows].T  # (B, G_t), rows contiguous
+        self.slot = {g: j for j, g in enumerate(groups)}
+        self.t = len(self.moves)
+
+    def nearest(self, src: int, alive: np.ndarray) -> int:
+        """The alive group (src already dead) with the highest cosine to src's centroid; ties: smaller index."""
+        sims = np.where(alive[self.rows], self.block[self.slot.pop(src)], -np.inf)  # (G_t,)
+        moved = sorted({g for g in self.moves[self.t:] if alive[g]})
+        if moved:
+            q = _unit(self.sums[src] / self.sizes[src])  # (d,) src's centroid has not moved since t
+            sims[np.searchsorted(self.rows, moved)] = self.unit[moved] @ q  # moved groups were alive at t
+        return int(self.rows[int(np.argmax(sims))])
 
     def moved(self, g: int) -> None:
         self.unit[g] = _unit(self.sums[g:g + 1] / self.sizes[g:g + 1, None])[0]
-        c = self.cell[g]
-        angle = float(np.arccos(np.clip(self.unit[g] @ self.centers[c], -1.0, 1.0)))
-        self.theta[c] = max(self.theta[c], angle)
-
-    def nearest(self, src: int) -> int:
-        """The alive group (src already removed) whose unit centroid has the highest cosine with src's;
-        ties: the smaller index."""
-        q = _unit(self.sums[src] / self.sizes[src])  # (d,) as the full scan computes it
-        alpha = np.arccos(np.clip(self.centers @ q, -1.0, 1.0))  # (K,)
-        bound = np.cos(np.maximum(0.0, alpha - self.theta)) + _BOUND_MARGIN  # (K,)
-        best_sim, best = -np.inf, -1
-        # the cell with the highest bound first; then, in one product, every other cell whose bound reaches the
-        # best cosine found (a cell below it cannot hold a better or an equal, smaller-index, group)
-        order = np.argsort(-bound, kind="stable")
-        for c in order:
-            rows = self._alive_members(int(c))
-            if len(rows):
-                best_sim, best = self._best(rows, q)
-                first = int(c)
-                break
-        cand = np.flatnonzero(bound >= best_sim)
-        cand = cand[cand != first]
-        if len(cand):
-            rows = np.concatenate([self.members[int(c)] for c in cand])
-            rows = rows[self.alive[rows]]
-            if len(rows):
-                sim, g = self._best(np.sort(rows), q)
-                if sim > best_sim or (sim == best_sim and g < best):
-                    best_sim, best = sim, g
-        return best
-
-    def _alive_members(self, c: int) -> np.ndarray:
-        rows = self.members[c]
-        return rows[self.alive[rows]]
-
-    def _best(self, rows: np.ndarray, q: np.ndarray) -> tuple[float, int]:
-        """(highest cosine, its group) among ``rows`` (ascending), ties to the first (the smaller index)."""
-        sims = self.unit[rows] @ q  # (n,)
-        j = int(np.argmax(sims))
-        return float(sims[j]), int(rows[j])
+        self.last_move[g] = len(self.moves)
+        self.moves.append(g)
