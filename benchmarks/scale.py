@@ -404,6 +404,17 @@ def stage_embed(n: int, d: Path, args) -> dict:
     model = load_encoder(d / "encoder.pt")
     data = _seq_dataset(d)
     total = data.count_rows()
+    if args.embed_max_users and total > args.embed_max_users:  # whole files in user order: whole users
+        import pyarrow.dataset as ds
+
+        files = sorted(data.files)
+        kept, rows = [], 0
+        for f in files:
+            if rows >= args.embed_max_users:
+                break
+            kept.append(f)
+            rows += ds.dataset(f, format="parquet").count_rows()
+        data, total = ds.dataset(kept, format="parquet"), rows
     dim = model.hparams["d_model"]
     u_long = np.lib.format.open_memmap(d / "u_long.npy", mode="w+", dtype=np.float32, shape=(total, dim))
     writer = None
@@ -423,8 +434,13 @@ def stage_embed(n: int, d: Path, args) -> dict:
     writer.close()
     u_long.flush()
     wall = time.perf_counter() - t
-    return {"work_s": wall, "users": total, "users_per_s": round(total / wall, 1), "d": dim,
-            "sequences_from": str(_seq_dir(d).relative_to(d))}
+    out = {"work_s": wall, "users": total, "users_per_s": round(total / wall, 1), "d": dim,
+           "sequences_from": str(_seq_dir(d).relative_to(d))}
+    if total < n:
+        out["users_processed"] = total
+        out["sampled"] = (f"--embed-max-users {args.embed_max_users}: the first {total:,} users (whole sequence "
+                          f"files, user order) of {n:,}; this stage and every later one work on them")
+    return out
 
 
 def stage_rqvae(n: int, d: Path, args) -> dict:
@@ -462,9 +478,17 @@ def stage_rqvae(n: int, d: Path, args) -> dict:
     space.flush()
     wall = time.perf_counter() - t
     used = [int(len(np.unique(codes[:, j]))) for j in range(q.levels)]
-    return {"work_s": wall, "fit_s": t_fit, "assign_s": wall - t_fit, "fit_sample": len(sample),
+    return {**_processed(d, n), "work_s": wall, "fit_s": t_fit, "assign_s": wall - t_fit, "fit_sample": len(sample),
             "warm_users": len(warm_rows), "codebook": f"{q.codebook_size} x {q.levels}", "codes_used_per_level": used,
             "reconstruction_error": res.reconstruction_error}
+
+
+def _processed(d: Path, n: int) -> dict:
+    """``users_processed`` when the embed stage worked on a sample of the world's users."""
+    import pyarrow.parquet as pq
+
+    rows = pq.ParquetFile(d / "embed_users.parquet").metadata.num_rows
+    return {"users_processed": rows} if rows < n else {}
 
 
 def stage_merge(n: int, d: Path, args) -> dict:
@@ -478,11 +502,16 @@ def stage_merge(n: int, d: Path, args) -> dict:
     cfg = cfg_for_bench()
     codes = np.load(d / "codes.npy")
     space = np.load(d / "space.npy").astype(np.float64)
+    fit = np.arange(len(codes))
+    if args.merge_max_users and len(codes) > args.merge_max_users:  # the rule on a sample; everyone assigned
+        fit = np.sort(np.random.default_rng(0).choice(len(codes), args.merge_max_users, replace=False))
     t = time.perf_counter()
-    m = build_csid_map(codes, space, max_groups=cfg.quantizer.max_groups,
+    m = build_csid_map(codes[fit], space[fit], max_groups=cfg.quantizer.max_groups,
                        min_group_size=cfg.quantizer.min_group_size)
     t_merge = time.perf_counter() - t
-    csids_warm = m.assign(codes)
+    # every warm user: a seen tuple follows the merge map, an unseen one goes to the nearest centroid (the path
+    # later rounds take for new users, coea.dsie.assign_csids)
+    csids_warm = m.assign(codes, embeddings=space if len(fit) < len(codes) else None)
     wall = time.perf_counter() - t
     meta = pq.read_table(d / "embed_users.parquet", columns=["user_id", "warm"])
     warm = meta["warm"].to_numpy(zero_copy_only=False)
@@ -491,11 +520,17 @@ def stage_merge(n: int, d: Path, args) -> dict:
     pq.write_table(pa.table({"user_id": meta["user_id"], "csid": pa.array(csids.tolist(), type=pa.string())}),
                    d / "user_csid.parquet")
     sizes = np.asarray(m.sizes)
-    rescan = _rescan_cost(codes, space, merges=100) if len(m.merge) > cfg.quantizer.max_groups else None
+    rescan = _rescan_cost(codes[fit], space[fit], merges=100) if len(m.merge) > cfg.quantizer.max_groups else None
     if rescan:
         rescan["estimated_total_s"] = rescan["per_merge_s"] * (len(m.merge) - len(m.survivors))
-    return {"work_s": wall, "merge_s": t_merge, "assign_s": wall - t_merge, "code_tuples": len(m.merge),
+    return {**_processed(d, n), "work_s": wall, "merge_s": t_merge, "assign_s": wall - t_merge,
+            "code_tuples": len(m.merge),
             "previous_rule_rescan": rescan,
+            "sampled": None if len(fit) == len(codes) else {
+                "fit_users": len(fit), "of_warm_users": len(codes),
+                "distinct_tuples_all_users": int(len(np.unique(codes, axis=0))),
+                "why": f"--merge-max-users {args.merge_max_users}: the rule is quadratic in code tuples; the map is "
+                       "built on a uniform user sample and every user is assigned with it"},
             "groups": len(m.survivors), "warm_users": int(warm.sum()),
             "group_size": {"min": int(sizes.min()), "median": float(np.median(sizes)), "max": int(sizes.max())}}
 
@@ -544,7 +579,7 @@ def stage_keys(n: int, d: Path, args) -> dict:
     pq.write_table(keys, d / "keys.parquet")
     wall = time.perf_counter() - t
     n_states = len(pa.compute.unique(users["short_hash"]))
-    return {"work_s": wall, "keys": keys.num_rows, "users": users.num_rows, "distinct_c_short": n_states,
+    return {**_processed(d, n), "work_s": wall, "keys": keys.num_rows, "users": users.num_rows, "distinct_c_short": n_states,
             "distinct_csid": len(pa.compute.unique(csid)), "users_per_key": round(users.num_rows / keys.num_rows, 2)}
 
 
@@ -639,7 +674,7 @@ def stage_kv(n: int, d: Path, args) -> dict:
     groups = keys.group_by("csid").aggregate([("short_hash", "count")]).to_pylist()
     (dsie / "groups.jsonl").write_text("".join(json.dumps({"csid": g["csid"], "size": g["short_hash_count"],
                                                            "portrait": _portrait(g["csid"])}) + "\n" for g in groups))
-    return {"work_s": wall, "entries": len(raw), "sst_files": len(ranges), "sort_s": t_sort, "sst_write_s": t_sst,
+    return {**_processed(d, n), "work_s": wall, "entries": len(raw), "sst_files": len(ranges), "sort_s": t_sort, "sst_write_s": t_sst,
             "ingest_promote_s": wall - t_sort - t_sst, "kv_mb": dir_mb(wd / "kv"),
             "mean_value_bytes": sum(map(len, values)) / len(values)}
 
@@ -728,7 +763,8 @@ def stage_export(n: int, d: Path, args) -> dict:
     t = time.perf_counter()
     res = export(d / "wd", d / "export", spark=spark, range_partitions=8)
     wall = time.perf_counter() - t
-    out = {"work_s": wall, "rows": res["rows"], "jvm_peak_rss_mb": jvm_peak_mb(spark), "output_mb": dir_mb(d / "export")}
+    out = {**_processed(d, n), "work_s": wall, "rows": res["rows"], "jvm_peak_rss_mb": jvm_peak_mb(spark),
+           "output_mb": dir_mb(d / "export")}
     spark.stop()
     return out
 
@@ -788,7 +824,8 @@ def make_plan(doc: dict) -> dict | None:
     if not sizes:
         return None
     big = sizes[-1]
-    keys_fit = power_fit([(int(s), runs[s]["keys"]["keys"]) for s in sizes if "keys" in runs[s].get("keys", {})])
+    keys_fit = power_fit([(runs[s]["keys"].get("users_processed", int(s)), runs[s]["keys"]["keys"]) for s in sizes
+                          if "keys" in runs[s].get("keys", {})])
     score = next((runs[s]["scoring"] for s in reversed(sizes) if "per_key_s" in runs[s].get("scoring", {})), None)
     dpo = next((runs[s]["dpo"] for s in reversed(sizes) if "per_pair_s" in runs[s].get("dpo", {})), None)
     rel = next((runs[s]["relevance"] for s in reversed(sizes) if "per_pair_s" in runs[s].get("relevance", {})), None)
@@ -797,7 +834,7 @@ def make_plan(doc: dict) -> dict | None:
     a, b = keys_fit
     keys_full = a * MTREC_USERS ** b
     warm = runs[big].get("merge", {}).get("warm_users")
-    active_share = warm / int(big) if warm else 1.0
+    active_share = warm / runs[big]["merge"].get("users_processed", int(big)) if warm else 1.0
     dpo_pairs = max(1, int(0.01 * active_share * MTREC_USERS))
     relevance_pairs_all = MTREC_CLICKS / MTREC_DAYS  # every new click of a day, one sampled negative each
     import yaml
@@ -833,7 +870,8 @@ def make_plan(doc: dict) -> dict | None:
         }
     data_stages = {}
     for stage in ("world", "seq_spark", "encoder", "embed", "rqvae", "merge", "keys", "kv", "export"):
-        pts = [(int(s), runs[s][stage]["work_s"]) for s in sizes if "work_s" in runs[s].get(stage, {})]
+        pts = [(runs[s][stage].get("users_processed", int(s)), runs[s][stage]["work_s"]) for s in sizes
+               if "work_s" in runs[s].get(stage, {})]
         fit = power_fit(pts) if len(pts) >= 2 else None
         if fit:
             data_stages[stage] = {"exponent": round(fit[1], 3), "full_size_s_2_cores": round(fit[0] * MTREC_USERS ** fit[1], 1)}
@@ -886,12 +924,13 @@ def summarise(doc: dict) -> None:
     sizes = sorted(doc["runs"], key=int)
     exps = {}
     for stage in STAGES:
-        pts = [(int(s), doc["runs"][s][stage].get("work_s")) for s in sizes if stage in doc["runs"][s]
-               and "work_s" in doc["runs"][s][stage] and not doc["runs"][s][stage].get("sampled_users_differ")]
-        rss = [(int(s), doc["runs"][s][stage].get("peak_rss_mb")) for s in sizes if stage in doc["runs"][s]]
+        rows = [(doc["runs"][s][stage].get("users_processed", int(s)), doc["runs"][s][stage]) for s in sizes
+                if stage in doc["runs"][s]]
+        pts = [(u, r["work_s"]) for u, r in rows if "work_s" in r]
+        rss = [(u, r.get("peak_rss_mb")) for u, r in rows if "work_s" in r]
         exps[stage] = {"wall": fit_exponent(pts), "peak_rss": fit_exponent(rss), "sizes": [p[0] for p in pts]}
-    keys = [(int(s), doc["runs"][s]["keys"]["keys"]) for s in sizes if "keys" in doc["runs"][s]
-            and "keys" in doc["runs"][s]["keys"]]
+    keys = [(doc["runs"][s]["keys"].get("users_processed", int(s)), doc["runs"][s]["keys"]["keys"]) for s in sizes
+            if "keys" in doc["runs"][s] and "keys" in doc["runs"][s]["keys"]]
     doc["exponents"] = exps
     doc["keys_vs_users"] = {"points": keys, "exponent": fit_exponent(keys)}
     try:
@@ -909,7 +948,7 @@ def plot(doc: dict, png: Path) -> None:
     sizes = sorted(doc["runs"], key=int)
     fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5))
     for stage in STAGES:
-        pts = [(int(s), doc["runs"][s][stage]["work_s"]) for s in sizes
+        pts = [(doc["runs"][s][stage].get("users_processed", int(s)), doc["runs"][s][stage]["work_s"]) for s in sizes
                if "work_s" in doc["runs"][s].get(stage, {})]
         if pts:
             e = doc["exponents"].get(stage, {}).get("wall")
@@ -944,7 +983,8 @@ def run_child(stage: str, n: int, args) -> dict:
            "--encoder-sample", str(args.encoder_sample), "--rqvae-sample", str(args.rqvae_sample),
            "--score-keys", str(args.score_keys), "--pairs-small", str(args.pairs_small),
            "--pairs-large", str(args.pairs_large), "--pandas-max-users", str(args.pandas_max_users),
-           "--spark-max-users", str(args.spark_max_users)]
+           "--spark-max-users", str(args.spark_max_users), "--merge-max-users", str(args.merge_max_users),
+           "--embed-max-users", str(args.embed_max_users)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "OPENBLAS_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
     log_path = Path(args.root) / str(n) / f"{stage}.log"
@@ -986,6 +1026,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pandas-max-users", type=int, default=100_000)
     ap.add_argument("--spark-max-users", type=int, default=0,
                     help="above this many users, seq_spark runs on the first user chunks only (0 = all users)")
+    ap.add_argument("--embed-max-users", type=int, default=0,
+                    help="above this many users, embed (and so every later stage) works on the first users only")
+    ap.add_argument("--merge-max-users", type=int, default=0,
+                    help="above this many warm users, the merge rule runs on a uniform sample of them and every "
+                         "user is assigned with the resulting map (0 = all)")
     ap.add_argument("--child", choices=STAGES, help=argparse.SUPPRESS)
     ap.add_argument("--plot", nargs=2, metavar=("JSON", "PNG"), help="only redraw the plot from a results file")
     args = ap.parse_args(argv)
