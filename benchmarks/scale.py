@@ -778,6 +778,7 @@ QWEN = {"0.5B": (896, 4864, 24, 14, 2, 151_936), "7B": (3584, 18944, 28, 28, 4, 
 GPU = {"name": "H200", "peak_flops": 989e12, "mfu_scoring": 0.25, "mfu_training": 0.30}
 BPE_TOKENS_PER_WORD = 1.3  # Qwen's BPE against the embedded word-level tokenizer (prompt words, category names)
 WINDOW_H = 4.0
+NUM_CANDIDATES = 5  # novelty.num_candidates (M) in configs/mtrec.yaml (the default)
 
 
 def body_params(hidden: int, mlp: int, layers: int, heads: int, kv_heads: int) -> int:
@@ -852,17 +853,22 @@ def make_plan(doc: dict) -> dict | None:
         f_key = scoring_flops(shape, p_tok, c_tok, MTREC_CATEGORIES)
         f_dpo = pair_flops(shape, p_tok, c_tok, shared_prompt=True, reference_forward=True)
         f_rel = pair_flops(shape, p_tok, c_tok, shared_prompt=False, reference_forward=False)
+        # the Relevance LLM scores the Novelty LLM's M candidates of every key (s_i, then tau_align): one forward
+        # of prompt + candidate each (a sequence-classification head: no LM head)
+        f_align = 2 * body_params(*shape[:5]) * (p_tok + c_tok) * NUM_CANDIDATES
         gpu_h = {
             "scoring": keys_full * f_key / eff["scoring"] / 3600,
+            "relevance_scoring": keys_full * f_align / eff["scoring"] / 3600,
             "dpo": dpo_pairs * f_dpo / eff["training"] / 3600,
             "relevance_all_new_clicks": relevance_pairs_all * f_rel / eff["training"] / 3600,
             "relevance_capped": relevance_pairs_cap * f_rel / eff["training"] / 3600,
         }
-        total_capped = gpu_h["scoring"] + gpu_h["dpo"] + gpu_h["relevance_capped"]
-        total_all = gpu_h["scoring"] + gpu_h["dpo"] + gpu_h["relevance_all_new_clicks"]
+        daily = gpu_h["scoring"] + gpu_h["relevance_scoring"] + gpu_h["dpo"]
+        total_capped = daily + gpu_h["relevance_capped"]
+        total_all = daily + gpu_h["relevance_all_new_clicks"]
         shapes[name] = {
             "body_params": body_params(*shape[:5]), "flops_per_key": f_key, "flops_per_dpo_pair": f_dpo,
-            "flops_per_relevance_pair": f_rel,
+            "flops_per_relevance_pair": f_rel, "flops_per_key_relevance_scoring": f_align,
             "gpu_s_per_key": f_key / eff["scoring"], "gpu_s_per_dpo_pair": f_dpo / eff["training"],
             "cpu_to_gpu_factor_scoring": round(eff["scoring"] / cpu_flops_per_s, 1),
             "gpu_hours": {k: round(v, 3) for k, v in gpu_h.items()},
