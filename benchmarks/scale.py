@@ -881,6 +881,11 @@ def make_plan(doc: dict) -> dict | None:
         fit = power_fit(pts) if len(pts) >= 2 else None
         if fit:
             data_stages[stage] = {"exponent": round(fit[1], 3), "full_size_s_2_cores": round(fit[0] * MTREC_USERS ** fit[1], 1)}
+    merge = runs[big].get("merge", {})
+    if isinstance(merge.get("sampled"), dict):  # the map on a fixed user sample + assigning everyone (linear)
+        data_stages["merge"] = {"exponent": None, "how": "map on the same sample (constant) + assignment x users",
+                                "full_size_s_2_cores": round(merge["merge_s"] + merge["assign_s"] * MTREC_USERS
+                                                             / merge.get("users_processed", int(big)), 1)}
     cpu_path_s = sum(v["full_size_s_2_cores"] for k, v in data_stages.items() if k != "world")
     return {
         "users": MTREC_USERS, "clicks": MTREC_CLICKS, "categories": MTREC_CATEGORIES, "max_groups": 4000,
@@ -932,9 +937,12 @@ def summarise(doc: dict) -> None:
     for stage in STAGES:
         rows = [(doc["runs"][s][stage].get("users_processed", int(s)), doc["runs"][s][stage]) for s in sizes
                 if stage in doc["runs"][s]]
-        pts = [(u, r["work_s"]) for u, r in rows if "work_s" in r]
-        rss = [(u, r.get("peak_rss_mb")) for u, r in rows if "work_s" in r]
-        exps[stage] = {"wall": fit_exponent(pts), "peak_rss": fit_exponent(rss), "sizes": [p[0] for p in pts]}
+        # a row that ran a different algorithm on a sample (merge: the map on a user sample) is not on the curve
+        same = [(u, r) for u, r in rows if "work_s" in r and not isinstance(r.get("sampled"), dict)]
+        pts = [(u, r["work_s"]) for u, r in same]
+        rss = [(u, r.get("peak_rss_mb")) for u, r in same]
+        exps[stage] = {"wall": fit_exponent(pts), "peak_rss": fit_exponent(rss), "sizes": [p[0] for p in pts],
+                       "not_fitted": [u for u, r in rows if isinstance(r.get("sampled"), dict)]}
     keys = [(doc["runs"][s]["keys"].get("users_processed", int(s)), doc["runs"][s]["keys"]["keys"]) for s in sizes
             if "keys" in doc["runs"][s] and "keys" in doc["runs"][s]["keys"]]
     doc["exponents"] = exps
@@ -953,12 +961,14 @@ def plot(doc: dict, png: Path) -> None:
 
     sizes = sorted(doc["runs"], key=int)
     fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5))
-    for stage in STAGES:
+    colours = plt.get_cmap("tab20").colors
+    for i, stage in enumerate(STAGES):
         pts = [(doc["runs"][s][stage].get("users_processed", int(s)), doc["runs"][s][stage]["work_s"]) for s in sizes
                if "work_s" in doc["runs"][s].get(stage, {})]
         if pts:
             e = doc["exponents"].get(stage, {}).get("wall")
-            a.plot(*zip(*pts), marker="o", label=f"{stage} ({'n/a' if e is None else f'{e:+.2f}'})")
+            a.plot(*zip(*pts), marker="os^Dv"[i % 5], ls=("-", "--")[i % 2], color=colours[i % 20],
+                   label=f"{stage} ({'n/a' if e is None else f'{e:+.2f}'})")
     a.set(xscale="log", yscale="log", xlabel="users", ylabel="wall s (stage's own region)",
           title="wall time per stage (slope = growth exponent)")
     a.legend(fontsize=7)
