@@ -597,6 +597,33 @@ def show_result(args: argparse.Namespace, result: Any, *, heading: str = "") -> 
         emit("\n".join(str(line) for line in lines))
 
 
+def cmd_world(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from coea.data.world import WorldSpec, write_world
+
+    spec = WorldSpec(**{f.name: getattr(args, f.name) for f in fields(WorldSpec)})
+    try:
+        spec.check()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out {out} exists and is not an empty directory; coea world writes a new log")
+
+    def progress(day: int, clicks: int) -> None:
+        log.info("world: day %d/%d complete (%s clicks)", day + 1, spec.days, f"{clicks:,}")
+
+    result = write_world(spec, out, progress=progress)
+    summary = {"out": str(result.path), "users": spec.users, "clicks": result.clicks,
+               "clicks_per_user": round(result.clicks / spec.users, 1), "days": spec.days,
+               "files": result.files, "wall_s": round(result.wall_s, 2)}
+    emit(json.dumps(summary) if args.json else
+         f"coea world: {summary['clicks']:,} clicks of {spec.users:,} users over {spec.days} days "
+         f"({summary['clicks_per_user']} per user) in {summary['files']} files under {out} ({summary['wall_s']} s)")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------------ parser
 
 
@@ -724,6 +751,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extras", default="", metavar="A,B", help="coea extras to include, e.g. deepspeed,spark")
     p.add_argument("--dry-run", action="store_true", help="print the pip command lines without running them")
     p.set_defaults(fn=cmd_wheelhouse)
+
+    from coea.data.world import MTREC, MTREC_CLICKS_PER_USER
+
+    p = add("world", "write an MTRec-shaped synthetic click log as day partitions", result=True,
+            description="Write a synthetic click log of any size in the live-log layout (items.parquet, users.parquet, "
+                        "events/date=D/part-C.parquet + _SUCCESS), day by day, user chunk by user chunk, in bounded "
+                        "memory (docs/scale.md). Clicks only. Defaults are MTRec's shape: 594 categories, 27,953 "
+                        "items, 25 days, ~228 clicks per user.")
+    p.add_argument("--users", type=int, required=True, help="users (MTRec: 1,450,381)")
+    p.add_argument("--categories", type=int, default=MTREC["categories"], help="categories (default 594)")
+    p.add_argument("--days", type=int, default=MTREC["days"], help="days, one partition each (default 25)")
+    p.add_argument("--items", type=int, default=MTREC["items"], help="items (default 27,953)")
+    p.add_argument("--clicks-per-user", type=float, default=MTREC_CLICKS_PER_USER,
+                   help="mean clicks per user over all days (default 228, MTRec's)")
+    p.add_argument("--groups", type=int, default=100, help="latent user groups (default 100)")
+    p.add_argument("--categories-per-group", type=int, default=8, help="core categories per group (default 8)")
+    p.add_argument("--latent-per-user", type=int, default=3, help="latent interests per user (default 3)")
+    p.add_argument("--drift", type=float, default=0.3, help="short-term drift probability (default 0.3)")
+    p.add_argument("--discover-prob", type=float, default=0.1,
+                   help="per-day probability of discovering a latent interest (default 0.1)")
+    p.add_argument("--user-features", type=int, default=3, help="sparse user features (default 3)")
+    p.add_argument("--chunk-users", type=int, default=50_000,
+                   help="users generated at a time: bounds memory (default 50,000)")
+    p.add_argument("--seed", type=int, default=0, help="seed (with --chunk-users, fixes the whole log)")
+    p.add_argument("--first-day", default="2024-01-01", help="UTC day of the first partition (YYYY-MM-DD)")
+    p.add_argument("--out", required=True, help="output directory (new or empty)")
+    p.set_defaults(fn=cmd_world)
     return parser
 
 

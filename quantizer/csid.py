@@ -22,6 +22,7 @@ because quantizer/ imports nothing from the rest of the project).
 
 from __future__ import annotations
 
+import heapq
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,19 @@ def build_csid_map(
 ) -> CsidMap:
     """Group users by code tuple and merge groups down to ``max_groups`` (rule in the module docstring).
 
+    The rule is sequential and its nearest-centroid step is a search over every alive group, so it is
+    Theta(G^2 d) in the number G of realised code tuples whatever the implementation (in the standardised u_long
+    space no index prunes: a cell index with exact angular bounds still scanned ~90% of the centroids per merge
+    on real DSIE output; docs/scale.md). What this implementation removes is the rest of the old loop's cost:
+
+    * the smallest group comes from a heap of (size, index) with lazy deletion (a group's entry is stale once it
+      died or grew; a grown group is pushed again), so the pop order is the rule's (smallest, then the smaller
+      tuple: indices are in sorted tuple order) at O(log G) instead of a scan;
+    * unit centroids are cached and refreshed only for the group that grew, instead of recomputing all of them;
+    * cosines are computed for a batch of upcoming picks at once (one matrix product, BLAS-3), and a cached
+      column is corrected for the centroids that moved since it was computed, so each pick sees exactly the
+      current centroids. The argmax, ties to the smaller tuple, is the full scan's.
+
     Args:
         indices: (N, l) RQ-VAE code indices of the (warm) users.
         embeddings: (N, d) their u_long.
@@ -126,41 +140,98 @@ def build_csid_map(
     embeddings = np.asarray(embeddings, dtype=np.float64)
     if len(indices) == 0:
         return CsidMap([], [], np.zeros((0, embeddings.shape[-1])), {})
-    codes = [tuple(int(c) for c in row) for row in indices.tolist()]
-    keys = sorted(set(codes))
-    pos = {k: g for g, k in enumerate(keys)}
-    member = np.array([pos[c] for c in codes])  # (N,)
-    sizes = np.bincount(member, minlength=len(keys)).astype(np.int64)  # (G,)
-    sums = np.zeros((len(keys), embeddings.shape[1]))
-    np.add.at(sums, member, embeddings)  # (G, d)
-    alive = np.ones(len(keys), dtype=bool)
-    parent = list(range(len(keys)))
+    uniq, member = np.unique(indices.astype(np.int64).reshape(len(indices), -1), axis=0, return_inverse=True)
+    keys: list[Code] = [tuple(row) for row in uniq.tolist()]  # sorted, as sorted(set(tuples))
+    member = member.reshape(-1)  # (N,)
+    n_groups = len(keys)
+    sizes = np.bincount(member, minlength=n_groups).astype(np.int64)  # (G,)
+    sums = np.zeros((n_groups, embeddings.shape[1]))
+    np.add.at(sums, member, embeddings)  # (G, d) in row order, as before
+    alive = np.ones(n_groups, dtype=bool)
+    n_alive = n_groups
+    merged: list[tuple[int, int]] = []  # (src, dst) in merge order
 
-    def too_many_or_small() -> bool:
-        n_alive = int(alive.sum())
-        return n_alive > 1 and (n_alive > max_groups or int(sizes[alive].min()) < min_group_size)
+    heap = [(int(sizes[g]), g) for g in range(n_groups)]
+    heapq.heapify(heap)
 
-    while too_many_or_small():
-        live = np.flatnonzero(alive)  # sorted, so ties pick the smaller code tuple
-        src = int(live[np.argmin(sizes[live])])
-        others = live[live != src]
-        unit = _unit(sums[others] / sizes[others, None])  # (G-1, d)
-        sims = unit @ _unit(sums[src] / sizes[src])  # (G-1,)
-        dst = int(others[np.argmax(sims)])
+    def valid(entry: tuple[int, int]) -> bool:
+        return bool(alive[entry[1]]) and entry[0] == sizes[entry[1]]
+
+    def smallest() -> int:
+        while not valid(heap[0]):
+            heapq.heappop(heap)
+        return heap[0][1]
+
+    search: _CosineColumns | None = None
+    while n_alive > 1:
+        src = smallest()
+        if not (n_alive > max_groups or int(sizes[src]) < min_group_size):
+            break
+        if search is None:
+            search = _CosineColumns(sums, sizes)
+        if not search.has(src):  # cosines for src and the next picks in line, in one product
+            upcoming = [e[1] for e in heapq.nsmallest(search.batch * 2, heap) if valid(e)][: search.batch]
+            search.compute([src] + [g for g in upcoming if g != src], alive)
+        heapq.heappop(heap)
+        alive[src] = False
+        dst = search.nearest(src, alive)
         sums[dst] += sums[src]
         sizes[dst] += sizes[src]
-        alive[src] = False
-        parent[src] = dst
+        search.moved(dst)
+        heapq.heappush(heap, (int(sizes[dst]), dst))
+        merged.append((src, dst))
+        n_alive -= 1
 
-    def root(g: int) -> int:
-        while parent[g] != g:
-            g = parent[g]
-        return g
-
+    root = np.arange(n_groups)
+    for src, dst in reversed(merged):  # dst's own fate is already resolved: it can only have died later
+        root[src] = root[dst]
     live = np.flatnonzero(alive)
     return CsidMap(
         survivors=[keys[g] for g in live],
         sizes=[int(sizes[g]) for g in live],
         centroids=sums[live] / sizes[live, None],
-        merge={keys[g]: keys[root(g)] for g in range(len(keys))},
+        merge={keys[g]: keys[root[g]] for g in range(n_groups)},
     )
+
+
+class _CosineColumns:
+    """Cosines of picked groups' centroids with every alive group's, computed a batch at a time and kept exact.
+
+    ``unit[g]`` is ``_unit(sums[g] / sizes[g])`` (as a full rescan computes it), refreshed when g grows. A batch
+    is one product over the groups alive at that time (``rows``, ascending, so the first maximum is the smaller
+    tuple); a row computed at merge ``t`` is corrected, when used, for every group that moved after ``t``.
+    """
+
+    def __init__(self, sums: np.ndarray, sizes: np.ndarray) -> None:
+        self.sums, self.sizes = sums, sizes
+        self.unit = _unit(sums / sizes[:, None])  # (G, d)
+        self.batch = int(min(256, max(8, 2 ** 25 // max(len(sizes), 1))))  # rows per product (<= 256 MiB)
+        self.rows = np.arange(len(sizes))  # (G_t,) the alive groups of the last product
+        self.block = np.zeros((0, 0))  # (B, G_t)
+        self.slot: dict[int, int] = {}  # group -> its row of block
+        self.t = 0  # merges done when block was computed
+        self.moves: list[int] = []  # the group that moved at each merge
+        self.last_move: dict[int, int] = {}  # group -> the merge at which it last moved
+
+    def has(self, g: int) -> bool:
+        return g in self.slot and self.last_move.get(g, -1) < self.t
+
+    def compute(self, groups: list[int], alive: np.ndarray) -> None:
+        self.rows = np.flatnonzero(alive)
+        self.block = self.unit[groups] @ self.unit[self.rows].T  # (B, G_t), rows contiguous
+        self.slot = {g: j for j, g in enumerate(groups)}
+        self.t = len(self.moves)
+
+    def nearest(self, src: int, alive: np.ndarray) -> int:
+        """The alive group (src already dead) with the highest cosine to src's centroid; ties: smaller index."""
+        sims = np.where(alive[self.rows], self.block[self.slot.pop(src)], -np.inf)  # (G_t,)
+        moved = sorted({g for g in self.moves[self.t:] if alive[g]})
+        if moved:
+            q = _unit(self.sums[src] / self.sizes[src])  # (d,) src's centroid has not moved since t
+            sims[np.searchsorted(self.rows, moved)] = self.unit[moved] @ q  # moved groups were alive at t
+        return int(self.rows[int(np.argmax(sims))])
+
+    def moved(self, g: int) -> None:
+        self.unit[g] = _unit(self.sums[g:g + 1] / self.sizes[g:g + 1, None])[0]
+        self.last_move[g] = len(self.moves)
+        self.moves.append(g)
