@@ -239,6 +239,10 @@ class RelevanceConfig:
     tau_align: float = opt(0.5, "Keep candidates whose score s_i > tau_align; s_i is the calibrated probability "
                            "that the category is clicked (see relevance.calibration).", min=0.0, max=1.0)
     update_epochs: float = opt(1.0, "Epochs of the per-round update on new clicks.", min=0.0)
+    filter: bool = opt(
+        True, "C_align = the Novelty candidates scoring > tau_align, by score (the Relevance filter). false = every "
+        "Novelty candidate in the Novelty LLM's own order, scores still computed and stored (CoEA w/o R-LLM: the "
+        "simulation's wo_rllm arm, docs/simulate.md).")
     calibration: Literal["platt", "none"] = opt(
         "platt", "platt = fit s_i = sigmoid(a * reward + b) each round on held-out users' clicked vs unclicked "
         "categories (docs/llms.md); none = s_i = sigmoid(reward), uncalibrated.")
@@ -258,7 +262,8 @@ class PcoConfig:
     alpha: float = opt(0.4, "Weight of the KL term (Eq. 17); for ipo, of the SFT term.", min=0.0)
     anchor: Literal["previous", "round0"] = opt("previous", "Reference model: previous round or round 0.")
     lr: float = opt(5e-6, "DPO learning rate.", min=0.0)
-    epochs: float = opt(1.0, "DPO epochs per round.", min=0.0)
+    epochs: float = opt(1.0, "DPO epochs per round; 0 = no DPO: each round carries its base round's Novelty adapter "
+                        "forward unchanged (a frozen Novelty LLM, e.g. the simulation's google_v1 arm).", min=0.0)
     per_device_batch_size: int = opt(2, "Per-device train batch size.", min=1)
     gradient_accumulation_steps: int = opt(8, "Gradient accumulation steps.", min=1)
     max_length: int = opt(1024, "Truncate prompt + completion to this many tokens (trl keeps the start).", min=2)
@@ -335,6 +340,9 @@ class TrackingConfig:
     artifact_copy_max_mb: float = opt(
         100.0, "W&B: a model folder up to this size is copied into its artifact (wandb sync uploads it); a larger "
         "one is logged as a file:// reference (checksums only; the bytes stay in the workdir).", min=0.0)
+    plot_rounds: bool = opt(True, "Draw rounds/NNN/metrics.png (the metrics of every round so far) after each "
+                            "round; false saves about 2 s a round (matplotlib), e.g. for the simulation's daily "
+                            "cycles (configs/sim-coea.yaml).")
     table_rows: int = opt(200, "W&B: KV entries sampled into the round's Table (key, portrait, recent "
                           "categories, categories, scores); 0 = no Table.", min=0)
 

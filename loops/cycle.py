@@ -188,6 +188,7 @@ def stage_pco(cfg: Config, workdir: Path, k: int, pairs: list[dict[str, str]], b
 
     The policy starts from round ``base``'s adapter; the reference is the same adapter (``pco.anchor: previous``:
     "the previous round" is the previous *promoted* round, never a refused one) or round 0's (``round0``).
+    ``pco.epochs: 0`` trains nothing: the stage holds a copy of the base's adapter (a frozen Novelty LLM).
     """
     from loops.dpo import run_dpo
     from loops.pairs import preference_dataset
@@ -199,6 +200,15 @@ def stage_pco(cfg: Config, workdir: Path, k: int, pairs: list[dict[str, str]], b
         write_json(tmp / "pairs.json", pairs)
         previous = novelty_adapter(workdir, base)
         anchor = novelty_adapter(workdir, 0) if cfg.pco.anchor == "round0" else None
+        if cfg.pco.epochs == 0:  # no DPO: a frozen Novelty LLM, the base's adapter carried forward byte for byte
+            import shutil
+
+            shutil.copytree(previous, tmp / "adapter")
+            write_json(tmp / "metrics.json", {"summary": {"steps": 0.0, "n_pairs": float(len(pairs))}, "history": [],
+                                              "alerts": [], "frozen": True, "policy_start": str(previous)})
+            write_manifest(tmp, cfg, {"pairs": len(pairs), "alerts": [], "base_round": base,
+                                      "policy_start": str(previous), "reference": None, "frozen": True})
+            return read_json(tmp / "metrics.json")  # the stage commits on leaving the block
         if not pairs:
             raise RuntimeError("pco: no preference pairs in the sample (every key had < 2 distinct scores)")
         if trains_in_workers(cfg):
