@@ -471,16 +471,19 @@ class SimConfig:
     sessions_per_day: float = opt(1.0, "Mean sessions per user and day (Poisson).", min=0.0)
     exposures_per_session: int = opt(8, "Organic feed items per session (identical across arms).", min=0)
     slots: int = opt(3, "Served slots per session, filled by the arm's policy (one category each).", min=1)
-    organic_core_share: float = opt(0.7, "Share of organic exposures drawn from the user's core categories "
-                                    "(uniformly); the rest follow the popularity prior.", min=0.0, max=1.0)
+    organic_core_share: float = opt(0.7, "Share of organic exposures drawn from the user's known interests "
+                                    "(uniformly over its core and its latent interests discovered before the "
+                                    "day: the feed follows what the user is known to like); the rest follow "
+                                    "the popularity prior without the core.", min=0.0, max=1.0)
     organic_latent_weight: float = opt(0.5, "Multiplier of a latent interest's popularity weight in the "
                                        "organic feed (< 1: the feed rarely shows latent interests).", min=0.0)
     discover_prob: float = opt(0.3, "Probability that one exposure (organic or served) of an undiscovered "
                                "latent interest discovers it; it then stays discovered.", min=0.0, max=1.0)
     click_core: float = opt(0.5, "Click probability of a core category's item (before fatigue).",
                             min=0.0, max=1.0)
-    click_latent: float = opt(0.4, "Click probability of a discovered latent interest's item (an undiscovered "
-                              "one is never clicked).", min=0.0, max=1.0)
+    click_latent: float = opt(0.5, "Click probability of a discovered latent interest's item (an undiscovered "
+                              "one is never clicked). Default = click_core: a latent interest is a real interest "
+                              "the user has not met yet.", min=0.0, max=1.0)
     click_other: float = opt(0.03, "Click probability of any other category's item.", min=0.0, max=1.0)
     fatigue: float = opt(0.75, "Content fatigue: an exposure's click probability is multiplied by fatigue^(n-1), "
                          "n = exposures of its category in the same session.", min=0.0, max=1.0)

@@ -349,6 +349,7 @@ def simulate(cfg: Config, out_dir: str | Path, *, seeds: list[int] | None = None
     coea_cfg = coea_config_for(cfg) if llm else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _check_same_world(cfg, out)
     cfg.save(out / "config.yaml")
     days = DaysLog(out / DAYS_FILE)
     n_days = sim.days if max_days is None else min(sim.days, int(max_days))
@@ -394,6 +395,31 @@ def simulate(cfg: Config, out_dir: str | Path, *, seeds: list[int] | None = None
 
         write_report(cfg, out, arms=arms, seeds=seeds)
     return result
+
+
+RESUMABLE_CHANGES = ("days", "arms", "seeds", "validation_seed")  # a resumed run may extend these
+
+
+def world_fingerprint(cfg: Config) -> str:
+    """Hash of the ``sim`` settings a resumed run must share (all but :data:`RESUMABLE_CHANGES`) and of the
+    LLM arms' config file name."""
+    import hashlib
+
+    d = {k: v for k, v in cfg.to_dict()["sim"].items() if k not in RESUMABLE_CHANGES}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_same_world(cfg: Config, out: Path) -> None:
+    """Refuse to resume an output directory written with other world settings (exit 2, one line)."""
+    marker = out / "world.fingerprint"
+    fp = world_fingerprint(cfg)
+    if marker.exists():
+        old = marker.read_text().strip()
+        if old != fp:
+            raise ConfigError(f"sim: {out} holds a simulation with other sim settings (fingerprint {old}, now {fp}); "
+                              "use a new --out, or the same settings (only sim.days, arms and seeds may change)")
+    else:
+        marker.write_text(fp + "\n")
 
 
 def _round0(coea_cfg: Config, warm: Warmup, seed_dir: Path, until: int) -> Path:

@@ -14,9 +14,11 @@ environment stepped one day at a time instead of a fixed data set:
   organic feed or a served slot) discovers it with probability ``discover_prob``; from that exposure on it is
   clicked with ``click_latent`` and stays discovered.
 - **Sessions.** Poisson(``sessions_per_day``) sessions per user and day. A session shows the arm's ``slots``
-  served categories first, then ``exposures_per_session`` organic items: a core category (uniform) with
-  probability ``organic_core_share``, else a category drawn from the popularity prior with latent interests
-  down-weighted by ``organic_latent_weight`` (the feed rarely shows them). One item of each category is shown.
+  served categories first, then ``exposures_per_session`` organic items: with probability
+  ``organic_core_share`` one of the user's *known* interests (uniform over its core and its latent interests
+  discovered before the day: the feed follows what the user is known to like), else a category drawn from the
+  popularity prior with the core left out and latent interests down-weighted by
+  ``organic_latent_weight`` (the feed rarely shows them). One item of each category is shown.
 - **Clicks.** p = click_core | click_latent (discovered) | 0 (undiscovered latent) | click_other, times
   ``fatigue^(n - 1)`` where n counts the exposures of the same category in the session (content fatigue).
 
@@ -83,7 +85,9 @@ class DayDraws:
     """Everything random about one day, identical for every arm. S sessions, E organic exposures, K slots.
 
     sess_user: (S,) user row; start: (S,) second of the day the session starts.
-    organic_cat / organic_item: (S, E) category id and item number within the category.
+    organic_cat: (S, E) category id from the popularity prior, or -1 where the exposure shows one of the user's
+    known interests, picked by ``interest_u`` (S, E) among them when the day is played (:meth:`World.organic`).
+    organic_item: (S, E) item number within the category.
     organic_u_click / organic_u_disc: (S, E) uniforms deciding click and discovery.
     slot_item / slot_u_click / slot_u_disc: (S, K) the same for the served slots.
     """
@@ -91,6 +95,7 @@ class DayDraws:
     sess_user: np.ndarray
     start: np.ndarray
     organic_cat: np.ndarray
+    interest_u: np.ndarray
     organic_item: np.ndarray
     organic_u_click: np.ndarray
     organic_u_disc: np.ndarray
@@ -224,20 +229,41 @@ class World:
         start = rs.integers(0, DAY - (E + K + 1) * EXPOSURE_GAP_S, S)  # (S,)
 
         ro = np.random.default_rng([self.seed, day, STREAM_ORGANIC])
-        from_core = ro.random((S, E)) < cfg.organic_core_share  # (S, E)
-        core_pick = self.core[sess_user[:, None], ro.integers(0, self.core.shape[1], (S, E))]  # (S, E)
+        from_interest = ro.random((S, E)) < cfg.organic_core_share  # (S, E)
+        interest_u = ro.random((S, E))  # which of the user's known interests (mapped in step: depends on the state)
         u = ro.random((S, E))
         cdf = self._organic_cdf[sess_user]  # (S, C)
         other_pick = np.minimum((cdf[:, None, :] <= u[:, :, None]).sum(axis=2), len(self.names) - 1)  # (S, E)
-        organic_cat = np.where(from_core, core_pick, other_pick).astype(np.int64)
+        organic_cat = np.where(from_interest, -1, other_pick).astype(np.int64)  # -1: a known interest
         organic_item = ro.integers(0, I, (S, E))
         organic_u_click, organic_u_disc = ro.random((S, E)), ro.random((S, E))
 
         rk = np.random.default_rng([self.seed, day, STREAM_SLOTS])
         slot_item = rk.integers(0, I, (S, K))
         slot_u_click, slot_u_disc = rk.random((S, K)), rk.random((S, K))
-        return DayDraws(sess_user, start, organic_cat, organic_item, organic_u_click, organic_u_disc,
+        return DayDraws(sess_user, start, organic_cat, interest_u, organic_item, organic_u_click, organic_u_disc,
                         slot_item, slot_u_click, slot_u_disc)
+
+    def organic(self, state: WorldState, dr: DayDraws) -> np.ndarray:
+        """(S, E) organic categories: the prior's picks, and for the interest exposures the user's known interest
+        number floor(u * n) among its n known ones (core, then latent discovered before the day, in order).
+
+        The feed follows what the user is known to like (as a production feed does), so a discovered latent
+        interest also gets organic exposures; the uniforms are the same for every arm.
+        """
+        cats = dr.organic_cat.copy()
+        pick = cats < 0
+        if not pick.any():
+            return cats
+        K = self.core.shape[1]
+        known = np.concatenate([self.core, np.where(state.discovered, self.latent, -1)], axis=1)  # (U, K + L)
+        order = np.argsort(known < 0, axis=1, kind="stable")  # discovered ones first after the core, order kept
+        known = np.take_along_axis(known, order, axis=1)
+        n_known = K + state.discovered.sum(axis=1)  # (U,)
+        users = np.repeat(dr.sess_user[:, None], cats.shape[1], axis=1)  # (S, E)
+        idx = np.minimum((dr.interest_u * n_known[users]).astype(np.int64), n_known[users] - 1)
+        cats[pick] = known[users[pick], idx[pick]]
+        return cats
 
     # ------------------------------------------------------------------------------------------------ step
 
@@ -256,19 +282,20 @@ class World:
         cfg = self.cfg
         dr = self.draws(day)
         S = len(dr.sess_user)
+        organic = self.organic(state, dr)  # (S, E)
         if served is None:
-            cats, items, uc, ud = dr.organic_cat, dr.organic_item, dr.organic_u_click, dr.organic_u_disc
+            cats, items, uc, ud = organic, dr.organic_item, dr.organic_u_click, dr.organic_u_disc
             slot = np.full(cats.shape, -1, dtype=np.int64)
         else:
             served = np.asarray(served, dtype=np.int64)
             if served.shape != (cfg.n_users, cfg.slots):
                 raise ValueError(f"served: expected shape {(cfg.n_users, cfg.slots)}, got {served.shape}")
-            cats = np.concatenate([served[dr.sess_user], dr.organic_cat], axis=1)  # (S, K + E)
+            cats = np.concatenate([served[dr.sess_user], organic], axis=1)  # (S, K + E)
             items = np.concatenate([dr.slot_item, dr.organic_item], axis=1)
             uc = np.concatenate([dr.slot_u_click, dr.organic_u_click], axis=1)
             ud = np.concatenate([dr.slot_u_disc, dr.organic_u_disc], axis=1)
             slot = np.concatenate([np.tile(np.arange(cfg.slots), (S, 1)),
-                                   np.full(dr.organic_cat.shape, -1, dtype=np.int64)], axis=1)
+                                   np.full(organic.shape, -1, dtype=np.int64)], axis=1)
         n = cats.shape[1]
         user = np.repeat(dr.sess_user[:, None], n, axis=1)  # (S, n)
         ts = (day_start(day_date(cfg, day)) + dr.start[:, None]

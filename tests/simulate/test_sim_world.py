@@ -116,3 +116,18 @@ def test_events_are_a_valid_day_partition():
         w.step(w.initial_state(), 3, np.zeros((3, 2), dtype=int))
     with pytest.raises(ValueError, match="not in the catalogue"):
         w.category_ids([["NoSuchCategory", "Jazz"]])
+
+
+def test_the_organic_feed_follows_discovered_interests_with_the_same_uniforms():
+    cfg = sim_cfg("sim.organic_core_share=1", "sim.exposures_per_session=20")
+    w = World(cfg, seed=5)
+    none = w.initial_state()
+    all_found = w.initial_state()
+    all_found.discovered[:] = True
+    dr = w.draws(2)
+    before, after = w.organic(none, dr), w.organic(all_found, dr)
+    users = np.repeat(dr.sess_user[:, None], before.shape[1], axis=1)
+    assert (w.kind[users, before] == KIND_CORE).all()  # only the core is known
+    assert (w.kind[users, after] == KIND_LATENT).mean() > 0.2  # 2 of 5 known interests are latent now
+    assert ((w.kind[users, after] == KIND_CORE) | (w.kind[users, after] == KIND_LATENT)).all()
+    assert np.array_equal(w.organic(none, dr), before)  # the same state gives the same feed
