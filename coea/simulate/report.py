@@ -133,7 +133,7 @@ def _target_lines(s: dict) -> list[str]:
                      f"{_fmt(m, lo, hi, 3)} (target >= 1.2x): **{ok}**")
     if "gtv_rel" in t:
         m, lo, hi = t["gtv_rel"]["value"]
-        ok = "met" if m >= -0.01 else "missed"
+        ok = "met" if m >= -0.01 - 1e-9 else "missed"
         lines.append(f"- GTV: CoEA vs exploitation = {_pct(m, lo, hi)} (target >= -1%): **{ok}**")
     if "niep_rel" in t:
         m, lo, hi = t["niep_rel"]["value"]
