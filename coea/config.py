@@ -446,6 +446,9 @@ class SimConfig:
     coea_config: str = opt("configs/sim-coea.yaml", "coea YAML of the LLM arms (tiny embedded backbones); "
                            "data.source / data.path are set per arm to its own log. Relative paths resolve "
                            "against the working directory, then the repository.")
+    coea_set: str = opt("", "Overrides of the LLM arms' coea config, key=value pairs separated by ';' (e.g. "
+                        "'relevance.tau_align=0.3;pco.beta=0.2'): how benchmarks/simulate.py applies the settings "
+                        "chosen on the validation seed.")
     start_date: str = opt("2024-01-01", "UTC date of simulation day 0 (the first warm-up day); day d's events "
                           "are the log partition date=start_date+d.")
     n_users: int = opt(240, "Users in each world.", min=1)

@@ -82,7 +82,11 @@ def coea_config_for(cfg: Config) -> Config:
         path = REPO / path
     if not path.is_file():
         raise ConfigError(f"sim.coea_config: file not found: {cfg.sim.coea_config}")
-    return load_config(path)
+    overrides = [t.strip() for t in cfg.sim.coea_set.split(";") if t.strip()]
+    try:
+        return load_config(path, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"sim.coea_config / sim.coea_set: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------------------ files
