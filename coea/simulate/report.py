@@ -283,14 +283,18 @@ def plot_kl(df: pd.DataFrame, path: Path) -> Path | None:
 
 def log_runs(cfg: Config, df: pd.DataFrame, arms: Sequence[str], out_dir: Path, s: dict) -> list[str]:
     """One offline W&B run per arm (coea.tracking): the per-day means over seeds, the final-day summary."""
-    from coea.tracking import make_tracker
+    import dataclasses
 
+    from coea.tracking import make_tracker, workdir_group
+
+    # one W&B group for the whole simulation (the arms' runs side by side)
+    tcfg = dataclasses.replace(cfg.tracking, group=cfg.tracking.group or workdir_group(out_dir, cfg.run.name))
     names = []
     for arm in arms:
         sub = df[df.arm == arm]
         if not len(sub):
             continue
-        tracker = make_tracker(cfg.tracking, out_dir / "tracking" / arm, 0, run_name=cfg.run.name,
+        tracker = make_tracker(tcfg, out_dir / "tracking" / arm, 0, run_name=cfg.run.name,
                                config={"sim": cfg.to_dict()["sim"], "arm": arm}, name=f"sim-{arm}",
                                job_type="simulate")
         numeric = [c for c in sub.columns if c not in ("seed", "arm", "day", "sim_day", "date")
