@@ -59,7 +59,10 @@ class Policy(Protocol):
     def fill(self, day: int, users: list[str], recent: list[list[str]], slots: int) -> list[list[str]]:
         """Categories to serve in each user's session slots today, ``slots`` per user (a category repeats only
         if fewer are available). ``recent[i]``: user i's clicked categories, oldest first, as logged so far
-        (the arm's own log). Called once per day before the day's sessions."""
+        (the arm's own log). Called once per day before the day's sessions.
+
+        ``day`` (here and in :meth:`observe`) is the UTC day number since 1970-01-01: the day's log partition is
+        ``date=1970-01-01 + day`` and it ends at ``(day + 1) * 86400`` (``coea.simulate.run.policy_day``)."""
         ...
 
     def observe(self, day: int, log_dir: Path, events: pd.DataFrame) -> None:

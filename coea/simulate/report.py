@@ -204,7 +204,7 @@ def kl_table(df: pd.DataFrame) -> list[str]:
     """CoEA vs w/o KL at a few days: discovery, GTV per day, 7D-NIEP, and the round KL when the arm logs it."""
     if not len(df) or not {COEA, WO_KL} <= set(df["arm"]):
         return ["(needs both the coea and wo_kl arms)"]
-    kl_cols = [c for c in df.columns if c.startswith("policy/") and "kl" in c.lower()]
+    kl_cols = [c for c in df.columns if c.startswith("policy/") and c.lower().endswith("kl")]
     metrics = ["discovery_rate", "gtv", "niep_7d", *kl_cols[:1]]
     last = int(df[df.arm.isin([COEA, WO_KL])]["day"].max())
     days = sorted({0, last // 3, 2 * last // 3, last})
@@ -220,7 +220,7 @@ def kl_table(df: pd.DataFrame) -> list[str]:
         lines.append(f"| {d + 1} | " + " | ".join(cells) + " |")
     if not kl_cols:
         lines.append("")
-        lines.append("(no round KL in the rows: the arms did not report `policy/*kl*`)")
+        lines.append("(no round KL in the rows: the arms did not report a `policy/...kl` figure)")
     return lines
 
 
@@ -271,7 +271,7 @@ def plot_kl(df: pd.DataFrame, path: Path) -> Path | None:
     """CoEA vs CoEA w/o KL over the days (discovery, GTV, 7D-NIEP, round KL when logged)."""
     if not len(df) or not {COEA, WO_KL} <= set(df["arm"]):
         return None
-    kl_cols = [c for c in df.columns if c.startswith("policy/") and "kl" in c.lower()]
+    kl_cols = [c for c in df.columns if c.startswith("policy/") and c.lower().endswith("kl")]
     metrics = [("discovery_rate", "discovery rate"), ("gtv", "GTV per day"), ("niep_7d", "7D-NIEP")]
     metrics.append((kl_cols[0], kl_cols[0]) if kl_cols else ("slot_ctr", "slot CTR"))
     return plot_days(df[df.arm.isin([COEA, WO_KL])], [COEA, WO_KL], path, metrics,

@@ -47,7 +47,7 @@ import pandas as pd
 from coea.config import SIM_LLM_ARMS, Config, ConfigError, load_config
 from coea.console import banner, progress
 from coea.data.partitions import (
-    EVENTS_DIR, ITEMS_FILE, PARTITION_KEY, SUCCESS, USERS_FILE, write_day, write_table,
+    EPOCH, EVENTS_DIR, ITEMS_FILE, PARTITION_KEY, SUCCESS, USERS_FILE, write_day, write_table,
 )
 from coea.simulate.metrics import ArmMetrics
 from coea.simulate.policies import NON_LLM_ARMS, Policy, make_policy
@@ -263,7 +263,8 @@ class ArmRun:
             recent, row, events = pending["recent"], pending["row"], pending["events"]
         else:
             t0 = time.perf_counter()
-            lists = self.policy.fill(day, list(world.user_ids), [list(r) for r in self.recent], cfg.slots)
+            lists = self.policy.fill(policy_day(cfg, day), list(world.user_ids), [list(r) for r in self.recent],
+                                     cfg.slots)
             fill_s = time.perf_counter() - t0
             served = _served_ids(world, lists, cfg.slots, self.name)
             out, state = world.step(self.state, day, served)
@@ -278,16 +279,38 @@ class ArmRun:
                                                "events": events})
         _write_partition(self.log_dir, day_date(cfg, day), events)
         t0 = time.perf_counter()
-        self.policy.observe(day, self.log_dir, events)
-        row = {**row, "observe_s": time.perf_counter() - t0}
-        extra = getattr(self.policy, "day_metrics", None)  # e.g. the LLM arms' round KL and KV size
-        if callable(extra):
-            row.update({f"policy/{k}": v for k, v in (extra() or {}).items()})
+        self.policy.observe(policy_day(cfg, day), self.log_dir, events)
+        row = {**row, "observe_s": time.perf_counter() - t0, **policy_figures(self.policy, policy_day(cfg, day))}
         days.append(row)
         self.state, self.recent, self.done_day = state, recent, day
         self._save()
         self.pending_path.unlink(missing_ok=True)
         return row
+
+
+def policy_day(cfg, day: int) -> int:
+    """The ``day`` a policy is told: the UTC day number since 1970-01-01 of simulation day ``day``, so that the day's
+    partition is ``date=1970-01-01 + day`` and a cycle after it runs with ``until = (day + 1) * 86400``."""
+    return (day_date(cfg, day) - EPOCH).days
+
+
+def policy_figures(policy, day: int) -> dict:
+    """Numeric figures a policy reports for ``day`` (the UTC day number), prefixed ``policy/``.
+
+    Read, when present: ``policy.day_metrics()`` (a dict), else the LLM arms' records of that day --
+    ``policy.cycles`` (the daily cycle: wall time, round, KL, keys ...) and ``policy.fill_stats`` (lookup
+    statuses, fallback slots).
+    """
+    out: dict = {}
+    fn = getattr(policy, "day_metrics", None)
+    if callable(fn):
+        out.update(fn() or {})
+    for attr, prefix in (("cycles", "cycle/"), ("fill_stats", "fill/")):
+        recs = [r for r in (getattr(policy, attr, None) or []) if isinstance(r, dict) and r.get("day") == day]
+        if recs:
+            out.update({prefix + k: v for k, v in recs[-1].items() if k != "day"})
+    return {f"policy/{k}": v for k, v in out.items()
+            if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)}
 
 
 def _served_ids(world: World, lists: list[list[str]], slots: int, arm: str) -> np.ndarray:

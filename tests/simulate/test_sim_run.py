@@ -89,7 +89,7 @@ def test_a_crash_inside_observe_resumes_from_the_pending_day(tmp_path, monkeypat
 
             def crash_once(day, log_dir, events):
                 observe(day, log_dir, events)
-                if day == 3 + 2 and calls["n"] == 0:  # A/B day 2, after the update, before the row
+                if day == run_mod.policy_day(tiny_cfg().sim, 3 + 2) and calls["n"] == 0:  # A/B day 2
                     calls["n"] += 1
                     raise RuntimeError("killed inside observe")
 
@@ -131,3 +131,23 @@ def test_resuming_with_other_world_settings_is_refused(tmp_path):
     assert res.days_done == {"0/exploitation": 2}  # days and arms may change: the run is extended
     with pytest.raises(ConfigError, match="other sim settings"):
         simulate(tiny_cfg("sim.seeds=0", "sim.click_core=0.9"), tmp_path, report=False)
+
+
+def test_policies_get_utc_day_numbers_and_their_figures_reach_the_rows():
+    from coea.simulate.run import policy_day, policy_figures
+
+    cfg = tiny_cfg().sim
+    assert policy_day(cfg, 0) == 19723  # 2024-01-01 = 1970-01-01 + 19723 days
+    assert policy_day(cfg, 5) == 19728
+
+    class Arm:
+        cycles = [{"day": 19727, "wall_s": 9.0}, {"day": 19728, "wall_s": 3.5, "pco/kl": 0.2, "status": "promoted"}]
+        fill_stats = [{"day": 19728, "found": 7, "fallback_slots": 2}]
+
+        def day_metrics(self):
+            return {"kv_size": 12, "flag": True}
+
+    fig = policy_figures(Arm(), 19728)
+    assert fig == {"policy/kv_size": 12, "policy/cycle/wall_s": 3.5, "policy/cycle/pco/kl": 0.2,
+                   "policy/fill/found": 7, "policy/fill/fallback_slots": 2}
+    assert policy_figures(object(), 19728) == {}
