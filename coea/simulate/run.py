@@ -383,13 +383,13 @@ def simulate(cfg: Config, out_dir: str | Path, *, seeds: list[int] | None = None
     result = SimResult(out, seeds, arms)
     banner("Simulation", f"{len(seeds)} world seed(s)", f"{sim.days} days", f"{len(arms)} arms", str(out))
 
-    done: dict[tuple[int, str], int] = {}
-    for seed in seeds:  # resume: what every (seed, arm) finished
-        for arm in arms:
-            p = out / f"seed{seed}" / arm / "state.pkl"
-            if p.exists():
-                done[(seed, arm)] = int(_load_pickle(p)["done_day"]) - sim.warmup_days
+    done: dict[tuple[int, str], int] = {}  # resume: what every (seed, arm) on disk finished, asked for now or not
+    for p in out.glob("seed*/*/state.pkl"):
+        seed_text, arm = p.parent.parent.name[4:], p.parent.name
+        if seed_text.isdigit():
+            done[(int(seed_text), arm)] = int(_load_pickle(p)["done_day"]) - sim.warmup_days
     days.clean(done)
+    done = {k: v for k, v in done.items() if k[0] in seeds and k[1] in arms}
 
     with progress() as bars:
         task = bars.add_task("simulate", total=len(seeds) * n_days * len(arms), unit="arm-days")

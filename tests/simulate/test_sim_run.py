@@ -129,6 +129,8 @@ def test_resuming_with_other_world_settings_is_refused(tmp_path):
     simulate(tiny_cfg("sim.seeds=0", "sim.days=1"), tmp_path, report=False)
     res = simulate(tiny_cfg("sim.seeds=0", "sim.days=2", "sim.arms=exploitation"), tmp_path, report=False)
     assert res.days_done == {"0/exploitation": 2}  # days and arms may change: the run is extended
+    kept = {(r["arm"], r["day"]) for r in rows_of(tmp_path)}
+    assert {("random", 0), ("exploitation", 1)} <= kept  # rows of arms not asked for this time are kept
     with pytest.raises(ConfigError, match="other sim settings"):
         simulate(tiny_cfg("sim.seeds=0", "sim.click_core=0.9"), tmp_path, report=False)
 
