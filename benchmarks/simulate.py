@@ -73,6 +73,21 @@ def wall_book(out: Path, phase: str, seconds: float, load: dict) -> dict:
     return book
 
 
+def share_start(first: Path, vdir: Path, seed: int) -> None:
+    """A later candidate reuses the first one's warm-up and round 0 (the same world; a candidate only changes the
+    LLM arms' serving and training from their round 1 on, which each arm runs itself)."""
+    src, dst = first / f"seed{seed}", vdir / f"seed{seed}"
+    if (dst / "round0.done").exists() or not (src / "round0.done").exists():
+        return
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("warmup", "warmup.pkl", "world.json"):
+        if (src / name).is_dir():
+            shutil.copytree(src / name, dst / name, dirs_exist_ok=True)
+        else:
+            shutil.copy2(src / name, dst / name)
+    (dst / "round0.done").write_text((src / "round0.done").read_text())
+
+
 def validate(args, overrides: list[str], out: Path) -> dict:
     from coea.simulate.run import simulate
     from coea.simulate.report import final_values, load_rows
@@ -85,6 +100,8 @@ def validate(args, overrides: list[str], out: Path) -> dict:
     for i, cand in enumerate(candidates):
         cfg = load_config(args.config, [*overrides, f"sim.coea_set={cand}", f"sim.days={args.val_days}"])
         vdir = out / "validation" / f"c{i}"
+        if i > 0:
+            share_start(out / "validation" / "c0", vdir, seed)
         log(f"validation {i + 1}/{len(candidates)}: seed {seed}, {args.val_days} days, coea_set={cand!r}")
         t0 = time.perf_counter()
         simulate(cfg, vdir, seeds=[seed], arms=["exploitation", "coea"], report=False)
