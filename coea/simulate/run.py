@@ -225,6 +225,8 @@ class ArmRun:
     def __init__(self, name: str, world: World, seed_dir: Path, warm: Warmup, policy_factory) -> None:
         self.name, self.world, self.cfg = name, world, world.cfg
         self.dir = seed_dir / name
+        if name in SIM_LLM_ARMS:
+            _check_arm_settings(self.dir, self.cfg)
         self.log_dir = self.dir / "log"
         self.state_path, self.pending_path = self.dir / "state.pkl", self.dir / "pending.pkl"
         self.metrics = ArmMetrics(self.cfg, world.names, world.long_tail(), world.kind == 2)
@@ -425,14 +427,15 @@ def simulate(cfg: Config, out_dir: str | Path, *, seeds: list[int] | None = None
 
 
 RESUMABLE_CHANGES = ("days", "arms", "seeds", "validation_seed")  # a resumed run may extend these
+ARM_SETTINGS = ("coea_config", "coea_set")  # the LLM arms' settings: checked per arm (ArmRun), not per world
 
 
 def world_fingerprint(cfg: Config) -> str:
-    """Hash of the ``sim`` settings a resumed run must share (all but :data:`RESUMABLE_CHANGES`) and of the
-    LLM arms' config file name."""
+    """Hash of the ``sim`` settings a resumed run must share: all but :data:`RESUMABLE_CHANGES` and
+    :data:`ARM_SETTINGS`."""
     import hashlib
 
-    d = {k: v for k, v in cfg.to_dict()["sim"].items() if k not in RESUMABLE_CHANGES}
+    d = {k: v for k, v in cfg.to_dict()["sim"].items() if k not in RESUMABLE_CHANGES + ARM_SETTINGS}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -449,8 +452,24 @@ def _check_same_world(cfg: Config, out: Path) -> None:
         marker.write_text(fp + "\n")
 
 
+def _check_arm_settings(arm_dir: Path, sim) -> None:
+    """An LLM arm resumes only with the settings it started with (sim.coea_config, sim.coea_set)."""
+    marker = arm_dir / "settings.json"
+    now = {k: getattr(sim, k) for k in ARM_SETTINGS}
+    if marker.exists():
+        old = json.loads(marker.read_text())
+        if old != now:
+            raise ConfigError(f"sim.coea_set: {arm_dir} was started with {old}, now {now}; use a new --out or the "
+                              "same LLM-arm settings")
+    else:
+        arm_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(now))
+
+
 def _round0(coea_cfg: Config, warm: Warmup, seed_dir: Path, until: int) -> Path:
-    """Round 0 of the LLM arms, bootstrapped once per seed on the warm-up log (reused when done)."""
+    """Round 0 of the LLM arms, bootstrapped once per seed on the warm-up log (reused when done, also by arms whose
+    sim.coea_set differs: each arm runs its own round 1 with its own settings; delete ``seed<S>/round0*`` to
+    bootstrap again after changing what round 0 trains with)."""
     from coea.simulate.coea_arm import bootstrap_round0
 
     marker = seed_dir / "round0.done"
