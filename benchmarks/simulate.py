@@ -205,7 +205,7 @@ def finish(cfg, full: Path, out: Path, arms, missing, chosen, validation, book) 
     if missing:
         note.append(f"Missing arms: {', '.join(missing)} (coea/simulate/coea_arm.py not available when this ran).")
     write_report(cfg, full, arms=arms, seeds=[int(s) for s in parse_list(cfg.sim.seeds)],
-                 wall_s=book.get("total_wall_s"), note="\n\n".join(note))
+                 wall_s=book.get("total_wall_s"), note="\n\n".join(note), missing=missing)
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         if (full / name).exists():

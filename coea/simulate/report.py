@@ -153,7 +153,7 @@ def _pct(m: float, lo: float, hi: float) -> str:
 
 
 def results_markdown(cfg: Config, df: pd.DataFrame, arms: Sequence[str], seeds: Sequence[int],
-                     s: dict, *, wall_s: float | None = None, note: str = "") -> str:
+                     s: dict, *, wall_s: float | None = None, note: str = "", missing: Sequence[str] = ()) -> str:
     sim = cfg.sim
     last = int(df["day"].max()) + 1 if len(df) else 0
     complete = len(df) and all(
@@ -164,7 +164,8 @@ def results_markdown(cfg: Config, df: pd.DataFrame, arms: Sequence[str], seeds: 
         f"World seeds {', '.join(map(str, seeds))} · {sim.days} A/B days after {sim.warmup_days} warm-up days · "
         f"{sim.n_users} users · {sim.n_categories} categories · {sim.slots} served slots per session · "
         f"arms: {', '.join(arms)}.",
-        f"Status: {'complete' if complete else f'PARTIAL (days present up to {last})'}."
+        f"Status: {'complete' if complete else f'PARTIAL (days present up to {last})'}"
+        + (f"; PARTIAL: arms missing: {', '.join(missing)}." if missing else ".")
         + (f" Wall time {wall_s / 60:.1f} min." if wall_s else ""), "",
         "Values: last A/B day, mean over world seeds and [95% Student-t interval]; GTV and CTRs are cumulative "
         "over the A/B days. docs/simulate.md defines every metric.", "",
@@ -325,7 +326,8 @@ def _strict(v):
 
 
 def write_report(cfg: Config, out_dir: str | Path, *, arms: Sequence[str], seeds: Sequence[int],
-                 wall_s: float | None = None, note: str = "", tracking: bool = True) -> dict:
+                 wall_s: float | None = None, note: str = "", tracking: bool = True,
+                 missing: Sequence[str] = ()) -> dict:
     """results.md, summary.json, days.png, kl.png and the W&B runs from ``OUT/days.jsonl``; returns the summary."""
     out = Path(out_dir)
     df = load_rows(out)
@@ -338,7 +340,8 @@ def write_report(cfg: Config, out_dir: str | Path, *, arms: Sequence[str], seeds
     s = summary(df, arms)
     plot_days(df, arms, out / "days.png", title="Closed-loop A/B (mean over world seeds, band = min..max)")
     plot_kl(df, out / "kl.png")
-    (out / "results.md").write_text(results_markdown(cfg, df, arms, seeds, s, wall_s=wall_s, note=note))
+    (out / "results.md").write_text(results_markdown(cfg, df, arms, seeds, s, wall_s=wall_s, note=note,
+                                                     missing=missing))
     (out / "summary.json").write_text(json.dumps(_strict(s), indent=1))
     if tracking and cfg.tracking.backend != "none":
         log_runs(cfg, df, arms, out, s)
