@@ -153,3 +153,15 @@ def test_policies_get_utc_day_numbers_and_their_figures_reach_the_rows():
     assert fig == {"policy/kv_size": 12, "policy/cycle/wall_s": 3.5, "policy/cycle/pco/kl": 0.2,
                    "policy/fill/found": 7, "policy/fill/fallback_slots": 2}
     assert policy_figures(object(), 19728) == {}
+
+
+def test_an_llm_arm_resumes_only_with_its_own_settings(tmp_path):
+    from coea.config import ConfigError
+    from coea.simulate.run import _check_arm_settings, world_fingerprint
+
+    a, b = tiny_cfg("sim.coea_set=relevance.tau_align=0.1"), tiny_cfg("sim.coea_set=relevance.tau_align=0.2")
+    assert world_fingerprint(a) == world_fingerprint(b)  # the world is the same; the arm is not
+    _check_arm_settings(tmp_path / "coea", a.sim)
+    _check_arm_settings(tmp_path / "coea", a.sim)
+    with pytest.raises(ConfigError, match="started with"):
+        _check_arm_settings(tmp_path / "coea", b.sim)
