@@ -165,3 +165,19 @@ def test_an_llm_arm_resumes_only_with_its_own_settings(tmp_path):
     _check_arm_settings(tmp_path / "coea", a.sim)
     with pytest.raises(ConfigError, match="started with"):
         _check_arm_settings(tmp_path / "coea", b.sim)
+
+
+def test_the_exploration_budget_fills_the_other_slots_with_the_base_ranking(tmp_path):
+    from coea.simulate.run import with_base_ranking
+
+    assert with_base_ranking([["x", "y"], ["a"]], [["a", "x", "b"], ["a", "c"]], 1, 3) == [["x", "a", "b"],
+                                                                                           ["a", "c"]]
+    simulate(tiny_cfg("sim.seeds=0", "sim.explore_slots=1", "sim.days=3"), tmp_path, report=False)
+    rows = pd.DataFrame(rows_of(tmp_path))
+    rnd, exp = rows[rows.arm == "random"], rows[rows.arm == "exploitation"]
+    assert (rnd["novel_slot_share"] >= 0.5).all() and (rnd["novel_slot_share"] < 0.75).all()  # 1 of 2 slots new
+    assert (exp["novel_slot_share"] < 0.2).all()
+    logs = [pd.read_parquet(p) for p in sorted((tmp_path / "seed0" / "random" / "log" / "events").glob("*/*.parquet"))]
+    served = pd.concat(logs[3:])
+    served = served[served.slot >= 0]
+    assert served["slot"].isin([0, 1]).all()
