@@ -139,6 +139,8 @@ def main() -> int:
     ap.add_argument("--arms", default=None, help="override sim.arms")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--results", default=str(RESULTS), help="where the committed files go")
+    ap.add_argument("--analysis", default=None, metavar="FILE",
+                    help="markdown appended to results.md's notes (what the measured curves show; written by a person)")
     args = ap.parse_args()
     RESULTS = Path(args.results)
 
@@ -180,14 +182,14 @@ def main() -> int:
             simulate(cfg, full, arms=arms, report=False)
         finally:
             book = wall_book(out, "full", time.perf_counter() - t0, sampler.stop())
-            finish(cfg, full, out, arms, missing, chosen, validation, book)
+            finish(cfg, full, out, arms, missing, chosen, validation, book, args.analysis)
     else:
         book = json.loads((out / "bench_wall.json").read_text()) if (out / "bench_wall.json").exists() else {}
-        finish(cfg, full, out, arms, missing, chosen, validation, book)
+        finish(cfg, full, out, arms, missing, chosen, validation, book, args.analysis)
     return 0
 
 
-def finish(cfg, full: Path, out: Path, arms, missing, chosen, validation, book) -> None:
+def finish(cfg, full: Path, out: Path, arms, missing, chosen, validation, book, analysis=None) -> None:
     from coea.simulate.report import write_report
     from coea.simulate.run import parse_list
 
@@ -205,6 +207,8 @@ def finish(cfg, full: Path, out: Path, arms, missing, chosen, validation, book) 
            + "; ".join(f"`{c['settings']}` discovery {c['discovery']:.3f}, GTV {100 * c['gtv_rel']:+.2f}%"
                        for c in validation["candidates"]) + ")." if validation else "; no validation run."),
     ]
+    if analysis:
+        note.append(Path(analysis).read_text().strip())
     if missing:
         note.append(f"Missing arms: {', '.join(missing)} (coea/simulate/coea_arm.py not available when this ran).")
     write_report(cfg, full, arms=arms, seeds=[int(s) for s in parse_list(cfg.sim.seeds)],
@@ -214,6 +218,8 @@ def finish(cfg, full: Path, out: Path, arms, missing, chosen, validation, book) 
         if (full / name).exists():
             shutil.copy2(full / name, RESULTS / name)
     (RESULTS / "bench_wall.json").write_text(json.dumps(book, indent=1))
+    if validation:
+        (RESULTS / "validation.json").write_text(json.dumps(validation, indent=1))
     log(f"results in {RESULTS}")
 
 
