@@ -135,10 +135,26 @@ def test_serving_matches_coea_lookup_and_falls_back_for_a_stranger(sim):
         assert lst[:len(answer[:SLOTS])] == answer[:SLOTS]
     stranger = lookup(arm.workdir, user="stranger")
     expected = [e["category"] for e in stranger["categories"]][:SLOTS]
-    expected += [c for c in ["Jazz", "Hiking", *arm.by_popularity] if c not in expected][:SLOTS - len(expected)]
+    expected += [c for c in ["Jazz", "Hiking", *arm.by_clicks] if c not in expected][:SLOTS - len(expected)]
     assert served[-1] == expected
     assert arm.fill_stats[-1]["unknown_user"] == 1
     arm.fill_stats.pop()
+
+
+def test_the_fallback_is_the_exploitation_arms_base_ranking(sim):
+    from coea.simulate.policies import Catalogue, ExploitationPolicy
+
+    world, arm = sim.world, sim.arms["coea"]
+    catalogue = Catalogue(categories=list(sim.catalogue.categories), items=world.items,
+                          popularity=sim.catalogue.popularity)
+    events = world.events[world.events["timestamp"] < WARM * DAY]
+    exploitation = ExploitationPolicy(catalogue, sim.users, 0, warmup=events)
+    recent = _recent(world, sim.users, WARM * DAY)
+    recent[0] = []  # a user without clicks: every user's most clicked categories
+    exploitation.clicks[0] = 0
+    arm.count_clicks(recent)
+    for slots in (1, 3, 6):
+        assert exploitation.fill(WARM, sim.users, recent, slots) == [arm.base_ranking(r)[:slots] for r in recent]
 
 
 def test_google_v1_and_wo_rllm_keep_the_round0_models(sim):
