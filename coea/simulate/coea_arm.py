@@ -48,6 +48,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
@@ -139,7 +140,9 @@ class CoeaArm:
     Attributes:
         name: the variant.
         workdir: the arm's coea workdir.
-        cycles: one record per daily cycle (day, round, status, wall time, stage timings, a few metrics).
+        cycles: one record per daily cycle (day, round, status, wall time, stage timings, a few metrics). A cycle
+            that raises is recorded as ``failed`` (with its reason) and the simulation goes on: serving keeps the
+            promoted table, as after a failed cron run, and the next day's cycle retries the round.
         fill_stats: per served day, how many users each lookup status covered and how many slots the fallback
             filled.
     """
@@ -259,8 +262,21 @@ class CoeaArm:
             raise ValueError(f"{self.name}: day {day}'s partition {part} is not complete; observe(day) expects the "
                              "day written with coea.data.partitions.write_day (day = days since 1970-01-01)")
         t0 = time.perf_counter()
-        res = run_cycle(self.cfg, self.workdir, until=(int(day) + 1) * DAY)
+        try:
+            res = run_cycle(self.cfg, self.workdir, until=(int(day) + 1) * DAY)
+        except Exception as exc:  # noqa: BLE001 - as a failed cron run: serving keeps the promoted table
+            # The round's attempt and traceback are in the workdir (state.json, rounds/NNN/failure-<n>.log); the
+            # next day's cycle retries it (cycle.max_attempts) and then catches up on the days in between.
+            log.warning("%s: the cycle after day %d failed (%s: %s); serving stays on round %s", self.name, day,
+                        type(exc).__name__, exc, self._promoted())
+            res = SimpleNamespace(round=self._promoted(), status="failed", metrics={}, timings={},
+                                  reason=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         self._record(day, res, time.perf_counter() - t0)
+
+    def _promoted(self) -> int | None:
+        from loops.state import read_state
+
+        return read_state(self.workdir)["promoted_round"]
 
     def _use_log(self, log_dir: Path) -> None:
         """Point the cycle at the arm's log; the first time, check the warm-up files there were consumed already."""
@@ -279,8 +295,8 @@ class CoeaArm:
 
     def _record(self, day, res, wall: float) -> None:
         m = res.metrics
-        entry = {"day": int(day),
-                 "round": res.round, "status": res.status, "wall_s": round(wall, 2),
+        entry = {"day": int(day), "round": res.round, "status": res.status, "wall_s": round(wall, 2),
+                 "promoted": int(res.status == "promoted"), "failed": int(res.status == "failed"),
                  **{k[5:-2]: v for k, v in res.timings.items()},
                  **{k: m[k] for k in ("keys/count", "keys/aligned", "pco/pairs", "relevance/train_pairs",
                                       "val/C-H@1", "val/NCP@5", "pco/kl", "pco/loss") if k in m}}

@@ -45,7 +45,7 @@ def _recent(world, users: list[str], before: int) -> list[list[str]]:
 def sim(tmp_path_factory, tiny_cfg):
     root = tmp_path_factory.mktemp("coea_arm")
     cfg = copy.deepcopy(tiny_cfg)
-    cfg.synthetic.n_days = WARM + SERVED
+    cfg.synthetic.n_days = WARM + SERVED + 1  # the last day: test_a_failed_cycle_...
     cfg.tracking.backend, cfg.tracking.plot_rounds, cfg.novelty.completion_eos = "none", False, False  # as sim-coea
     world = generate_world(cfg.synthetic, cfg.run.seed)
     write_interactions(world, root / "warmup", through=_date(WARM - 1))
@@ -87,8 +87,8 @@ def _dir_digest(path: Path) -> dict[str, str]:
 
 def test_every_arm_ran_a_promoted_cycle_each_day(sim):
     for v, arm in sim.arms.items():
-        assert [c["status"] for c in arm.cycles] == ["promoted"] * (1 + SERVED), (v, arm.cycles)
-        assert [c["day"] for c in arm.cycles] == list(range(WARM - 1, WARM + SERVED))
+        assert [c["status"] for c in arm.cycles[:1 + SERVED]] == ["promoted"] * (1 + SERVED), (v, arm.cycles)
+        assert [c["day"] for c in arm.cycles[:1 + SERVED]] == list(range(WARM - 1, WARM + SERVED))
         state = read_state(arm.workdir)
         assert state["promoted_round"] == 1 + SERVED and [r["round"] for r in state["rounds"]] == [0, 1, 2, 3]
         assert all(c["wall_s"] > 0 for c in arm.cycles[1:])
@@ -221,3 +221,19 @@ def test_config_errors_are_named(sim, tmp_path):
     arm = make_coea_arm("google_v1", sim.cfg, sim.arms["google_v1"].arm_dir, sim.catalogue, sim.round0)
     with pytest.raises(ValueError, match="not the shared warm-up"):
         arm.observe(WARM, bad, sim.world.events.iloc[:0])
+
+
+def test_a_failed_cycle_is_recorded_and_the_next_cycle_retries_it(sim, monkeypatch):
+    arm, d = sim.arms["wo_rllm"], WARM + SERVED
+    log_dir = sim.root / "log-wo_rllm"
+    events = sim.world.events[sim.world.events["timestamp"] // DAY == d]
+    write_day(log_dir, _date(d), events)
+    monkeypatch.setenv("COEA_FAULT", "pco:start")
+    arm.observe(d, log_dir, events)
+    failed = arm.cycles[-1]
+    assert failed["status"] == "failed" and failed["failed"] == 1 and "injected fault" in failed["reason"]
+    assert read_state(arm.workdir)["promoted_round"] == 1 + SERVED  # serving stays on the promoted table
+    assert len(arm.fill(d + 1, sim.users, _recent(sim.world, sim.users, d * DAY), SLOTS)) == len(sim.users)
+    monkeypatch.delenv("COEA_FAULT")
+    arm.observe(d, log_dir, events)
+    assert arm.cycles[-1]["status"] == "promoted" and read_state(arm.workdir)["promoted_round"] == 2 + SERVED
