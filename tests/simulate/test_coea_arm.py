@@ -210,6 +210,16 @@ def test_resume_continues_where_the_arm_stopped(sim):
         again.load_state_dict({**state, "variant": "coea"})
 
 
+def test_round0_is_reused_and_bad_warmups_are_refused(sim, tmp_path):
+    before = _dir_digest(sim.round0 / "rounds" / "000")
+    assert bootstrap_round0(sim.cfg, sim.root / "warmup", sim.round0, until=WARM * DAY) == sim.round0
+    assert _dir_digest(sim.round0 / "rounds" / "000") == before  # finished: reused as it is
+    with pytest.raises(ValueError, match="day boundary"):
+        bootstrap_round0(sim.cfg, sim.root / "warmup", tmp_path / "r0", until=WARM * DAY + 5)
+    with pytest.raises(ValueError, match="needs 2 complete days"):
+        bootstrap_round0(sim.cfg, sim.root / "warmup", tmp_path / "r0", until=DAY)
+
+
 def test_config_errors_are_named(sim, tmp_path):
     with pytest.raises(ValueError, match="unknown CoEA-family variant"):
         arm_config(sim.cfg, "coea_plus", tmp_path)
