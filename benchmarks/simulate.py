@@ -1,17 +1,18 @@
 """The closed-loop A/B simulation, benchmark default (issue 12; docs/simulate.md, "Measured results").
 
     nice -n 10 python benchmarks/simulate.py                      # validation, then the full default (resumable)
-    python benchmarks/simulate.py --skip-validation --coea-set "relevance.tau_align=0.3"   # fixed settings
+    python benchmarks/simulate.py --skip-validation --chosen "sim.explore_slots=1"   # fixed settings
     python benchmarks/simulate.py --report-only                   # rewrite the committed files from the run so far
 
 Protocol:
 
 1. **Validation** (world seed ``sim.validation_seed``, never a reported one): the coea arm and exploitation for
-   ``--val-days`` days under each candidate of ``--candidates`` (``|``-separated ``sim.coea_set`` strings). The
+   ``--val-days`` days under each candidate of ``--candidates`` (``|``-separated; each a ``&``-separated list of
+   config overrides, e.g. ``sim.explore_slots=1&sim.coea_set=relevance.tau_align=0.3``). The
    chosen candidate has the highest final discovery rate among those whose GTV is at most 1% below exploitation's
    on that seed; if none is, the highest GTV. Written to ``validation.json``.
 2. **Full run**: ``configs/sim.yaml`` (``sim.seeds`` x ``sim.days`` x ``sim.arms``) with the chosen
-   ``sim.coea_set``, in ``--out`` (resumable: rerun the same command after a kill). Arms that cannot run yet (the
+   settings, in ``--out`` (resumable: rerun the same command after a kill). Arms that cannot run yet (the
    LLM arms without coea/simulate/coea_arm.py) are left out and listed as missing.
 3. The results -- results.md (with wall time, load average and what ran), days.jsonl, summary.json, days.png,
    kl.png, validation.json -- are copied to ``benchmarks/results/simulate/``. Each step writes them, so a kill
@@ -36,6 +37,8 @@ sys.path.insert(0, str(REPO))
 from coea.config import SIM_LLM_ARMS, load_config  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "simulate"
+DEFAULT_CANDIDATES = ("sim.explore_slots=1&sim.coea_set=relevance.tau_align=0.3"
+                      "|sim.explore_slots=1&sim.coea_set=relevance.tau_align=0.5")
 COPIED = ("results.md", "days.jsonl", "summary.json", "days.png", "kl.png")
 
 
@@ -98,16 +101,16 @@ def validate(args, overrides: list[str], out: Path) -> dict:
     seed = cfg0.sim.validation_seed
     rows = []
     for i, cand in enumerate(candidates):
-        cfg = load_config(args.config, [*overrides, f"sim.coea_set={cand}", f"sim.days={args.val_days}"])
+        cfg = load_config(args.config, [*overrides, *cand.split("&"), f"sim.days={args.val_days}"])
         vdir = out / "validation" / f"c{i}"
         if i > 0:
             share_start(out / "validation" / "c0", vdir, seed)
-        log(f"validation {i + 1}/{len(candidates)}: seed {seed}, {args.val_days} days, coea_set={cand!r}")
+        log(f"validation {i + 1}/{len(candidates)}: seed {seed}, {args.val_days} days, {cand!r}")
         t0 = time.perf_counter()
         simulate(cfg, vdir, seeds=[seed], arms=["exploitation", "coea"], report=False)
         df = load_rows(vdir)
         disc, g = final_values(df, "discovery_rate"), final_values(df, "gtv_cum")
-        rows.append({"coea_set": cand, "discovery": float(disc["coea"].iloc[0]),
+        rows.append({"settings": cand, "discovery": float(disc["coea"].iloc[0]),
                      "gtv_rel": float(g["coea"].iloc[0] / g["exploitation"].iloc[0] - 1),
                      "exploitation_discovery": float(disc["exploitation"].iloc[0]),
                      "wall_s": round(time.perf_counter() - t0, 1)})
@@ -116,7 +119,7 @@ def validate(args, overrides: list[str], out: Path) -> dict:
     chosen = max(ok, key=lambda r: r["discovery"]) if ok else max(rows, key=lambda r: r["gtv_rel"])
     result = {"seed": seed, "days": args.val_days, "arms": ["exploitation", "coea"], "candidates": rows,
               "rule": "highest discovery with GTV >= exploitation - 1% on the validation seed; else highest GTV",
-              "chosen": chosen["coea_set"]}
+              "chosen": chosen["settings"]}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     return result
@@ -128,11 +131,11 @@ def main() -> int:
     ap.add_argument("--config", default=str(REPO / "configs" / "sim.yaml"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", default="/tmp/sim-env-bench", help="run directory (not committed; resumable)")
-    ap.add_argument("--candidates", default="relevance.tau_align=0.3|relevance.tau_align=0.5",
-                    help="'|'-separated sim.coea_set strings tried on the validation seed")
+    ap.add_argument("--candidates", default=DEFAULT_CANDIDATES,
+                    help="'|'-separated candidates, each '&'-separated --set overrides, tried on the validation seed")
     ap.add_argument("--val-days", type=int, default=8)
     ap.add_argument("--skip-validation", action="store_true")
-    ap.add_argument("--coea-set", default=None, help="with --skip-validation: the sim.coea_set to use")
+    ap.add_argument("--chosen", default=None, help="with --skip-validation: the '&'-separated overrides to use")
     ap.add_argument("--arms", default=None, help="override sim.arms")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--results", default=str(RESULTS), help="where the committed files go")
@@ -155,15 +158,15 @@ def main() -> int:
 
     vpath = RESULTS / "validation.json"
     if args.skip_validation or args.report_only or not have_llm or "coea" not in arms:
-        chosen = args.coea_set if args.coea_set is not None else (
-            json.loads(vpath.read_text())["chosen"] if vpath.exists() else cfg.sim.coea_set)
+        chosen = args.chosen if args.chosen is not None else (
+            json.loads(vpath.read_text())["chosen"] if vpath.exists() else "")
         validation = json.loads(vpath.read_text()) if vpath.exists() else None
     else:
         sampler, t0 = LoadSampler(), time.perf_counter()
         validation = validate(args, overrides, out)
         wall_book(out, "validation", time.perf_counter() - t0, sampler.stop())
         chosen = validation["chosen"]
-    overrides.append(f"sim.coea_set={chosen}")
+    overrides += [t for t in chosen.split("&") if t.strip()]
     cfg = load_config(args.config, overrides)
     full = out / "full"
 
@@ -171,7 +174,7 @@ def main() -> int:
 
     if not args.report_only:
         log(f"full run: seeds {cfg.sim.seeds}, {cfg.sim.days} days, arms {','.join(arms)} "
-            f"(missing: {','.join(missing) or 'none'}), coea_set={chosen!r}, out {full}")
+            f"(missing: {','.join(missing) or 'none'}), settings {chosen!r}, out {full}")
         sampler, t0 = LoadSampler(), time.perf_counter()
         try:
             simulate(cfg, full, arms=arms, report=False)
@@ -196,10 +199,10 @@ def finish(cfg, full: Path, out: Path, arms, missing, chosen, validation, book) 
         f"Wall time of the full run: {book.get('total_wall_s', 0) / 60:.1f} min over its invocations; "
         f"load average (1 min, sampled every 30 s) per invocation: "
         f"{', '.join(f'{v:.2f}' for v in loads) or 'n/a'} (the 2 cores are shared with other agents' work).",
-        f"LLM arms' settings (sim.coea_set): `{chosen or '(none: configs/sim-coea.yaml as is)'}`"
+        f"Settings chosen on the validation seed: `{chosen or '(none: configs/sim.yaml and sim-coea.yaml as they are)'}`"
         + (f", chosen on validation seed {validation['seed']} ({validation['days']} days, coea vs exploitation; "
            f"rule: {validation['rule']}; candidates: "
-           + "; ".join(f"`{c['coea_set']}` discovery {c['discovery']:.3f}, GTV {100 * c['gtv_rel']:+.2f}%"
+           + "; ".join(f"`{c['settings']}` discovery {c['discovery']:.3f}, GTV {100 * c['gtv_rel']:+.2f}%"
                        for c in validation["candidates"]) + ")." if validation else "; no validation run."),
     ]
     if missing:

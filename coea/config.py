@@ -482,6 +482,9 @@ class SimConfig:
     sessions_per_day: float = opt(1.0, "Mean sessions per user and day (Poisson).", min=0.0)
     exposures_per_session: int = opt(8, "Organic feed items per session (identical across arms).", min=0)
     slots: int = opt(3, "Served slots per session, filled by the arm's policy (one category each).", min=1)
+    explore_slots: int = opt(0, "The exploration budget, the same for every arm: how many of the slots come from "
+                             "the arm's policy (its first ones); the rest show the user's base ranking (what the "
+                             "exploitation arm serves). 0 = all slots are the arm's.", min=0)
     organic_core_share: float = opt(0.7, "Share of organic exposures drawn from the user's known interests "
                                     "(uniformly over its core and its latent interests discovered before the "
                                     "day: the feed follows what the user is known to like); the rest follow "
@@ -633,6 +636,8 @@ def _check_cross_fields(cfg: Config) -> None:
     if sim.core_per_user + sim.latent_per_user > sim.n_categories:
         raise ConfigError(f"sim.latent_per_user: core_per_user + latent_per_user must be <= sim.n_categories "
                           f"({sim.n_categories}); got {sim.core_per_user} + {sim.latent_per_user}")
+    if sim.explore_slots > sim.slots:
+        raise ConfigError(f"sim.explore_slots: must be <= sim.slots ({sim.slots}); got {sim.explore_slots}")
     arms = [a.strip() for a in sim.arms.split(",") if a.strip()]
     unknown = [a for a in arms if a not in SIM_ARMS]
     if not arms or unknown or len(set(arms)) != len(arms):

@@ -268,6 +268,8 @@ class ArmRun:
             lists = self.policy.fill(policy_day(cfg, day), list(world.user_ids), [list(r) for r in self.recent],
                                      cfg.slots)
             fill_s = time.perf_counter() - t0
+            if self.name != "exploitation" and 0 < cfg.explore_slots < cfg.slots:
+                lists = with_base_ranking(lists, base_ranking(world, self.recent), cfg.explore_slots, cfg.slots)
             served = _served_ids(world, lists, cfg.slots, self.name)
             out, state = world.step(self.state, day, served)
             row = {"seed": world.seed, "arm": self.name, "day": day - cfg.warmup_days, "sim_day": day,
@@ -288,6 +290,39 @@ class ArmRun:
         self._save()
         self.pending_path.unlink(missing_ok=True)
         return row
+
+
+def base_ranking(world: World, recent: list[list[str]]) -> list[list[str]]:
+    """Each user's base ranking (what the exploitation arm serves): its clicked categories, most clicked first
+    (ties by the popularity prior), then the categories most clicked by everyone (ties by the prior)."""
+    names, index = world.names, world.catalogue.index
+    C = len(names)
+    prior_rank = np.empty(C, dtype=np.int64)
+    prior_rank[np.lexsort((np.arange(C), -world.popularity))] = np.arange(C)
+    counts = np.zeros((len(recent), C), dtype=np.int64)
+    for u, cats in enumerate(recent):
+        for c in cats:
+            counts[u, index[c]] += 1
+    overall = np.lexsort((prior_rank, -counts.sum(axis=0)))
+    out = []
+    for u in range(len(recent)):
+        own = [int(c) for c in np.lexsort((prior_rank, -counts[u])) if counts[u, c] > 0]
+        seen = set(own)
+        out.append([names[c] for c in own + [int(c) for c in overall if c not in seen]])
+    return out
+
+
+def with_base_ranking(lists: list[list[str]], base: list[list[str]], explore: int, slots: int) -> list[list[str]]:
+    """The arm's first ``explore`` categories, then the user's base ranking (without repeats) up to ``slots``.
+
+    >>> with_base_ranking([["x", "y", "z"]], [["a", "x", "b"]], 1, 3)
+    [['x', 'a', 'b']]
+    """
+    out = []
+    for lst, b in zip(lists, base):
+        head = list(dict.fromkeys(lst))[:explore]
+        out.append((head + [c for c in b if c not in set(head)])[:slots])
+    return out
 
 
 def policy_day(cfg, day: int) -> int:

@@ -153,3 +153,31 @@ def test_policies_get_utc_day_numbers_and_their_figures_reach_the_rows():
     assert fig == {"policy/kv_size": 12, "policy/cycle/wall_s": 3.5, "policy/cycle/pco/kl": 0.2,
                    "policy/fill/found": 7, "policy/fill/fallback_slots": 2}
     assert policy_figures(object(), 19728) == {}
+
+
+def test_an_llm_arm_resumes_only_with_its_own_settings(tmp_path):
+    from coea.config import ConfigError
+    from coea.simulate.run import _check_arm_settings, world_fingerprint
+
+    a, b = tiny_cfg("sim.coea_set=relevance.tau_align=0.1"), tiny_cfg("sim.coea_set=relevance.tau_align=0.2")
+    assert world_fingerprint(a) == world_fingerprint(b)  # the world is the same; the arm is not
+    _check_arm_settings(tmp_path / "coea", a.sim)
+    _check_arm_settings(tmp_path / "coea", a.sim)
+    with pytest.raises(ConfigError, match="started with"):
+        _check_arm_settings(tmp_path / "coea", b.sim)
+
+
+def test_the_exploration_budget_fills_the_other_slots_with_the_base_ranking(tmp_path):
+    from coea.simulate.run import with_base_ranking
+
+    assert with_base_ranking([["x", "y"], ["a"]], [["a", "x", "b"], ["a", "c"]], 1, 3) == [["x", "a", "b"],
+                                                                                           ["a", "c"]]
+    simulate(tiny_cfg("sim.seeds=0", "sim.explore_slots=1", "sim.days=3"), tmp_path, report=False)
+    rows = pd.DataFrame(rows_of(tmp_path))
+    rnd, exp = rows[rows.arm == "random"], rows[rows.arm == "exploitation"]
+    assert (rnd["novel_slot_share"] >= 0.5).all() and (rnd["novel_slot_share"] < 0.75).all()  # 1 of 2 slots new
+    assert (exp["novel_slot_share"] < 0.2).all()
+    logs = [pd.read_parquet(p) for p in sorted((tmp_path / "seed0" / "random" / "log" / "events").glob("*/*.parquet"))]
+    served = pd.concat(logs[3:])
+    served = served[served.slot >= 0]
+    assert served["slot"].isin([0, 1]).all()
