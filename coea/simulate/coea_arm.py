@@ -26,10 +26,10 @@ The current key (storage/keys.py): the CSID from the promoted round's ``users.pa
 --user`` reads) and the canonical set of the categories of the user's last ``data.short_k`` clicks, recomputed
 from ``recent``. A user the promoted round does not know is served the key of the default CSID with no recent
 categories, as :func:`loops.cycle.lookup` does. **Fallback**: a key missing from the table (unknown user,
-``unknown_key``) or an answer with fewer than ``slots`` categories (an empty C_align) is filled with the arm's
-*base ranking*: the user's own clicked categories (most clicked first, the more recent first on ties), then the
-catalogue by popularity -- what the feed shows when exploration has nothing to add. ``fill_stats`` counts every
-case per day.
+``unknown_key``) or an answer with fewer than ``slots`` categories (an empty C_align) is filled with the *base
+ranking* of the exploitation arm: the user's own clicked categories (most clicked first), then every user's most
+clicked ones (ties: the popularity prior) -- what the feed shows when exploration has nothing to add, so an arm
+whose table is empty serves what exploitation serves. ``fill_stats`` counts every case per day.
 
 Shared start, once per world seed (:func:`bootstrap_round0`): round 0 on the warm-up log up to the start of its
 last day. Each arm (:func:`make_coea_arm`) copies that workdir and runs its own round 1 on the last warm-up day of
@@ -48,6 +48,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
@@ -139,7 +140,9 @@ class CoeaArm:
     Attributes:
         name: the variant.
         workdir: the arm's coea workdir.
-        cycles: one record per daily cycle (day, round, status, wall time, stage timings, a few metrics).
+        cycles: one record per daily cycle (day, round, status, wall time, stage timings, a few metrics). A cycle
+            that raises is recorded as ``failed`` (with its reason) and the simulation goes on: serving keeps the
+            promoted table, as after a failed cron run, and the next day's cycle retries the round.
         fill_stats: per served day, how many users each lookup status covered and how many slots the fallback
             filled.
     """
@@ -153,7 +156,9 @@ class CoeaArm:
         self.categories = list(catalogue.categories)
         pop = list(getattr(catalogue, "popularity", []))
         order = sorted(range(len(self.categories)), key=lambda i: (-float(pop[i]) if pop else 0.0, i))
-        self.by_popularity = [self.categories[i] for i in order]
+        self.by_popularity = [self.categories[i] for i in order]  # ties everywhere: the prior, then the index
+        self._prior_rank = {c: r for r, c in enumerate(self.by_popularity)}
+        self.by_clicks = list(self.by_popularity)  # every user's clicks, most first; set by each fill
         self.log_dir: Path | None = None
         self.cycles: list[dict[str, Any]] = []
         self.fill_stats: list[dict[str, Any]] = []
@@ -192,6 +197,7 @@ class CoeaArm:
         from storage.kv import KVReader, decode_value
 
         csid_of = self._csids()
+        self.count_clicks(recent)
         k = self.cfg.data.short_k
         keys, status = [], []
         for u, r in zip(users, recent):
@@ -224,13 +230,17 @@ class CoeaArm:
                                 "slots": slots * len(users)})
         return out
 
+    def count_clicks(self, recent: Sequence[Sequence[str]]) -> None:
+        """``by_clicks``: the categories by every user's clicks in ``recent`` (ties: the popularity prior)."""
+        total = Counter(c for r in recent for c in r)
+        self.by_clicks = sorted(self.categories, key=lambda c: (-total[c], self._prior_rank[c]))
+
     def base_ranking(self, recent: Sequence[str]) -> list[str]:
-        """The fallback: the user's clicked categories, most clicked first (ties: the more recent), then the
-        catalogue by popularity."""
+        """The fallback, the exploitation arm's base ranking (coea/simulate/policies.py): the user's clicked
+        categories, most clicked first, then every user's most clicked ones (ties: the popularity prior)."""
         counts = Counter(recent)
-        last = {c: i for i, c in enumerate(recent)}
-        own = sorted(counts, key=lambda c: (-counts[c], -last[c]))
-        return own + [c for c in self.by_popularity if c not in counts]
+        own = sorted(counts, key=lambda c: (-counts[c], self._prior_rank.get(c, len(self._prior_rank))))
+        return own + [c for c in self.by_clicks if c not in counts]
 
     def _csids(self) -> dict[str, str]:
         """user -> CSID of the promoted round (``current/users.parquet``), cached until the promoted round changes."""
@@ -252,8 +262,21 @@ class CoeaArm:
             raise ValueError(f"{self.name}: day {day}'s partition {part} is not complete; observe(day) expects the "
                              "day written with coea.data.partitions.write_day (day = days since 1970-01-01)")
         t0 = time.perf_counter()
-        res = run_cycle(self.cfg, self.workdir, until=(int(day) + 1) * DAY)
+        try:
+            res = run_cycle(self.cfg, self.workdir, until=(int(day) + 1) * DAY)
+        except Exception as exc:  # noqa: BLE001 - as a failed cron run: serving keeps the promoted table
+            # The round's attempt and traceback are in the workdir (state.json, rounds/NNN/failure-<n>.log); the
+            # next day's cycle retries it (cycle.max_attempts) and then catches up on the days in between.
+            log.warning("%s: the cycle after day %d failed (%s: %s); serving stays on round %s", self.name, day,
+                        type(exc).__name__, exc, self._promoted())
+            res = SimpleNamespace(round=self._promoted(), status="failed", metrics={}, timings={},
+                                  reason=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         self._record(day, res, time.perf_counter() - t0)
+
+    def _promoted(self) -> int | None:
+        from loops.state import read_state
+
+        return read_state(self.workdir)["promoted_round"]
 
     def _use_log(self, log_dir: Path) -> None:
         """Point the cycle at the arm's log; the first time, check the warm-up files there were consumed already."""
@@ -272,8 +295,8 @@ class CoeaArm:
 
     def _record(self, day, res, wall: float) -> None:
         m = res.metrics
-        entry = {"day": int(day),
-                 "round": res.round, "status": res.status, "wall_s": round(wall, 2),
+        entry = {"day": int(day), "round": res.round, "status": res.status, "wall_s": round(wall, 2),
+                 "promoted": int(res.status == "promoted"), "failed": int(res.status == "failed"),
                  **{k[5:-2]: v for k, v in res.timings.items()},
                  **{k: m[k] for k in ("keys/count", "keys/aligned", "pco/pairs", "relevance/train_pairs",
                                       "val/C-H@1", "val/NCP@5", "pco/kl", "pco/loss") if k in m}}

@@ -45,7 +45,7 @@ def _recent(world, users: list[str], before: int) -> list[list[str]]:
 def sim(tmp_path_factory, tiny_cfg):
     root = tmp_path_factory.mktemp("coea_arm")
     cfg = copy.deepcopy(tiny_cfg)
-    cfg.synthetic.n_days = WARM + SERVED
+    cfg.synthetic.n_days = WARM + SERVED + 1  # the last day: test_a_failed_cycle_...
     cfg.tracking.backend, cfg.tracking.plot_rounds, cfg.novelty.completion_eos = "none", False, False  # as sim-coea
     world = generate_world(cfg.synthetic, cfg.run.seed)
     write_interactions(world, root / "warmup", through=_date(WARM - 1))
@@ -87,8 +87,8 @@ def _dir_digest(path: Path) -> dict[str, str]:
 
 def test_every_arm_ran_a_promoted_cycle_each_day(sim):
     for v, arm in sim.arms.items():
-        assert [c["status"] for c in arm.cycles] == ["promoted"] * (1 + SERVED), (v, arm.cycles)
-        assert [c["day"] for c in arm.cycles] == list(range(WARM - 1, WARM + SERVED))
+        assert [c["status"] for c in arm.cycles[:1 + SERVED]] == ["promoted"] * (1 + SERVED), (v, arm.cycles)
+        assert [c["day"] for c in arm.cycles[:1 + SERVED]] == list(range(WARM - 1, WARM + SERVED))
         state = read_state(arm.workdir)
         assert state["promoted_round"] == 1 + SERVED and [r["round"] for r in state["rounds"]] == [0, 1, 2, 3]
         assert all(c["wall_s"] > 0 for c in arm.cycles[1:])
@@ -135,10 +135,26 @@ def test_serving_matches_coea_lookup_and_falls_back_for_a_stranger(sim):
         assert lst[:len(answer[:SLOTS])] == answer[:SLOTS]
     stranger = lookup(arm.workdir, user="stranger")
     expected = [e["category"] for e in stranger["categories"]][:SLOTS]
-    expected += [c for c in ["Jazz", "Hiking", *arm.by_popularity] if c not in expected][:SLOTS - len(expected)]
+    expected += [c for c in ["Jazz", "Hiking", *arm.by_clicks] if c not in expected][:SLOTS - len(expected)]
     assert served[-1] == expected
     assert arm.fill_stats[-1]["unknown_user"] == 1
     arm.fill_stats.pop()
+
+
+def test_the_fallback_is_the_exploitation_arms_base_ranking(sim):
+    from coea.simulate.policies import Catalogue, ExploitationPolicy
+
+    world, arm = sim.world, sim.arms["coea"]
+    catalogue = Catalogue(categories=list(sim.catalogue.categories), items=world.items,
+                          popularity=sim.catalogue.popularity)
+    events = world.events[world.events["timestamp"] < WARM * DAY]
+    exploitation = ExploitationPolicy(catalogue, sim.users, 0, warmup=events)
+    recent = _recent(world, sim.users, WARM * DAY)
+    recent[0] = []  # a user without clicks: every user's most clicked categories
+    exploitation.clicks[0] = 0
+    arm.count_clicks(recent)
+    for slots in (1, 3, 6):
+        assert exploitation.fill(WARM, sim.users, recent, slots) == [arm.base_ranking(r)[:slots] for r in recent]
 
 
 def test_google_v1_and_wo_rllm_keep_the_round0_models(sim):
@@ -194,6 +210,16 @@ def test_resume_continues_where_the_arm_stopped(sim):
         again.load_state_dict({**state, "variant": "coea"})
 
 
+def test_round0_is_reused_and_bad_warmups_are_refused(sim, tmp_path):
+    before = _dir_digest(sim.round0 / "rounds" / "000")
+    assert bootstrap_round0(sim.cfg, sim.root / "warmup", sim.round0, until=WARM * DAY) == sim.round0
+    assert _dir_digest(sim.round0 / "rounds" / "000") == before  # finished: reused as it is
+    with pytest.raises(ValueError, match="day boundary"):
+        bootstrap_round0(sim.cfg, sim.root / "warmup", tmp_path / "r0", until=WARM * DAY + 5)
+    with pytest.raises(ValueError, match="needs 2 complete days"):
+        bootstrap_round0(sim.cfg, sim.root / "warmup", tmp_path / "r0", until=DAY)
+
+
 def test_config_errors_are_named(sim, tmp_path):
     with pytest.raises(ValueError, match="unknown CoEA-family variant"):
         arm_config(sim.cfg, "coea_plus", tmp_path)
@@ -205,3 +231,19 @@ def test_config_errors_are_named(sim, tmp_path):
     arm = make_coea_arm("google_v1", sim.cfg, sim.arms["google_v1"].arm_dir, sim.catalogue, sim.round0)
     with pytest.raises(ValueError, match="not the shared warm-up"):
         arm.observe(WARM, bad, sim.world.events.iloc[:0])
+
+
+def test_a_failed_cycle_is_recorded_and_the_next_cycle_retries_it(sim, monkeypatch):
+    arm, d = sim.arms["wo_rllm"], WARM + SERVED
+    log_dir = sim.root / "log-wo_rllm"
+    events = sim.world.events[sim.world.events["timestamp"] // DAY == d]
+    write_day(log_dir, _date(d), events)
+    monkeypatch.setenv("COEA_FAULT", "pco:start")
+    arm.observe(d, log_dir, events)
+    failed = arm.cycles[-1]
+    assert failed["status"] == "failed" and failed["failed"] == 1 and "injected fault" in failed["reason"]
+    assert read_state(arm.workdir)["promoted_round"] == 1 + SERVED  # serving stays on the promoted table
+    assert len(arm.fill(d + 1, sim.users, _recent(sim.world, sim.users, d * DAY), SLOTS)) == len(sim.users)
+    monkeypatch.delenv("COEA_FAULT")
+    arm.observe(d, log_dir, events)
+    assert arm.cycles[-1]["status"] == "promoted" and read_state(arm.workdir)["promoted_round"] == 2 + SERVED
