@@ -50,7 +50,7 @@ LOG_KEEP = 100  # log files kept per command in WORKDIR/logs
 OUR_LOGGERS = ("coea", "loops", "storage", "quantizer", "spark_jobs")
 QUIET_LOGGERS = ("httpx", "httpcore", "urllib3", "filelock", "fsspec", "py4j", "matplotlib", "PIL", "asyncio",
                  "git", "h5py")
-HEAVY = {"dsie", "bootstrap", "cycle", "rounds", "evaluate"}  # commands that load transformers
+HEAVY = {"dsie", "bootstrap", "cycle", "rounds", "evaluate", "simulate"}  # commands that load transformers
 CREATES_WORKDIR = {"dsie", "bootstrap", "cycle", "rounds"}  # the others log to a workdir only if it exists
 QUIET_ENV = {"TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
@@ -65,6 +65,7 @@ first run (a few minutes on a laptop CPU):
   coea cycle --config configs/demo.yaml --workdir workdirs/demo
   coea lookup --workdir workdirs/demo --user u008
   coea status --workdir workdirs/demo
+  coea simulate --config configs/sim.yaml --out runs/sim     # closed-loop A/B of every arm
 
 every command takes --help; configuration keys: coea config --explain
 logs: WORKDIR/logs/<command>-<time>.log (library warnings and trainer steps; -v shows them here too)
@@ -562,6 +563,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from coea.simulate.run import parse_list, simulate
+    from coea.workdir import configure_threads
+
+    cfg = load_config(args.config, args.overrides)
+    seeds = [cfg.sim.validation_seed] if args.validation else None
+    arms = parse_list(args.arms) if args.arms else None
+    if args.max_days is not None and args.max_days < 1:
+        raise ConfigError(f"--max-days: must be >= 1; got {args.max_days}")
+    if _SESSION is not None:
+        _SESSION.open_log(args.out)
+    configure_threads(cfg.run.num_threads)
+    result = simulate(cfg, Path(args.out), seeds=seeds, arms=arms, max_days=args.max_days)
+    done = min(result.days_done.values()) if result.days_done else 0
+    emit(json.dumps({"out": str(result.out_dir), "seeds": result.seeds, "arms": result.arms,
+                     "days_done": done, "complete": result.complete, "rows": result.rows,
+                     "wall_s": round(result.wall_s, 1), "results": str(result.out_dir / "results.md")}, indent=2))
+    return 0
+
+
 def cmd_wheelhouse(args: argparse.Namespace) -> int:
     from coea.wheelhouse import build_wheelhouse
 
@@ -732,6 +753,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write-train-view", metavar="DIR",
                    help="write the split's train events as a Parquet data set to train CoEA on, then stop")
     p.set_defaults(fn=cmd_evaluate)
+
+    p = add("simulate", "closed-loop A/B simulation: every arm on an identical copy of the synthetic world",
+            description="Run (or resume) the closed-loop A/B simulation of the sim: section: seeds x days x arms "
+                        "on identical world copies; writes OUT/days.jsonl, results.md, days.png, kl.png and one "
+                        "offline W&B run per arm (docs/simulate.md). A killed run continues where it stopped.")
+    _add_config_args(p, workdir=False)
+    p.add_argument("--out", required=True, help="output directory (an existing one is resumed)")
+    p.add_argument("--arms", help="comma-separated arms (default sim.arms)")
+    p.add_argument("--validation", action="store_true",
+                   help="run the validation world seed (sim.validation_seed) only, to choose settings")
+    p.add_argument("--max-days", type=int, default=None, metavar="N",
+                   help="stop after N A/B days (resume later with a larger N or without it)")
+    p.set_defaults(fn=cmd_simulate)
 
     from coea.wheelhouse import DEFAULT_PLATFORM, DEFAULT_PYTHON, DEFAULT_TORCH_INDEX
 

@@ -10,6 +10,7 @@ Each field carries its help text in ``metadata["help"]`` (shown by ``coea config
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import types
@@ -239,6 +240,10 @@ class RelevanceConfig:
     tau_align: float = opt(0.5, "Keep candidates whose score s_i > tau_align; s_i is the calibrated probability "
                            "that the category is clicked (see relevance.calibration).", min=0.0, max=1.0)
     update_epochs: float = opt(1.0, "Epochs of the per-round update on new clicks.", min=0.0)
+    filter: bool = opt(
+        True, "C_align = the Novelty candidates scoring > tau_align, by score (the Relevance filter). false = every "
+        "Novelty candidate in the Novelty LLM's own order, scores still computed and stored (CoEA w/o R-LLM: the "
+        "simulation's wo_rllm arm, docs/simulate.md).")
     calibration: Literal["platt", "none"] = opt(
         "platt", "platt = fit s_i = sigmoid(a * reward + b) each round on held-out users' clicked vs unclicked "
         "categories (docs/llms.md); none = s_i = sigmoid(reward), uncalibrated.")
@@ -258,7 +263,8 @@ class PcoConfig:
     alpha: float = opt(0.4, "Weight of the KL term (Eq. 17); for ipo, of the SFT term.", min=0.0)
     anchor: Literal["previous", "round0"] = opt("previous", "Reference model: previous round or round 0.")
     lr: float = opt(5e-6, "DPO learning rate.", min=0.0)
-    epochs: float = opt(1.0, "DPO epochs per round.", min=0.0)
+    epochs: float = opt(1.0, "DPO epochs per round; 0 = no DPO: each round carries its base round's Novelty adapter "
+                        "forward unchanged (a frozen Novelty LLM, e.g. the simulation's google_v1 arm).", min=0.0)
     per_device_batch_size: int = opt(2, "Per-device train batch size.", min=1)
     gradient_accumulation_steps: int = opt(8, "Gradient accumulation steps.", min=1)
     max_length: int = opt(1024, "Truncate prompt + completion to this many tokens (trl keeps the start).", min=2)
@@ -336,6 +342,9 @@ class TrackingConfig:
     artifact_copy_max_mb: float = opt(
         100.0, "W&B: a model folder up to this size is copied into its artifact (wandb sync uploads it); a larger "
         "one is logged as a file:// reference (checksums only; the bytes stay in the workdir).", min=0.0)
+    plot_rounds: bool = opt(True, "Draw rounds/NNN/metrics.png (the metrics of every round so far) after each "
+                            "round; false saves about 2 s a round (matplotlib), e.g. for the simulation's daily "
+                            "cycles (configs/sim-coea.yaml).")
     table_rows: int = opt(200, "W&B: KV entries sampled into the round's Table (key, portrait, recent "
                           "categories, categories, scores); 0 = no Table.", min=0)
 
@@ -423,6 +432,87 @@ class EvalConfig:
     num_threads: int = opt(0, "torch threads while evaluating (restored afterwards); 0 = keep.", min=0)
 
 
+SIM_ARMS = ("exploitation", "random", "popular", "ucb", "google_v1", "coea", "wo_kl", "wo_rllm")
+SIM_LLM_ARMS = ("google_v1", "coea", "wo_kl", "wo_rllm")
+
+
+@dataclass
+class SimConfig:
+    """``coea simulate``: the closed-loop A/B simulation (coea/simulate, docs/simulate.md)."""
+
+    seeds: str = opt("0,1,2", "World seeds reported (comma-separated); every arm runs on an identical copy of "
+                     "each world. Results are mean and 95% interval over them.")
+    validation_seed: int = opt(100, "The world seed on which settings are chosen (benchmarks/simulate.py); never "
+                               "one of sim.seeds.", min=0)
+    days: int = opt(30, "A/B days per world after the warm-up: each day every arm fills its slots, the world "
+                    "plays the sessions, the arm's log grows by one day partition and the arm updates.", min=1)
+    warmup_days: int = opt(14, "Organic-only days before the A/B (identical for every arm); round 0 of the LLM "
+                           "arms bootstraps on them once per world seed.", min=1)
+    arms: str = opt("exploitation,random,popular,ucb,google_v1,coea,wo_kl,wo_rllm",
+                    "Arms to run (comma-separated): exploitation, random, popular, ucb (non-LLM, "
+                    "coea/simulate/policies.py) and google_v1, coea, wo_kl, wo_rllm (LLM arms, "
+                    "coea/simulate/coea_arm.py).")
+    coea_config: str = opt("configs/sim-coea.yaml", "coea YAML of the LLM arms (tiny embedded backbones); "
+                           "data.source / data.path are set per arm to its own log. Relative paths resolve "
+                           "against the working directory, then the repository.")
+    coea_set: str = opt("", "Overrides of the LLM arms' coea config, key=value pairs separated by ';' (e.g. "
+                        "'relevance.tau_align=0.3;pco.beta=0.2'): how benchmarks/simulate.py applies the settings "
+                        "chosen on the validation seed.")
+    start_date: str = opt("2024-01-01", "UTC date of simulation day 0 (the first warm-up day); day d's events "
+                          "are the log partition date=start_date+d.")
+    n_users: int = opt(240, "Users in each world.", min=1)
+    n_groups: int = opt(12, "Latent user groups: a group's users have centres near the group's centre, so they "
+                        "share core and latent interests (what collaborative exploration can learn).", min=1)
+    n_categories: int = opt(200, "Catalogue categories (MTRec has 594).", min=4, max=594)
+    latent_dim: int = opt(8, "Dimension of the latent space that holds categories and user centres.", min=1)
+    n_topics: int = opt(0, "Topic clusters the categories are placed around in the latent space (related "
+                        "categories are near); 0 = round(sqrt(n_categories)).", min=0)
+    topic_spread: float = opt(0.35, "Std of a category's position around its topic centre (topic centres are "
+                              "standard normal).", min=0.0)
+    group_spread: float = opt(0.15, "Std of a user's centre around its group's centre.", min=0.0)
+    zipf_exponent: float = opt(1.0, "Category popularity prior p_c ~ 1 / rank^s over a random order of the "
+                               "categories (the organic feed's non-core weights, the long tail).", min=0.0)
+    core_per_user: int = opt(5, "Core categories of a user: the nearest to its centre; clicked from day 0.",
+                             min=1)
+    latent_per_user: int = opt(3, "Latent interests of a user: the next-nearest categories after the core, "
+                               "clickable only once discovered (the serendipity ground truth).", min=0)
+    items_per_category: int = opt(10, "Items per category (a served or organic slot shows one of them).", min=1)
+    price_log_mean: float = opt(3.0, "Mean of a category's log price (item prices are lognormal).")
+    price_category_sigma: float = opt(0.5, "Std of the categories' mean log prices.", min=0.0)
+    price_item_sigma: float = opt(0.3, "Std of an item's log price around its category's mean.", min=0.0)
+    sessions_per_day: float = opt(1.0, "Mean sessions per user and day (Poisson).", min=0.0)
+    exposures_per_session: int = opt(8, "Organic feed items per session (identical across arms).", min=0)
+    slots: int = opt(3, "Served slots per session, filled by the arm's policy (one category each).", min=1)
+    explore_slots: int = opt(0, "The exploration budget, the same for every arm: how many of the slots come from "
+                             "the arm's policy (its first ones); the rest show the user's base ranking (what the "
+                             "exploitation arm serves). 0 = all slots are the arm's.", min=0)
+    organic_core_share: float = opt(0.7, "Share of organic exposures drawn from the user's known interests "
+                                    "(uniformly over its core and its latent interests discovered before the "
+                                    "day: the feed follows what the user is known to like); the rest follow "
+                                    "the popularity prior without the core.", min=0.0, max=1.0)
+    organic_latent_weight: float = opt(0.5, "Multiplier of a latent interest's popularity weight in the "
+                                       "organic feed (< 1: the feed rarely shows latent interests).", min=0.0)
+    discover_prob: float = opt(0.3, "Probability that one exposure (organic or served) of an undiscovered "
+                               "latent interest discovers it; it then stays discovered.", min=0.0, max=1.0)
+    click_core: float = opt(0.5, "Click probability of a core category's item (before fatigue).",
+                            min=0.0, max=1.0)
+    click_latent: float = opt(0.5, "Click probability of a discovered latent interest's item (an undiscovered "
+                              "one is never clicked). Default = click_core: a latent interest is a real interest "
+                              "the user has not met yet.", min=0.0, max=1.0)
+    click_other: float = opt(0.03, "Click probability of any other category's item.", min=0.0, max=1.0)
+    fatigue: float = opt(0.75, "Content fatigue: an exposure's click probability is multiplied by fatigue^(n-1), "
+                         "n = exposures of its category in the same session.", min=0.0, max=1.0)
+    user_features: int = opt(2, "Sparse user features (users.parquet), each the group's typical value with "
+                             "probability 0.8.", min=0)
+    ucb_c: float = opt(0.5, "UCB arm: exploration weight c of UCB1 (clicks / pulls + c sqrt(ln N / pulls)).",
+                       min=0.0)
+    tail_fraction: float = opt(0.2, "Long tail = this bottom share of categories by the popularity prior.",
+                               min=0.0, max=1.0)
+    niep_window: int = opt(7, "Days of the NIEP window (7 = 7D-NIEP, Eq. 23).", min=1)
+    pref_min_clicks: int = opt(2, "A.4 metrics of the served lists: C_u^pref = categories the user clicked at "
+                               "least this often before the day.", min=1)
+
+
 @dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
@@ -440,6 +530,7 @@ class Config:
     cycle: CycleConfig = field(default_factory=CycleConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -542,6 +633,29 @@ def _check_cross_fields(cfg: Config) -> None:
                           "is a static data set, replayed with cycle.clock: replay")
     if cfg.data.engine == "spark" and cfg.data.source != "parquet":
         raise ConfigError(f"data.engine: spark reads Parquet logs (data.source: parquet); got {cfg.data.source!r}")
+    sim = cfg.sim
+    if sim.core_per_user + sim.latent_per_user > sim.n_categories:
+        raise ConfigError(f"sim.latent_per_user: core_per_user + latent_per_user must be <= sim.n_categories "
+                          f"({sim.n_categories}); got {sim.core_per_user} + {sim.latent_per_user}")
+    if sim.explore_slots > sim.slots:
+        raise ConfigError(f"sim.explore_slots: must be <= sim.slots ({sim.slots}); got {sim.explore_slots}")
+    arms = [a.strip() for a in sim.arms.split(",") if a.strip()]
+    unknown = [a for a in arms if a not in SIM_ARMS]
+    if not arms or unknown or len(set(arms)) != len(arms):
+        raise ConfigError(f"sim.arms: expected distinct names from {', '.join(SIM_ARMS)}; got {sim.arms!r}")
+    try:
+        seeds = [int(t) for t in sim.seeds.split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(f"sim.seeds: expected comma-separated non-negative integers; got {sim.seeds!r}") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"sim.seeds: expected distinct non-negative integers; got {sim.seeds!r}")
+    if sim.validation_seed in seeds:
+        raise ConfigError(f"sim.validation_seed: {sim.validation_seed} is also in sim.seeds; settings are chosen "
+                          "on a world that is never reported")
+    try:
+        dt.date.fromisoformat(sim.start_date)
+    except ValueError:
+        raise ConfigError(f"sim.start_date: expected YYYY-MM-DD; got {sim.start_date!r}") from None
     if cfg.synthetic.categories_per_group > cfg.synthetic.n_categories:
         raise ConfigError("synthetic.categories_per_group: must be <= synthetic.n_categories")
     for name in ("ucb_c", "hucb_c", "phucb_c", "phucb_prior", "nlb_alpha", "kerec_beta", "tau_align", "ks", "seeds"):

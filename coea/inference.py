@@ -72,7 +72,8 @@ def propose_and_score(cfg: Config, models: Models, keys: list[Key], portraits: d
                       categories: list[str]) -> list[dict[str, Any]]:
     """Novelty candidates for every key, calibrated Relevance scores for each, C_align = scores > tau_align.
 
-    Scores are ``models.calibration``'s probabilities (coea.relevance.score); C_align is ordered by score.
+    Scores are ``models.calibration``'s probabilities (coea.relevance.score); C_align is ordered by score. With
+    ``relevance.filter: false`` C_align is every candidate in the Novelty LLM's order (scores kept alongside).
     """
     from coea.candidates import propose
     from coea.prompts import novelty_infer_prompt, relevance_prompt
@@ -98,7 +99,9 @@ def propose_and_score(cfg: Config, models: Models, keys: list[Key], portraits: d
         rows[i]["scores"].append(float(s))
     tau = cfg.relevance.tau_align
     for row in rows:
-        kept = sorted(((c, s) for c, s in zip(row["candidates"], row["scores"]) if s > tau), key=lambda t: -t[1])
+        pairs = list(zip(row["candidates"], row["scores"]))
+        # relevance.filter off (CoEA w/o R-LLM): every candidate, in the Novelty LLM's order
+        kept = sorted(((c, s) for c, s in pairs if s > tau), key=lambda t: -t[1]) if cfg.relevance.filter else pairs
         row["aligned"] = [c for c, _ in kept]
         row["aligned_scores"] = [s for _, s in kept]
     return rows

@@ -357,7 +357,7 @@ def wandb_mode(configured: str) -> str:
 
 
 def make_tracker(cfg: Any, workdir: str | Path, round: int, *, run_name: str = "",
-                 config: Mapping[str, Any] | None = None) -> Tracker:
+                 config: Mapping[str, Any] | None = None, name: str = "", job_type: str = "cycle") -> Tracker:
     """The tracker ``cfg`` (the ``tracking`` section, :class:`coea.config.TrackingConfig`) asks for.
 
     Args:
@@ -368,6 +368,8 @@ def make_tracker(cfg: Any, workdir: str | Path, round: int, *, run_name: str = "
         round: the round this cycle runs; the run is named ``round-NNN``.
         run_name: ``run.name`` from the config; part of the derived group.
         config: recorded as the W&B run's config (e.g. the resolved coea config).
+        name: the W&B run's name (and id prefix); default ``round-NNN``. ``coea simulate`` names one run per arm.
+        job_type: the W&B job type (``cycle``; ``simulate`` for the simulation's runs).
 
     Returns:
         A :class:`WandbTracker`, or on any W&B failure (import, service start, init, timeout) or
@@ -395,8 +397,8 @@ def make_tracker(cfg: Any, workdir: str | Path, round: int, *, run_name: str = "
         run = wandb.init(
             project=cfg.project, entity=getattr(cfg, "entity", "") or None,
             group=getattr(cfg, "group", "") or workdir_group(workdir, run_name),
-            job_type="cycle", name=f"round-{round:03d}", dir=str(wandb_dir), mode=wandb_mode(cfg.mode),
-            id=f"round-{round:03d}-{secrets.token_hex(4)}",  # fresh every cycle: an offline run is never resumed
+            job_type=job_type, name=name or f"round-{round:03d}", dir=str(wandb_dir), mode=wandb_mode(cfg.mode),
+            id=f"{name or f'round-{round:03d}'}-{secrets.token_hex(4)}",  # fresh every run: never resumed
             resume="never", reinit="finish_previous", settings=settings,
             config={"round": round, "workdir": str(Path(workdir).resolve()), "pid": os.getpid(),
                     **(dict(config) if config else {})},

@@ -183,6 +183,19 @@ def preference_pairs(cfg: Config, table: pd.DataFrame, user_key: dict[str, Key],
     return pairs
 
 
+def _carry_adapter(cfg: Config, tmp: Path, previous: Path, base: int, summary: dict[str, float],
+                   note: dict[str, Any], *, pairs: int, reference: str | None) -> dict[str, Any]:
+    """A pco stage that trains nothing: the base round's adapter copied into the stage, with why in ``note``."""
+    import shutil
+
+    shutil.copytree(previous, tmp / "adapter")
+    write_json(tmp / "metrics.json", {"summary": summary, "history": [], "alerts": [], **note,
+                                      "policy_start": str(previous)})
+    write_manifest(tmp, cfg, {"pairs": pairs, "alerts": [], "base_round": base, "policy_start": str(previous),
+                              "reference": reference, **note})
+    return read_json(tmp / "metrics.json")  # the stage commits on leaving the block
+
+
 def stage_pco(cfg: Config, workdir: Path, k: int, pairs: list[dict[str, str]], base: int) -> dict[str, Any]:
     """``rounds/NNN/pco``: DPO + alpha * KL of the Novelty LLM, starting from the promoted round ``base``.
 
@@ -193,6 +206,8 @@ def stage_pco(cfg: Config, workdir: Path, k: int, pairs: list[dict[str, str]], b
     empty sample) is a round with nothing to learn from, not a failure: the base round's adapter is carried
     forward unchanged (``summary.skipped``), as the Relevance update does without new clicks. Failing instead
     would repeat on every retry of the same window and stop the daily cycle at ``cycle.max_attempts``.
+
+    ``pco.epochs: 0`` trains nothing: the stage holds a copy of the base's adapter (a frozen Novelty LLM).
     """
     from loops.dpo import run_dpo
     from loops.pairs import preference_dataset
@@ -204,18 +219,15 @@ def stage_pco(cfg: Config, workdir: Path, k: int, pairs: list[dict[str, str]], b
         write_json(tmp / "pairs.json", pairs)
         previous = novelty_adapter(workdir, base)
         anchor = novelty_adapter(workdir, 0) if cfg.pco.anchor == "round0" else None
+        if cfg.pco.epochs == 0:  # no DPO: a frozen Novelty LLM, the base's adapter carried forward byte for byte
+            return _carry_adapter(cfg, tmp, previous, base, {"steps": 0.0, "n_pairs": float(len(pairs))},
+                                  {"frozen": True}, pairs=len(pairs), reference=None)
         if not pairs:
-            import shutil
-
             why = "no preference pairs in the sample (every sampled key's candidates scored alike, or no key)"
             log.warning("pco: round %d: %s; the Novelty adapter of round %d is carried forward unchanged", k, why,
                         base)
-            shutil.copytree(previous, tmp / "adapter")
-            write_json(tmp / "metrics.json", {"summary": {"n_pairs": 0, "skipped": 1}, "history": [], "alerts": [],
-                                              "skipped": why, "policy_start": str(previous)})
-            write_manifest(tmp, cfg, {"pairs": 0, "alerts": [], "base_round": base, "policy_start": str(previous),
-                                      "reference": str(anchor or previous), "skipped": why})
-            return read_json(tmp / "metrics.json")
+            return _carry_adapter(cfg, tmp, previous, base, {"n_pairs": 0, "skipped": 1}, {"skipped": why},
+                                  pairs=0, reference=str(anchor or previous))
         if trains_in_workers(cfg):
             from loops.workers import launch_dpo
 

@@ -141,14 +141,15 @@ def _log_models(tracker: Tracker, workdir: Path, k: int, adapter: str, relevance
         tracker.log_artifact(name, "model", paths=[path], aliases=aliases, metadata=meta)
 
 
-def track_round(cfg: Config, workdir: Path, k: int, metrics: dict[str, Any], *, base: int | None = None) -> Path:
+def track_round(cfg: Config, workdir: Path, k: int, metrics: dict[str, Any], *,
+                base: int | None = None) -> Path | None:
     """Log round k to this cycle's tracker (see the module docstring), then draw ``rounds/NNN/metrics.png``.
 
     Args:
         base: the promoted round whose models round k started from (None: the promoted round before k in
             state.json, else k - 1).
     Returns:
-        The path of metrics.png.
+        The path of metrics.png (None with ``tracking.plot_rounds: false``).
     """
     state = read_state(workdir)
     entry = next((r for r in state["rounds"] if r["round"] == k), {})
@@ -180,6 +181,8 @@ def track_round(cfg: Config, workdir: Path, k: int, metrics: dict[str, Any], *, 
                                                               ("val/C-H@1", "keys/count") if m in metrics}})
     finally:
         tracker.finish()
+    if not cfg.tracking.plot_rounds:
+        return None
     history = [dict(r["metrics"], round=r["round"]) for r in read_state(workdir)["rounds"] if r["metrics"]
                and r["round"] > 0]
     return plot_rounds(history, round_dir(workdir, k) / "metrics.png", PLOT_METRICS, title=Path(workdir).name)

@@ -1,0 +1,259 @@
+"""What an arm of the simulation may know (:class:`Catalogue`), what it must do (:class:`Policy`), and the
+non-LLM arms (docs/simulate.md, "Arms").
+
+An arm serves ``sim.slots`` categories to each user per day. Its inputs are its own log only: the warm-up
+events (identical for every arm) and, from then on, what its own serving produced. The latent truth of the
+world (core and latent interests, positions) is never visible to a policy.
+
+    exploitation  the base ranking: the user's most clicked categories in the arm's log (ties by the
+                  popularity prior); a user with fewer clicked categories gets the most clicked ones overall
+    random        uniformly random categories the user has never clicked (a seeded stream per day)
+    popular       the most clicked categories overall in the arm's log that the user has never clicked
+                  (ties by the popularity prior)
+    ucb           global UCB1 over categories on the arm's own served-slot feedback (a pull = a served slot of
+                  the category, reward = its click), the best ones the user has never clicked; never-served
+                  categories first
+
+The LLM arms (google_v1, coea, wo_kl, wo_rllm) live in :mod:`coea.simulate.coea_arm`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+
+NON_LLM_ARMS = ("exploitation", "random", "popular", "ucb")
+STREAM_POLICY = 4  # RNG stream of the random arm: np.random.default_rng([seed, day, STREAM_POLICY])
+
+
+@dataclass
+class Catalogue:
+    """What every policy may know about the world (not its latent truth).
+
+    Attributes:
+        categories: (C,) category names; index = category id.
+        items: the items table the logs' source reads: ``item_id``, ``category``, ``price``.
+        popularity: (C,) the organic exposure prior (sums to 1), used by the popular arm's ties.
+    """
+
+    categories: list[str]
+    items: pd.DataFrame
+    popularity: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.index = {c: i for i, c in enumerate(self.categories)}
+        self.item_category = dict(zip(self.items["item_id"], self.items["category"].map(self.index)))
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """An arm: fills each user's slots once per day, then learns from that day's events."""
+
+    name: str
+
+    def fill(self, day: int, users: list[str], recent: list[list[str]], slots: int) -> list[list[str]]:
+        """Categories to serve in each user's session slots today, ``slots`` per user (a category repeats only
+        if fewer are available). ``recent[i]``: user i's clicked categories, oldest first, as logged so far
+        (the arm's own log). Called once per day before the day's sessions.
+
+        ``day`` (here and in :meth:`observe`) is the UTC day number since 1970-01-01: the day's log partition is
+        ``date=1970-01-01 + day`` and it ends at ``(day + 1) * 86400`` (``coea.simulate.run.policy_day``)."""
+        ...
+
+    def observe(self, day: int, log_dir: Path, events: pd.DataFrame) -> None:
+        """After day ``day``'s events (this arm's, incl. served-slot exposures/clicks) are appended to
+        ``log_dir`` as that day's partition (coea.data.partitions.write_day) and ``events`` holds the same
+        rows: update the policy."""
+        ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, d: dict) -> None: ...
+
+
+# ----------------------------------------------------------------------------------------------------- helpers
+
+
+def _pad(chosen: list[int], order: np.ndarray, slots: int) -> list[int]:
+    """``chosen`` topped up from ``order`` (skipping repeats) to ``slots`` entries."""
+    out = list(dict.fromkeys(chosen))[:slots]
+    for c in order:
+        if len(out) >= slots:
+            break
+        if c not in out:
+            out.append(int(c))
+    while len(out) < slots and out:  # fewer categories than slots: repeat (only then)
+        out.append(out[len(out) % len(out)])
+    return out
+
+
+class _CountingPolicy:
+    """Shared bookkeeping: click counts per (user, category) and served-slot pulls / clicks per category,
+    learned from the warm-up events and then from each day's events of the arm's own log."""
+
+    name = ""
+
+    def __init__(self, catalogue: Catalogue, users: list[str], seed: int, warmup: pd.DataFrame | None = None):
+        self.catalogue = catalogue
+        self.users = list(users)
+        self.row = {u: i for i, u in enumerate(self.users)}
+        self.seed = int(seed)
+        C = len(catalogue.categories)
+        self.clicks = np.zeros((len(self.users), C), dtype=np.int64)  # (U, C) clicks in the arm's log
+        self.slot_pulls = np.zeros(C, dtype=np.int64)  # (C,) served slots of each category
+        self.slot_clicks = np.zeros(C, dtype=np.int64)  # (C,) their clicks
+        # ties: the popularity prior, then the name order (stable, deterministic)
+        self.prior_order = np.lexsort((np.arange(C), -np.asarray(catalogue.popularity)))
+        if warmup is not None and len(warmup):
+            self._count(warmup)
+
+    def _count(self, events: pd.DataFrame) -> None:
+        cat = events["item_id"].map(self.catalogue.item_category)
+        row = events["user_id"].map(self.row)
+        ok = (cat.notna() & row.notna()).to_numpy()
+        cat = cat.to_numpy()[ok].astype(np.int64)
+        row = row.to_numpy()[ok].astype(np.int64)
+        click = (events["event"] == "click").to_numpy()[ok]
+        np.add.at(self.clicks, (row[click], cat[click]), 1)
+        if "slot" in events.columns:
+            served = (events["slot"].to_numpy()[ok] >= 0)
+            np.add.at(self.slot_pulls, cat[served], 1)
+            np.add.at(self.slot_clicks, cat[served & click], 1)
+
+    def observe(self, day: int, log_dir: Path, events: pd.DataFrame) -> None:
+        self._count(events)
+
+    def state_dict(self) -> dict:
+        return {"clicks": self.clicks.copy(), "slot_pulls": self.slot_pulls.copy(),
+                "slot_clicks": self.slot_clicks.copy()}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.clicks = np.asarray(d["clicks"], dtype=np.int64).copy()
+        self.slot_pulls = np.asarray(d["slot_pulls"], dtype=np.int64).copy()
+        self.slot_clicks = np.asarray(d["slot_clicks"], dtype=np.int64).copy()
+
+    def _rows(self, users: list[str]) -> np.ndarray:
+        return np.array([self.row[u] for u in users], dtype=np.int64)
+
+    def _names(self, picks: list[list[int]]) -> list[list[str]]:
+        cats = self.catalogue.categories
+        return [[cats[c] for c in p] for p in picks]
+
+    def _global_order(self) -> np.ndarray:
+        """Categories by clicks over all users in the arm's log, ties by the prior's order."""
+        total = self.clicks.sum(axis=0)  # (C,)
+        rank_prior = np.empty_like(self.prior_order)
+        rank_prior[self.prior_order] = np.arange(len(self.prior_order))
+        return np.lexsort((rank_prior, -total))
+
+    def _unexplored(self, rows: np.ndarray, order: np.ndarray, slots: int) -> list[list[int]]:
+        """Per user, the first ``slots`` categories of ``order`` the user never clicked."""
+        out = []
+        for r in rows:
+            seen = self.clicks[r] > 0
+            pick = [int(c) for c in order if not seen[c]][:slots]
+            out.append(_pad(pick, order, slots))
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------- arms
+
+
+class ExploitationPolicy(_CountingPolicy):
+    """The base ranking: the user's most clicked categories (ties by the popularity prior)."""
+
+    name = "exploitation"
+
+    def fill(self, day: int, users: list[str], recent: list[list[str]], slots: int) -> list[list[str]]:
+        rank_prior = np.empty_like(self.prior_order)
+        rank_prior[self.prior_order] = np.arange(len(self.prior_order))
+        fallback = self._global_order()
+        out = []
+        for r in self._rows(users):
+            counts = self.clicks[r]
+            order = np.lexsort((rank_prior, -counts))
+            pick = [int(c) for c in order[:slots] if counts[c] > 0]
+            out.append(_pad(pick, fallback, slots))
+        return self._names(out)
+
+
+class RandomUnexploredPolicy(_CountingPolicy):
+    """Uniformly random never-clicked categories; the stream is keyed by (seed, day), so a resumed run serves
+    the same."""
+
+    name = "random"
+
+    def fill(self, day: int, users: list[str], recent: list[list[str]], slots: int) -> list[list[str]]:
+        rng = np.random.default_rng([self.seed, int(day), STREAM_POLICY])
+        C = len(self.catalogue.categories)
+        out = []
+        for r in self._rows(users):
+            order = rng.permutation(C)
+            out.append(self._unexplored(np.array([r]), order, slots)[0])
+        return self._names(out)
+
+
+class PopularUnexploredPolicy(_CountingPolicy):
+    """The most clicked categories overall (the arm's log) that the user never clicked."""
+
+    name = "popular"
+
+    def fill(self, day: int, users: list[str], recent: list[list[str]], slots: int) -> list[list[str]]:
+        return self._names(self._unexplored(self._rows(users), self._global_order(), slots))
+
+
+class UCBUnexploredPolicy(_CountingPolicy):
+    """Global UCB1 on the arm's served-slot feedback; the best never-clicked categories per user.
+
+    score_c = k_c / n_c + c sqrt(ln N / n_c) (Auer et al. 2002), n_c = served slots of c, k_c their clicks,
+    N = all served slots; a never-served category scores +inf (ties by the popularity prior).
+    """
+
+    name = "ucb"
+
+    def __init__(self, catalogue: Catalogue, users: list[str], seed: int, warmup: pd.DataFrame | None = None,
+                 *, c: float = 0.5):
+        super().__init__(catalogue, users, seed, warmup)
+        self.c = float(c)
+
+    def scores(self) -> np.ndarray:
+        """(C,) UCB1 scores."""
+        n = self.slot_pulls.astype(float)
+        total = max(float(n.sum()), 1.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s = self.slot_clicks / n + self.c * np.sqrt(math.log(total) / n)
+        return np.where(n > 0, s, np.inf)
+
+    def fill(self, day: int, users: list[str], recent: list[list[str]], slots: int) -> list[list[str]]:
+        rank_prior = np.empty_like(self.prior_order)
+        rank_prior[self.prior_order] = np.arange(len(self.prior_order))
+        s = self.scores()
+        order = np.lexsort((rank_prior, -s))
+        if np.isinf(s).sum() > slots:  # many never-served: spread them over users instead of all on the same few
+            untried = order[np.isinf(s[order])]
+            rng = np.random.default_rng([self.seed, int(day), STREAM_POLICY])
+            out = []
+            for r in self._rows(users):
+                mine = np.concatenate([rng.permutation(untried), order[~np.isinf(s[order])]])
+                out.append(self._unexplored(np.array([r]), mine, slots)[0])
+            return self._names(out)
+        return self._names(self._unexplored(self._rows(users), order, slots))
+
+
+def make_policy(name: str, catalogue: Catalogue, users: list[str], seed: int, warmup: pd.DataFrame | None,
+                *, ucb_c: float = 0.5) -> Policy:
+    """A non-LLM arm by name (:data:`NON_LLM_ARMS`), primed with the warm-up events."""
+    if name == "exploitation":
+        return ExploitationPolicy(catalogue, users, seed, warmup)
+    if name == "random":
+        return RandomUnexploredPolicy(catalogue, users, seed, warmup)
+    if name == "popular":
+        return PopularUnexploredPolicy(catalogue, users, seed, warmup)
+    if name == "ucb":
+        return UCBUnexploredPolicy(catalogue, users, seed, warmup, c=ucb_c)
+    raise ValueError(f"not a non-LLM arm: {name!r} (known: {', '.join(NON_LLM_ARMS)})")

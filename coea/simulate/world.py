@@ -1,0 +1,354 @@
+"""The simulation's environment: a world whose users react to what an arm serves (docs/simulate.md).
+
+Built on the ideas of :mod:`coea.data.synthetic` (groups of users, core and latent interests, discovery), as an
+environment stepped one day at a time instead of a fixed data set:
+
+- **Categories** sit in a latent space (``sim.latent_dim``), scattered around ``sim.n_topics`` topic centres, so
+  categories of one topic are related. Popularity is Zipf-like (p_c ~ 1 / rank^s over a random order).
+- **Users** belong to ``sim.n_groups`` groups; a user's centre lies near its group's centre, which lies near one
+  category. A user's **core** interests are its ``core_per_user`` nearest categories, its **latent** interests
+  the next ``latent_per_user`` nearest ones: related to the core and shared with the group, so they can be
+  learned from other users ("listeners of Jazz tend to discover Blues").
+- **Items** carry a price, lognormal around a per-category mean (the GTV analogue, App. A.4 Eq. 22).
+- **Discovery comes from exposure.** An undiscovered latent interest is never clicked. Each exposure of it (the
+  organic feed or a served slot) discovers it with probability ``discover_prob``; from that exposure on it is
+  clicked with ``click_latent`` and stays discovered.
+- **Sessions.** Poisson(``sessions_per_day``) sessions per user and day. A session shows the arm's ``slots``
+  served categories first, then ``exposures_per_session`` organic items: with probability
+  ``organic_core_share`` one of the user's *known* interests (uniform over its core and its latent interests
+  discovered before the day: the feed follows what the user is known to like), else a category drawn from the
+  popularity prior with the core left out and latent interests down-weighted by
+  ``organic_latent_weight`` (the feed rarely shows them). One item of each category is shown.
+- **Clicks.** p = click_core | click_latent (discovered) | 0 (undiscovered latent) | click_other, times
+  ``fatigue^(n - 1)`` where n counts the exposures of the same category in the session (content fatigue).
+
+**Paired A/B.** Everything random about a day -- the sessions, their times, the organic categories and items,
+and the uniforms that decide every click, discovery and served item -- comes from streams
+``np.random.default_rng([seed, day, stream])`` that do not depend on the arm (:meth:`World.draws`). Every arm
+therefore sees the same users, the same organic feed and the same coin flips (common random numbers); only the
+served categories differ, and through them discoveries and clicks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+
+from coea.config import SimConfig
+from coea.data.partitions import DAY, day_start
+from coea.data.synthetic import category_names
+from coea.simulate.policies import Catalogue
+
+STREAM_WORLD, STREAM_SESSIONS, STREAM_ORGANIC, STREAM_SLOTS = 0, 1, 2, 3
+EXPOSURE_GAP_S = 20  # seconds between the exposures of a session
+FEATURE_AGREEMENT = 0.8
+KIND_OTHER, KIND_CORE, KIND_LATENT = 0, 1, 2
+
+
+def day_date(cfg: SimConfig, day: int) -> dt.date:
+    """UTC date of simulation day ``day`` (day 0 = ``sim.start_date``, the first warm-up day)."""
+    return dt.date.fromisoformat(cfg.start_date) + dt.timedelta(days=int(day))
+
+
+def day_end(cfg: SimConfig, day: int) -> int:
+    """Unix seconds of the end of day ``day`` (exclusive): the ``until`` of a cycle run after that day."""
+    return day_start(day_date(cfg, day)) + DAY
+
+
+@dataclass
+class WorldState:
+    """What an arm's serving changes in the world: which latent interests each user has discovered.
+
+    discovered: (U, L) bool; discovery_day: (U, L) int64, the day of discovery (-1 = not yet).
+    """
+
+    discovered: np.ndarray
+    discovery_day: np.ndarray
+
+    def copy(self) -> WorldState:
+        return WorldState(self.discovered.copy(), self.discovery_day.copy())
+
+    def state_dict(self) -> dict:
+        return {"discovered": self.discovered.copy(), "discovery_day": self.discovery_day.copy()}
+
+    @classmethod
+    def from_state_dict(cls, d: dict) -> WorldState:
+        return cls(np.asarray(d["discovered"], dtype=bool).copy(), np.asarray(d["discovery_day"], np.int64).copy())
+
+
+@dataclass
+class DayDraws:
+    """Everything random about one day, identical for every arm. S sessions, E organic exposures, K slots.
+
+    sess_user: (S,) user row; start: (S,) second of the day the session starts.
+    organic_cat: (S, E) category id from the popularity prior, or -1 where the exposure shows one of the user's
+    known interests, picked by ``interest_u`` (S, E) among them when the day is played (:meth:`World.organic`).
+    organic_item: (S, E) item number within the category.
+    organic_u_click / organic_u_disc: (S, E) uniforms deciding click and discovery.
+    slot_item / slot_u_click / slot_u_disc: (S, K) the same for the served slots.
+    """
+
+    sess_user: np.ndarray
+    start: np.ndarray
+    organic_cat: np.ndarray
+    interest_u: np.ndarray
+    organic_item: np.ndarray
+    organic_u_click: np.ndarray
+    organic_u_disc: np.ndarray
+    slot_item: np.ndarray
+    slot_u_click: np.ndarray
+    slot_u_disc: np.ndarray
+
+
+@dataclass
+class DayOutcome:
+    """One arm's day: the events (as logged) and the same rows as arrays, in the events' order.
+
+    events: user_id, item_id, timestamp, event ("click" | "exposure"), rating (NaN), slot (-1 = organic,
+    else the served slot's position 0..K-1). user / category / item / slot: (N,) int64; click: (N,) bool;
+    price: (N,) float. new_discoveries: (M, 2) (user row, latent position) discovered today.
+    """
+
+    events: pd.DataFrame
+    user: np.ndarray
+    category: np.ndarray
+    item: np.ndarray
+    slot: np.ndarray
+    click: np.ndarray
+    price: np.ndarray
+    new_discoveries: np.ndarray
+
+
+class World:
+    """One world seed: catalogue, users and their hidden interests; :meth:`step` plays one arm's day."""
+
+    def __init__(self, cfg: SimConfig, seed: int) -> None:
+        self.cfg, self.seed = cfg, int(seed)
+        rng = np.random.default_rng([self.seed, 0, STREAM_WORLD])
+        C, U, d = cfg.n_categories, cfg.n_users, cfg.latent_dim
+        T = cfg.n_topics or max(1, round(C ** 0.5))
+        self.names = category_names(C)
+
+        # Categories: topics in the latent space, Zipf-like popularity over a random order.
+        topic_centre = rng.standard_normal((T, d))  # (T, d)
+        self.topic = rng.permutation(np.arange(C) % T)  # (C,)
+        self.position = topic_centre[self.topic] + cfg.topic_spread * rng.standard_normal((C, d))  # (C, d)
+        pop = 1.0 / (np.arange(1, C + 1) ** cfg.zipf_exponent)
+        self.popularity = np.empty(C)
+        self.popularity[rng.permutation(C)] = pop / pop.sum()  # (C,)
+
+        # Users: groups anchored at a category; core = nearest, latent = next nearest.
+        G = min(cfg.n_groups, C)
+        anchor = rng.choice(C, size=G, replace=False)
+        group_centre = self.position[anchor] + 0.1 * rng.standard_normal((G, d))  # (G, d)
+        self.group = rng.permutation(np.arange(U) % G)  # (U,)
+        self.centre = group_centre[self.group] + cfg.group_spread * rng.standard_normal((U, d))  # (U, d)
+        dist = np.linalg.norm(self.centre[:, None, :] - self.position[None, :, :], axis=2)  # (U, C)
+        order = np.argsort(dist, axis=1, kind="stable")
+        K, L = cfg.core_per_user, cfg.latent_per_user
+        self.core = order[:, :K]  # (U, K) category ids
+        self.latent = order[:, K:K + L]  # (U, L) category ids
+        self.kind = np.full((U, C), KIND_OTHER, dtype=np.int8)  # (U, C)
+        self.latent_pos = np.full((U, C), -1, dtype=np.int64)  # (U, C) position of c in the user's latent list
+        rows = np.arange(U)[:, None]
+        self.kind[rows, self.core] = KIND_CORE
+        self.kind[rows, self.latent] = KIND_LATENT
+        self.latent_pos[rows, self.latent] = np.arange(L)[None, :]
+
+        # Organic non-core weights: the prior, latent interests down-weighted, core excluded (drawn separately).
+        w = np.tile(self.popularity, (U, 1))  # (U, C)
+        w[self.kind == KIND_LATENT] *= cfg.organic_latent_weight
+        w[self.kind == KIND_CORE] = 0.0
+        self._organic_cdf = np.cumsum(w, axis=1) / np.maximum(w.sum(axis=1, keepdims=True), 1e-300)  # (U, C)
+
+        # Items and prices.
+        I = cfg.items_per_category
+        n_items = C * I
+        width = len(str(n_items))
+        self.item_ids = np.array([f"i{i:0{width}d}" for i in range(n_items)])
+        mu = cfg.price_log_mean + cfg.price_category_sigma * rng.standard_normal(C)  # (C,)
+        self.price = np.round(np.exp(np.repeat(mu, I) + cfg.price_item_sigma * rng.standard_normal(n_items)), 2)
+        self.items = pd.DataFrame({
+            "item_id": self.item_ids,
+            "category": [self.names[i // I] for i in range(n_items)],
+            "title": [f"{self.names[i // I]} #{i % I + 1}" for i in range(n_items)],
+            "price": self.price,
+        })
+        uw = len(str(U))
+        self.user_ids = [f"u{u:0{uw}d}" for u in range(U)]
+        users = pd.DataFrame({"user_id": self.user_ids})
+        for f in range(cfg.user_features):
+            card = max(3, G // 2 + 1) + f
+            typical = rng.integers(0, card, G)
+            value = np.where(rng.random(U) < FEATURE_AGREEMENT, typical[self.group], rng.integers(0, card, U))
+            users[f"feature_{f}"] = [f"f{f}_{v}" for v in value]
+        self.users = users
+        self.catalogue = Catalogue(categories=list(self.names), items=self.items[["item_id", "category", "price"]],
+                                   popularity=self.popularity.copy())
+        self._draws = lru_cache(maxsize=4)(self._make_draws)
+
+    # ----------------------------------------------------------------------------------------------- state
+
+    def initial_state(self) -> WorldState:
+        U, L = self.cfg.n_users, self.cfg.latent_per_user
+        return WorldState(np.zeros((U, L), dtype=bool), np.full((U, L), -1, dtype=np.int64))
+
+    def ground_truth(self) -> pd.DataFrame:
+        """user_id, group, core (list[str]) and latent (list[str]) interests: never shown to a policy."""
+        return pd.DataFrame({
+            "user_id": self.user_ids, "group": self.group,
+            "core": [[self.names[c] for c in row] for row in self.core],
+            "latent": [[self.names[c] for c in row] for row in self.latent],
+        })
+
+    def long_tail(self) -> np.ndarray:
+        """(C,) bool: the bottom ``sim.tail_fraction`` of categories by the popularity prior (ties by id)."""
+        C = len(self.names)
+        n = int(np.ceil(round(self.cfg.tail_fraction * C, 9)))
+        order = np.lexsort((np.arange(C), self.popularity))
+        tail = np.zeros(C, dtype=bool)
+        tail[order[:n]] = True
+        return tail
+
+    # ----------------------------------------------------------------------------------------------- draws
+
+    def draws(self, day: int) -> DayDraws:
+        """The day's random draws (cached: every arm of a day reuses them)."""
+        return self._draws(int(day))
+
+    def _make_draws(self, day: int) -> DayDraws:
+        cfg = self.cfg
+        U, E, K, I = cfg.n_users, cfg.exposures_per_session, cfg.slots, cfg.items_per_category
+        rs = np.random.default_rng([self.seed, day, STREAM_SESSIONS])
+        sess_user = np.repeat(np.arange(U), rs.poisson(cfg.sessions_per_day, U))  # (S,)
+        S = len(sess_user)
+        start = rs.integers(0, DAY - (E + K + 1) * EXPOSURE_GAP_S, S)  # (S,)
+
+        ro = np.random.default_rng([self.seed, day, STREAM_ORGANIC])
+        from_interest = ro.random((S, E)) < cfg.organic_core_share  # (S, E)
+        interest_u = ro.random((S, E))  # which of the user's known interests (mapped in step: depends on the state)
+        u = ro.random((S, E))
+        cdf = self._organic_cdf[sess_user]  # (S, C)
+        other_pick = np.minimum((cdf[:, None, :] <= u[:, :, None]).sum(axis=2), len(self.names) - 1)  # (S, E)
+        organic_cat = np.where(from_interest, -1, other_pick).astype(np.int64)  # -1: a known interest
+        organic_item = ro.integers(0, I, (S, E))
+        organic_u_click, organic_u_disc = ro.random((S, E)), ro.random((S, E))
+
+        rk = np.random.default_rng([self.seed, day, STREAM_SLOTS])
+        slot_item = rk.integers(0, I, (S, K))
+        slot_u_click, slot_u_disc = rk.random((S, K)), rk.random((S, K))
+        return DayDraws(sess_user, start, organic_cat, interest_u, organic_item, organic_u_click, organic_u_disc,
+                        slot_item, slot_u_click, slot_u_disc)
+
+    def organic(self, state: WorldState, dr: DayDraws) -> np.ndarray:
+        """(S, E) organic categories: the prior's picks, and for the interest exposures the user's known interest
+        number floor(u * n) among its n known ones (core, then latent discovered before the day, in order).
+
+        The feed follows what the user is known to like (as a production feed does), so a discovered latent
+        interest also gets organic exposures; the uniforms are the same for every arm.
+        """
+        cats = dr.organic_cat.copy()
+        pick = cats < 0
+        if not pick.any():
+            return cats
+        K = self.core.shape[1]
+        known = np.concatenate([self.core, np.where(state.discovered, self.latent, -1)], axis=1)  # (U, K + L)
+        order = np.argsort(known < 0, axis=1, kind="stable")  # discovered ones first after the core, order kept
+        known = np.take_along_axis(known, order, axis=1)
+        n_known = K + state.discovered.sum(axis=1)  # (U,)
+        users = np.repeat(dr.sess_user[:, None], cats.shape[1], axis=1)  # (S, E)
+        idx = np.minimum((dr.interest_u * n_known[users]).astype(np.int64), n_known[users] - 1)
+        cats[pick] = known[users[pick], idx[pick]]
+        return cats
+
+    # ------------------------------------------------------------------------------------------------ step
+
+    def step(self, state: WorldState, day: int, served: np.ndarray | None) -> tuple[DayOutcome, WorldState]:
+        """Play day ``day`` for one arm.
+
+        Args:
+            state: the arm's world state before the day (not modified).
+            day: simulation day (0 = the first warm-up day).
+            served: (U, K) category ids the arm serves each user today (the same in each of the user's sessions),
+                or None on an organic-only (warm-up) day.
+
+        Returns:
+            The day's outcome and the state after it.
+        """
+        cfg = self.cfg
+        dr = self.draws(day)
+        S = len(dr.sess_user)
+        organic = self.organic(state, dr)  # (S, E)
+        if served is None:
+            cats, items, uc, ud = organic, dr.organic_item, dr.organic_u_click, dr.organic_u_disc
+            slot = np.full(cats.shape, -1, dtype=np.int64)
+        else:
+            served = np.asarray(served, dtype=np.int64)
+            if served.shape != (cfg.n_users, cfg.slots):
+                raise ValueError(f"served: expected shape {(cfg.n_users, cfg.slots)}, got {served.shape}")
+            cats = np.concatenate([served[dr.sess_user], organic], axis=1)  # (S, K + E)
+            items = np.concatenate([dr.slot_item, dr.organic_item], axis=1)
+            uc = np.concatenate([dr.slot_u_click, dr.organic_u_click], axis=1)
+            ud = np.concatenate([dr.slot_u_disc, dr.organic_u_disc], axis=1)
+            slot = np.concatenate([np.tile(np.arange(cfg.slots), (S, 1)),
+                                   np.full(organic.shape, -1, dtype=np.int64)], axis=1)
+        n = cats.shape[1]
+        user = np.repeat(dr.sess_user[:, None], n, axis=1)  # (S, n)
+        ts = (day_start(day_date(cfg, day)) + dr.start[:, None]
+              + EXPOSURE_GAP_S * np.arange(n)[None, :]).astype(np.int64)  # (S, n)
+
+        # Discovery: the first discovering exposure of each (user, latent interest) today, by time.
+        kind = self.kind[user, cats]  # (S, n)
+        lpos = self.latent_pos[user, cats]  # (S, n)
+        is_lat = kind == KIND_LATENT
+        before = np.zeros(cats.shape, dtype=bool)
+        before[is_lat] = state.discovered[user[is_lat], lpos[is_lat]]
+        finds = is_lat & ~before & (ud < cfg.discover_prob)
+        first = np.full(state.discovered.shape, np.iinfo(np.int64).max, dtype=np.int64)  # (U, L)
+        np.minimum.at(first, (user[finds], lpos[finds]), ts[finds])
+        found_now = np.zeros(cats.shape, dtype=bool)
+        found_now[is_lat] = ts[is_lat] >= first[user[is_lat], lpos[is_lat]]
+        clickable_latent = before | found_now
+
+        # Click probability: by kind, content fatigue within the session.
+        base = np.where(kind == KIND_CORE, cfg.click_core,
+                        np.where(is_lat, np.where(clickable_latent, cfg.click_latent, 0.0), cfg.click_other))
+        same = (cats[:, :, None] == cats[:, None, :]).sum(axis=2)  # (S, n) exposures of the category in the session
+        p = base * cfg.fatigue ** (same - 1)
+        click = uc < p  # (S, n)
+
+        new_state = state.copy()
+        newly = (first < np.iinfo(np.int64).max) & ~state.discovered
+        new_state.discovered |= newly
+        new_state.discovery_day[newly] = day
+
+        item = cats * cfg.items_per_category + items
+        flat = {k: v.ravel() for k, v in
+                {"user": user, "category": cats, "item": item, "slot": slot, "click": click, "ts": ts}.items()}
+        order = np.lexsort((flat["user"], flat["ts"]))  # time order, then user: file order = time order
+        flat = {k: v[order] for k, v in flat.items()}
+        events = pd.DataFrame({
+            "user_id": np.asarray(self.user_ids, dtype=object)[flat["user"]],
+            "item_id": self.item_ids[flat["item"]],
+            "timestamp": flat["ts"],
+            "event": np.where(flat["click"], "click", "exposure"),
+            "rating": np.nan,
+            "slot": flat["slot"].astype(np.int64),
+        })
+        outcome = DayOutcome(events=events, user=flat["user"].astype(np.int64),
+                             category=flat["category"].astype(np.int64), item=flat["item"].astype(np.int64),
+                             slot=flat["slot"].astype(np.int64), click=flat["click"].astype(bool),
+                             price=self.price[flat["item"]], new_discoveries=np.argwhere(newly))
+        return outcome, new_state
+
+    def category_ids(self, lists: list[list[str]]) -> np.ndarray:
+        """(U, K) ids of per-user category-name lists (names outside the catalogue raise ValueError)."""
+        index = self.catalogue.index
+        try:
+            return np.array([[index[c] for c in row] for row in lists], dtype=np.int64)
+        except KeyError as exc:
+            raise ValueError(f"served category not in the catalogue: {exc.args[0]!r}") from None
