@@ -46,6 +46,25 @@ def ml100k_path() -> Path:
     return ML100K
 
 
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark("scale")`` imports ``benchmarks/scale.py`` (the benchmarks are scripts, not a package).
+
+    The module is registered in ``sys.modules`` under ``bench_<name>`` before it runs: dataclasses resolve their
+    annotations through it."""
+    import importlib.util
+    import sys
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
 # A tiny demo world and tiny models: one bootstrap + cycle takes seconds on one core.
 TINY = [
     "synthetic.n_users=80", "synthetic.n_groups=3", "synthetic.n_categories=8", "synthetic.items_per_category=5",

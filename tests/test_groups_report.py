@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -14,7 +13,6 @@ import pytest
 from coea.cli import main
 from coea.groups_report import as_json, group_colour, load_groups, render_html, render_table, user_map, write_html
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "groups_page.py"
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +29,8 @@ def workdir(tiny_cfg, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page_tool():
-    spec = importlib.util.spec_from_file_location("groups_page", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def page_tool(load_benchmark):
+    return load_benchmark("groups_page")
 
 
 def _groups_file(w: Path) -> list[dict]:

@@ -5,21 +5,15 @@ The GPU figures themselves are measured on a GPU (docs/gpu.md); this checks the 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu.py"
 
 
 @pytest.fixture(scope="module")
-def gpu_bench():
-    spec = importlib.util.spec_from_file_location("gpu_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def gpu_bench(load_benchmark):
+    return load_benchmark("gpu")
 
 
 def test_smoke_run_prints_every_measurement(gpu_bench, tmp_path, capsys):

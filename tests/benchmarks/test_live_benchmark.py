@@ -6,25 +6,16 @@ The 60-day figures themselves come from running the script (docs/cycle.md, "Meas
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "live.py"
 
 
 @pytest.fixture(scope="module")
-def live():
-    spec = importlib.util.spec_from_file_location("live_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["live_bench"] = module  # its dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("live_bench", None)
+def live(load_benchmark):
+    return load_benchmark("live")
 
 
 @pytest.fixture(scope="module")

@@ -64,32 +64,40 @@ def test_assign_unseen_tuples_and_json_round_trip(tmp_path):
     np.testing.assert_allclose(again.centroids, m.centroids)
 
 
-def _reference_csid_map(indices, embeddings, *, max_groups, min_group_size=1):
-    """The merge rule as first written: rescan every alive group per merge (O(G^2 d)); the fast rule must match it."""
-    indices = np.asarray(indices)
-    embeddings = np.asarray(embeddings, dtype=np.float64)
-    codes = [tuple(int(c) for c in row) for row in indices.tolist()]
+def _rescan_groups(indices, embeddings):
+    """The rescanning rule's start: sorted distinct code tuples, each one's size and embedding sum, all alive."""
+    codes = [tuple(int(c) for c in row) for row in np.asarray(indices).tolist()]
     keys = sorted(set(codes))
     pos = {k: g for g, k in enumerate(keys)}
     member = np.array([pos[c] for c in codes])
     sizes = np.bincount(member, minlength=len(keys)).astype(np.int64)
-    sums = np.zeros((len(keys), embeddings.shape[1]))
-    np.add.at(sums, member, embeddings)
-    alive = np.ones(len(keys), dtype=bool)
-    parent = list(range(len(keys)))
+    sums = np.zeros((len(keys), np.shape(embeddings)[1]))
+    np.add.at(sums, member, np.asarray(embeddings, dtype=np.float64))
+    return keys, sizes, sums, np.ones(len(keys), dtype=bool)
 
+
+def _rescan_merge(sizes, sums, alive) -> tuple[int, int]:
+    """One merge of the rule as first written: the smallest alive group into the alive group whose centroid is the
+    most cosine-similar, found by rescanning every alive group (O(G d) per merge)."""
     def unit(x):
         return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
+    live = np.flatnonzero(alive)
+    src = int(live[np.argmin(sizes[live])])
+    others = live[live != src]
+    dst = int(others[np.argmax(unit(sums[others] / sizes[others, None]) @ unit(sums[src] / sizes[src]))])
+    sums[dst] += sums[src]
+    sizes[dst] += sizes[src]
+    alive[src] = False
+    return src, dst
+
+
+def _reference_csid_map(indices, embeddings, *, max_groups, min_group_size=1):
+    """The merge rule as first written: rescan every alive group per merge (O(G^2 d)); the fast rule must match it."""
+    keys, sizes, sums, alive = _rescan_groups(indices, embeddings)
+    parent = list(range(len(keys)))
     while alive.sum() > 1 and (alive.sum() > max_groups or sizes[alive].min() < min_group_size):
-        live = np.flatnonzero(alive)
-        src = int(live[np.argmin(sizes[live])])
-        others = live[live != src]
-        sims = unit(sums[others] / sizes[others, None]) @ unit(sums[src] / sizes[src])
-        dst = int(others[np.argmax(sims)])
-        sums[dst] += sums[src]
-        sizes[dst] += sizes[src]
-        alive[src] = False
+        src, dst = _rescan_merge(sizes, sums, alive)
         parent[src] = dst
 
     def root(g):
@@ -125,26 +133,10 @@ def _rescan_seconds_per_merge(idx, emb, merges: int) -> float:
     """Wall time per merge of the rescanning rule's first ``merges`` merges (each rescans every alive group)."""
     import time
 
-    keys = sorted({tuple(r) for r in idx.tolist()})
-    pos = {k: g for g, k in enumerate(keys)}
-    member = np.array([pos[tuple(r)] for r in idx.tolist()])
-    sizes = np.bincount(member).astype(np.int64)
-    sums = np.zeros((len(keys), emb.shape[1]))
-    np.add.at(sums, member, emb)
-    alive = np.ones(len(keys), dtype=bool)
-
-    def unit(x):
-        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
+    _, sizes, sums, alive = _rescan_groups(idx, emb)
     t = time.perf_counter()
     for _ in range(merges):
-        live = np.flatnonzero(alive)
-        src = int(live[np.argmin(sizes[live])])
-        others = live[live != src]
-        dst = int(others[np.argmax(unit(sums[others] / sizes[others, None]) @ unit(sums[src] / sizes[src]))])
-        sums[dst] += sums[src]
-        sizes[dst] += sizes[src]
-        alive[src] = False
+        _rescan_merge(sizes, sums, alive)
     return (time.perf_counter() - t) / merges
 
 
