@@ -132,6 +132,11 @@ class QuantizerConfig:
     code_dim: int = opt(32, "Latent dimension of the RQ-VAE.", min=2)
     max_groups: int = opt(50, "M_N: cap on the number of groups; smaller groups are merged (docs/dsie.md).", min=1)
     min_group_size: int = opt(1, "Groups smaller than this are merged into their nearest group.", min=1)
+    merge_search: Literal["exact", "prefix"] = opt(
+        "exact", "Where the merge rule looks for a group's most similar group: 'exact' = every alive group (the "
+        "paper's rule, quadratic in code tuples), 'prefix' = the groups sharing the longest code prefix (about "
+        "linear; for MTRec-size runs, docs/dsie.md)."
+    )
     epochs: int = opt(50, "RQ-VAE training epochs.", min=1)
     batch_size: int = opt(256, "Batch size.", min=1)
     lr: float = opt(1e-3, "Learning rate.", min=0.0)

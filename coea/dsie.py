@@ -132,7 +132,7 @@ def run_dsie(cfg: Config, round_path: Path, inter: Interactions, seqs: Sequences
 
         t = time.perf_counter()
         csid_map = build_csid_map(indices, space[warm], max_groups=cfg.quantizer.max_groups,
-                                  min_group_size=cfg.quantizer.min_group_size)
+                                  min_group_size=cfg.quantizer.min_group_size, search=cfg.quantizer.merge_search)
         csid_map.save(out / FILES["csid_map"])
         csids = np.full(len(seqs.user_ids), DEFAULT_CSID, dtype=object)
         csids[warm] = csid_map.assign(indices)

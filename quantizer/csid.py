@@ -112,10 +112,24 @@ class CsidMap:
         return cls.from_json(json.loads(Path(path).read_text()))
 
 
+MERGE_SEARCHES = ("exact", "prefix")
+
+
 def build_csid_map(
-    indices: np.ndarray, embeddings: np.ndarray, *, max_groups: int, min_group_size: int = 1
+    indices: np.ndarray, embeddings: np.ndarray, *, max_groups: int, min_group_size: int = 1,
+    search: str = "exact",
 ) -> CsidMap:
     """Group users by code tuple and merge groups down to ``max_groups`` (rule in the module docstring).
+
+    ``search`` says where step 2 looks for the most similar group:
+
+    * ``"exact"`` (the paper's rule): every alive group. Theta(G^2 d), see below.
+    * ``"prefix"``: the alive groups that share the longest code prefix with the picked group (the deepest
+      RQ-VAE cell that still holds another group: siblings first, then cousins, ..., every group only when no
+      other group shares even the first code). The RQ-VAE's own codes act as the index, like an IVF coarse
+      quantiser: residual levels refine, so a tuple's most similar groups are mostly its siblings. Each search
+      costs the size of one cell, at most ``codebook_size`` groups at the deepest level, so the rule is about
+      linear in G; it is an approximation of "exact" (agreement measured in docs/scale.md).
 
     The rule is sequential and its nearest-centroid step is a search over every alive group, so it is
     Theta(G^2 d) in the number G of realised code tuples whatever the implementation (in the standardised u_long
@@ -136,6 +150,8 @@ def build_csid_map(
         max_groups: M_N, the cap on surviving groups (>= 1).
         min_group_size: groups smaller than this are merged too (unless only one group is left).
     """
+    if search not in MERGE_SEARCHES:
+        raise ValueError(f"search must be one of {MERGE_SEARCHES}, got {search!r}")
     indices = np.asarray(indices)
     embeddings = np.asarray(embeddings, dtype=np.float64)
     if len(indices) == 0:
@@ -162,22 +178,33 @@ def build_csid_map(
             heapq.heappop(heap)
         return heap[0][1]
 
-    search: _CosineColumns | None = None
+    columns: _CosineColumns | None = None
+    cells: _PrefixCells | None = None
     while n_alive > 1:
         src = smallest()
         if not (n_alive > max_groups or int(sizes[src]) < min_group_size):
             break
-        if search is None:
-            search = _CosineColumns(sums, sizes)
-        if not search.has(src):  # cosines for src and the next picks in line, in one product
-            upcoming = [e[1] for e in heapq.nsmallest(search.batch * 2, heap) if valid(e)][: search.batch]
-            search.compute([src] + [g for g in upcoming if g != src], alive)
-        heapq.heappop(heap)
-        alive[src] = False
-        dst = search.nearest(src, alive)
-        sums[dst] += sums[src]
-        sizes[dst] += sizes[src]
-        search.moved(dst)
+        if search == "prefix":
+            if cells is None:
+                cells = _PrefixCells(uniq, sums, sizes)
+            heapq.heappop(heap)
+            alive[src] = False
+            dst = cells.nearest(src, alive)
+            sums[dst] += sums[src]
+            sizes[dst] += sizes[src]
+            cells.moved(dst)
+        else:
+            if columns is None:
+                columns = _CosineColumns(sums, sizes)
+            if not columns.has(src):  # cosines for src and the next picks in line, in one product
+                upcoming = [e[1] for e in heapq.nsmallest(columns.batch * 2, heap) if valid(e)][: columns.batch]
+                columns.compute([src] + [g for g in upcoming if g != src], alive)
+            heapq.heappop(heap)
+            alive[src] = False
+            dst = columns.nearest(src, alive)
+            sums[dst] += sums[src]
+            sizes[dst] += sizes[src]
+            columns.moved(dst)
         heapq.heappush(heap, (int(sizes[dst]), dst))
         merged.append((src, dst))
         n_alive -= 1
@@ -235,3 +262,43 @@ class _CosineColumns:
         self.unit[g] = _unit(self.sums[g:g + 1] / self.sizes[g:g + 1, None])[0]
         self.last_move[g] = len(self.moves)
         self.moves.append(g)
+
+
+class _PrefixCells:
+    """The alive groups of every code-prefix cell, for ``search="prefix"``.
+
+    ``cells[L]`` maps a length-L prefix (L = l-1 .. 1) to the set of alive groups whose tuple starts with it. A
+    search for a dead ``src`` takes the deepest cell of src's prefixes that still holds a group, and the highest
+    cosine there (ties: the smaller index, i.e. the smaller tuple); with no cell left, every alive group. Each
+    level-L cell triggers at most one fall-through to level L-1 (the last group of a cell merges away), so the
+    scans are dominated by the deepest cells (at most ``codebook_size`` groups each).
+    """
+
+    def __init__(self, uniq: np.ndarray, sums: np.ndarray, sizes: np.ndarray) -> None:
+        self.sums, self.sizes = sums, sizes
+        self.unit = _unit(sums / sizes[:, None])  # (G, d)
+        self.prefixes: list[list[tuple[int, ...]]] = []  # per level L (deepest first): each group's prefix
+        self.cells: list[dict[tuple[int, ...], set[int]]] = []
+        rows = [tuple(r) for r in uniq.tolist()]
+        for depth in range(uniq.shape[1] - 1, 0, -1):
+            pref = [r[:depth] for r in rows]
+            cell: dict[tuple[int, ...], set[int]] = {}
+            for g, p in enumerate(pref):
+                cell.setdefault(p, set()).add(g)
+            self.prefixes.append(pref)
+            self.cells.append(cell)
+
+    def nearest(self, src: int, alive: np.ndarray) -> int:
+        """The most cosine-similar alive group in src's deepest non-empty prefix cell (src already dead)."""
+        cands = None
+        for pref, cell in zip(self.prefixes, self.cells):
+            members = cell[pref[src]]
+            members.discard(src)  # src leaves every cell it was in
+            if cands is None and members:
+                cands = np.fromiter(sorted(members), dtype=np.int64, count=len(members))
+        if cands is None:  # no group shares even the first code: every alive group
+            cands = np.flatnonzero(alive)
+        return int(cands[int(np.argmax(self.unit[cands] @ self.unit[src]))])
+
+    def moved(self, g: int) -> None:
+        self.unit[g] = _unit(self.sums[g:g + 1] / self.sizes[g:g + 1, None])[0]

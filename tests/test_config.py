@@ -45,6 +45,7 @@ def test_overrides_apply_with_types():
     (["encoder.n_heads=3"], "encoder.n_heads: must divide"),
     (["data.source=movielens-100k"], "data.path: required"),
     (["quantizer.kmeans_init=maybe"], "quantizer.kmeans_init: expected true or false"),
+    (["quantizer.merge_search=nearest"], "quantizer.merge_search: must be one of"),
 ])
 def test_bad_values_name_the_key(override, needle):
     with pytest.raises(ConfigError) as err:

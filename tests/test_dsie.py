@@ -158,3 +158,21 @@ def test_figure3_centres_before_cosine():
     fig3 = figure3(emb, ["a", "a", "b", "b"])
     assert fig3["raw"]["intra"] == pytest.approx(1.0) and fig3["raw"]["inter"] > 0.99
     assert fig3["intra"] == pytest.approx(1.0) and fig3["inter"] == pytest.approx(-1.0)
+
+
+def test_merge_search_setting_reaches_the_merge_rule(tmp_path, monkeypatch):
+    import coea.dsie as dsie_mod
+
+    seen = []
+    real = dsie_mod.build_csid_map
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("search"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dsie_mod, "build_csid_map", spy)
+    inter, seqs = tiny_world(seed=2)
+    cfg = tiny_config()
+    cfg.encoder.epochs, cfg.quantizer.epochs, cfg.quantizer.merge_search = 1, 2, "prefix"
+    res = run_dsie(cfg, tmp_path / "rounds" / "000", inter, seqs)
+    assert seen == ["prefix"] and 1 < res.n_groups <= cfg.quantizer.max_groups

@@ -161,3 +161,79 @@ def test_merge_to_4000_groups_from_50k_code_tuples_is_fast():
     # a rescan costs ~ the alive groups: from g down to 4,000, on average (g + 4000) / 2 of the first merges' g
     rescan = _rescan_seconds_per_merge(idx, emb, merges=50) * (g - 4000) * (g + 4000) / (2 * g)
     assert wall < rescan / 2, (wall, rescan)
+
+
+def _reference_prefix_map(indices, embeddings, *, max_groups, min_group_size=1):
+    """search="prefix" written plainly: rescan every alive group per merge and keep those sharing the longest code
+    prefix with the smallest group (every alive group when none shares the first code)."""
+    def unit(x):
+        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+    keys, sizes, sums, alive = _rescan_groups(indices, embeddings)
+    parent = list(range(len(keys)))
+    while alive.sum() > 1 and (alive.sum() > max_groups or sizes[alive].min() < min_group_size):
+        live = np.flatnonzero(alive)
+        src = int(live[np.argmin(sizes[live])])
+        others = live[live != src]
+        cands = others
+        for depth in range(len(keys[src]) - 1, 0, -1):
+            same = [g for g in others if keys[g][:depth] == keys[src][:depth]]
+            if same:
+                cands = np.array(same)
+                break
+        dst = int(cands[np.argmax(unit(sums[cands] / sizes[cands, None]) @ unit(sums[src] / sizes[src]))])
+        sums[dst] += sums[src]
+        sizes[dst] += sizes[src]
+        alive[src] = False
+        parent[src] = dst
+
+    def root(g):
+        while parent[g] != g:
+            g = parent[g]
+        return g
+
+    live = np.flatnonzero(alive)
+    return ([keys[g] for g in live], [int(sizes[g]) for g in live], {keys[g]: keys[root(g)] for g in range(len(keys))})
+
+
+def test_prefix_search_equals_its_plain_reference_on_random_inputs():
+    rng = np.random.default_rng(11)
+    for trial in range(12):
+        n, d = int(rng.integers(50, 1200)), int(rng.choice([2, 8, 32]))
+        levels, size = int(rng.integers(1, 5)), int(rng.integers(2, 8))
+        idx = rng.integers(0, size, size=(n, levels))
+        emb = rng.normal(size=(n, d))
+        max_groups, min_size = int(rng.integers(1, 40)), int(rng.choice([1, 1, 3]))
+        fast = build_csid_map(idx, emb, max_groups=max_groups, min_group_size=min_size, search="prefix")
+        survivors, sizes, merge = _reference_prefix_map(idx, emb, max_groups=max_groups, min_group_size=min_size)
+        assert fast.survivors == survivors and fast.sizes == sizes and fast.merge == merge, trial
+
+
+def test_prefix_search_prefers_a_sibling_and_equals_exact_with_one_level():
+    # (0,1) is the smallest; (1,0) is its most similar group overall, (0,0) its sibling (same first code)
+    idx = np.array([[0, 0]] * 3 + [[0, 1]] + [[1, 0]] * 2)
+    emb = np.array([[0.0, 1.0]] * 3 + [[1.0, 0.1]] + [[1.0, 0.0]] * 2)
+    assert build_csid_map(idx, emb, max_groups=2).merge[(0, 1)] == (1, 0)
+    assert build_csid_map(idx, emb, max_groups=2, search="prefix").merge[(0, 1)] == (0, 0)
+    one = np.array([[0]] * 3 + [[1]] + [[2]] * 2)
+    exact, prefix = (build_csid_map(one, emb, max_groups=2, search=s) for s in ("exact", "prefix"))
+    assert exact.merge == prefix.merge and exact.survivors == prefix.survivors
+    with np.testing.assert_raises(ValueError):
+        build_csid_map(idx, emb, max_groups=2, search="nearest")
+
+
+def test_prefix_merge_to_4000_groups_from_50k_code_tuples():
+    """The rule at M_N = 4,000 on ~50k tuples (4 levels): every user ends in one of 4,000 survivors, and most merges
+    stay in the deepest cell -- the scan is a cell, not every group, so it finishes in seconds."""
+    rng = np.random.default_rng(0)
+    n, d = 120_000, 32
+    centres = rng.normal(size=(100, d))
+    emb = centres[rng.integers(0, 100, n)] + 0.5 * rng.normal(size=(n, d))
+    idx = np.stack([rng.integers(0, 8, n), rng.integers(0, 8, n), rng.integers(0, 16, n), rng.integers(0, 64, n)],
+                   axis=1)
+    m = build_csid_map(idx, emb, max_groups=4000, search="prefix")
+    assert 40_000 < len(m.merge) < 70_000
+    assert len(m.survivors) == 4000 and sum(m.sizes) == n
+    assert set(m.merge.values()) == set(m.survivors)
+    same_cell = np.mean([k[:3] == v[:3] for k, v in m.merge.items() if k != v])
+    assert same_cell > 0.5, same_cell
