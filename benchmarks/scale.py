@@ -22,7 +22,10 @@ Stages (docs/scale.md says what each stands for in the daily cycle):
   encoder       DSIE encoder training on a fixed-size sample of warm users (--encoder-sample)
   embed         u_long for every user, in batches read from the Spark output (bounded memory)
   rqvae         RQ-VAE 64 x 4 fitted on a fixed-size sample (--rqvae-sample), codes for every warm user in batches
-  merge         quantizer.build_csid_map: every realised code tuple -> at most 4,000 groups
+  merge         quantizer.build_csid_map: every realised code tuple -> at most 4,000 groups, with the configured
+                quantizer.merge_search (mtrec.yaml: prefix)
+  merge_exact   the paper's exact rule on the same codes (up to --merge-exact-max-users): its time, and its
+                agreement with the configured rule's groups and with the world's latent groups
   keys          unique (CSID, C'_short) keys (the driver of LLM cost)
   scoring       closed-vocabulary scoring of all 594 categories per key (coea.candidates.rank_categories, shared
                 prompt) with the embedded backbone, on --score-keys sampled keys: per-key cost
@@ -55,8 +58,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-STAGES = ("world", "seq_spark", "seq_chunked", "seq_pandas", "encoder", "embed", "rqvae", "merge", "keys", "scoring", "kv", "dpo",
-          "relevance", "export")
+STAGES = ("world", "seq_spark", "seq_chunked", "seq_pandas", "encoder", "embed", "rqvae", "merge", "merge_exact",
+          "keys", "scoring", "kv", "dpo", "relevance", "export")
 CONFIG = REPO / "configs" / "mtrec.yaml"
 CHUNK_USERS = 50_000
 EMBED_BATCH = 50_000  # users per Parquet batch read for inference
@@ -507,7 +510,7 @@ def stage_merge(n: int, d: Path, args) -> dict:
         fit = np.sort(np.random.default_rng(0).choice(len(codes), args.merge_max_users, replace=False))
     t = time.perf_counter()
     m = build_csid_map(codes[fit], space[fit], max_groups=cfg.quantizer.max_groups,
-                       min_group_size=cfg.quantizer.min_group_size)
+                       min_group_size=cfg.quantizer.min_group_size, search=cfg.quantizer.merge_search)
     t_merge = time.perf_counter() - t
     # every warm user: a seen tuple follows the merge map, an unseen one goes to the nearest centroid (the path
     # later rounds take for new users, coea.dsie.assign_csids)
@@ -524,7 +527,8 @@ def stage_merge(n: int, d: Path, args) -> dict:
     if rescan:
         rescan["estimated_total_s"] = rescan["per_merge_s"] * (len(m.merge) - len(m.survivors))
     return {**_processed(d, n), "work_s": wall, "merge_s": t_merge, "assign_s": wall - t_merge,
-            "code_tuples": len(m.merge),
+            "search": cfg.quantizer.merge_search, "code_tuples": len(m.merge),
+            "vs_latent_groups": _truth_agreement(d, meta["user_id"].to_pylist(), csids.tolist(), warm),
             "previous_rule_rescan": rescan,
             "sampled": None if len(fit) == len(codes) else {
                 "fit_users": len(fit), "of_warm_users": len(codes),
@@ -533,6 +537,58 @@ def stage_merge(n: int, d: Path, args) -> dict:
                        "built on a uniform user sample and every user is assigned with it"},
             "groups": len(m.survivors), "warm_users": int(warm.sum()),
             "group_size": {"min": int(sizes.min()), "median": float(np.median(sizes)), "max": int(sizes.max())}}
+
+
+def _truth_agreement(d: Path, user_ids: list, csids: list, warm) -> dict | None:
+    """Purity and NMI of the warm users' CSIDs vs the world's latent groups (coea.dsie.ground_truth_agreement)."""
+    import numpy as np
+    import pandas as pd
+
+    from coea.dsie import ground_truth_agreement
+
+    path = d / "world" / "ground_truth.parquet"
+    if not path.exists():
+        return None
+    keep = np.flatnonzero(warm)
+    truth = pd.read_parquet(path, columns=["user_id", "latent_group"])
+    truth["user_id"] = truth["user_id"].astype(str)  # the world writes ints; the sequences carry strings
+    res = ground_truth_agreement([str(user_ids[i]) for i in keep], [csids[i] for i in keep], truth)
+    return res and {k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}
+
+
+def stage_merge_exact(n: int, d: Path, args) -> dict:
+    """The paper's rule (search="exact", every alive group) on the same codes, beside the configured rule that the
+    merge stage ran: its time, and how far the two groupings agree (NMI and adjusted Rand index over the warm
+    users, and each one's purity / NMI vs the world's latent groups). Only up to --merge-exact-max-users."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    from quantizer import build_csid_map
+
+    cfg = cfg_for_bench()
+    codes = np.load(d / "codes.npy")
+    if len(codes) > args.merge_exact_max_users:
+        return {"skipped": f"{len(codes):,} warm users > --merge-exact-max-users {args.merge_exact_max_users:,}: "
+                           "the exact rule is quadratic in code tuples"}
+    space = np.load(d / "space.npy").astype(np.float64)
+    t = time.perf_counter()
+    m = build_csid_map(codes, space, max_groups=cfg.quantizer.max_groups,
+                       min_group_size=cfg.quantizer.min_group_size, search="exact")
+    wall = time.perf_counter() - t
+    exact = np.asarray(m.assign(codes), dtype=object)
+    meta = pq.read_table(d / "embed_users.parquet", columns=["user_id", "warm"])
+    warm = meta["warm"].to_numpy(zero_copy_only=False)
+    configured = np.asarray(pq.read_table(d / "user_csid.parquet", columns=["csid"])["csid"].to_pylist(),
+                            dtype=object)[warm]
+    full = np.full(len(warm), "default", dtype=object)
+    full[warm] = exact
+    return {"work_s": wall, "search": "exact", "code_tuples": len(m.merge), "groups": len(m.survivors),
+            "vs_configured_rule": {
+                "configured_search": cfg.quantizer.merge_search,
+                "nmi": round(float(normalized_mutual_info_score(exact, configured)), 4),
+                "adjusted_rand": round(float(adjusted_rand_score(exact, configured)), 4)},
+            "vs_latent_groups": _truth_agreement(d, meta["user_id"].to_pylist(), full.tolist(), warm)}
 
 
 def _rescan_cost(codes, space, *, merges: int) -> dict:
@@ -1000,6 +1056,7 @@ def run_child(stage: str, n: int, args) -> dict:
            "--score-keys", str(args.score_keys), "--pairs-small", str(args.pairs_small),
            "--pairs-large", str(args.pairs_large), "--pandas-max-users", str(args.pandas_max_users),
            "--spark-max-users", str(args.spark_max_users), "--merge-max-users", str(args.merge_max_users),
+           "--merge-exact-max-users", str(args.merge_exact_max_users),
            "--embed-max-users", str(args.embed_max_users)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "OPENBLAS_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
@@ -1047,6 +1104,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--merge-max-users", type=int, default=0,
                     help="above this many warm users, the merge rule runs on a uniform sample of them and every "
                          "user is assigned with the resulting map (0 = all)")
+    ap.add_argument("--merge-exact-max-users", type=int, default=100_000,
+                    help="merge_exact runs the quadratic exact rule only up to this many warm users")
     ap.add_argument("--child", choices=STAGES, help=argparse.SUPPRESS)
     ap.add_argument("--plot", nargs=2, metavar=("JSON", "PNG"), help="only redraw the plot from a results file")
     args = ap.parse_args(argv)
