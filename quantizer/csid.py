@@ -187,24 +187,20 @@ def build_csid_map(
         if search == "prefix":
             if cells is None:
                 cells = _PrefixCells(uniq, sums, sizes)
-            heapq.heappop(heap)
-            alive[src] = False
-            dst = cells.nearest(src, alive)
-            sums[dst] += sums[src]
-            sizes[dst] += sizes[src]
-            cells.moved(dst)
+            index = cells
         else:
             if columns is None:
                 columns = _CosineColumns(sums, sizes)
             if not columns.has(src):  # cosines for src and the next picks in line, in one product
                 upcoming = [e[1] for e in heapq.nsmallest(columns.batch * 2, heap) if valid(e)][: columns.batch]
                 columns.compute([src] + [g for g in upcoming if g != src], alive)
-            heapq.heappop(heap)
-            alive[src] = False
-            dst = columns.nearest(src, alive)
-            sums[dst] += sums[src]
-            sizes[dst] += sizes[src]
-            columns.moved(dst)
+            index = columns
+        heapq.heappop(heap)
+        alive[src] = False
+        dst = index.nearest(src, alive)
+        sums[dst] += sums[src]
+        sizes[dst] += sizes[src]
+        index.moved(dst)
         heapq.heappush(heap, (int(sizes[dst]), dst))
         merged.append((src, dst))
         n_alive -= 1
