@@ -33,3 +33,16 @@ def test_scoring_flops_count_the_prompt_once_and_every_fed_completion_token(scal
     assert scale.body_params(*shape[:5]) == 640
     # 10 prompt tokens + 3 categories x (3 - 1) fed tokens = 16 tokens; LM head on 1 + 6 positions
     assert scale.scoring_flops(shape, 10, 3, 3) == 2 * 640 * 16 + 2 * 8 * 100 * 7
+
+
+def test_full_size_grows_the_largest_point_by_the_slope_at_the_top(scale):
+    # a fixed 40 s start-up plus 1 ms/user: the all-sizes slope is flattened by the start-up, the top one is not
+    pts = [(n, 40.0 + 1e-3 * n) for n in (10_000, 100_000, 1_000_000)]
+    step = scale.top_step(pts)
+    local = math.log(1040.0 / 140.0) / math.log(10)
+    assert step["exponent_top"] == pytest.approx(local, abs=1e-3)
+    assert step["exponent_all_sizes"] < step["exponent_top"]
+    assert step["full_size_s_2_cores"] == pytest.approx(1040.0 * (scale.MTREC_USERS / 1e6) ** local, rel=1e-3)
+    # a stage on a fixed sample does not get cheaper with users: the slope is floored at 0
+    assert scale.top_step([(1e5, 65.0), (1e6, 61.0)])["full_size_s_2_cores"] == 61.0
+    assert scale.top_step([(1e6, 61.0)]) is None
