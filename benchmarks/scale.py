@@ -887,8 +887,8 @@ def top_step(points: list[tuple[int, float]]) -> dict | None:
     pts = sorted((u, w) for u, w in points if w and w > 0)
     if len(pts) < 2:
         return None
-    (u0, w0), (u1, w1) = pts[-2], pts[-1]
-    local = max(0.0, math.log(w1 / w0) / math.log(u1 / u0))
+    u1, w1 = pts[-1]
+    local = max(0.0, _slope(pts[-2:]))
     return {"exponent_all_sizes": fit_exponent(pts), "exponent_top": round(local, 3), "from_users": u1,
             "full_size_s_2_cores": round(w1 * (MTREC_USERS / u1) ** local, 1)}
 
@@ -958,7 +958,7 @@ def make_plan(doc: dict) -> dict | None:
             data_stages[stage] = step
     merge = runs[big].get("merge", {})
     if isinstance(merge.get("sampled"), dict):  # the map on a fixed user sample + assigning everyone (linear)
-        data_stages["merge"] = {"exponent": None, "how": "map on the same sample (constant) + assignment x users",
+        data_stages["merge"] = {"exponent_top": None, "how": "map on the same sample (constant) + assignment x users",
                                 "full_size_s_2_cores": round(merge["merge_s"] + merge["assign_s"] * MTREC_USERS
                                                              / merge.get("users_processed", int(big)), 1)}
     cpu_path_s = sum(v["full_size_s_2_cores"] for k, v in data_stages.items() if k != "world")
