@@ -10,8 +10,8 @@ the word-level tokenizer coea's embedded judge uses (a real Qwen BPE tokenizer g
 same text; the mean prompt length is recorded). Items are 10-shot (two shots per score level, as in the paper) with
 a 10-category history; each template judges its items through :class:`coea.judge.backends.LocalBackend` exactly
 as ``coea judge`` does (batched greedy decoding, reasons of ``--reasoning-tokens`` tokens for CoT and LtM, every
-score one constrained digit). One extra item per template (and LtM turn) warms up first and is not timed. Prints one JSON line per
-(shape, template) and writes them with the conditions (commit, load average, threads) to ``--out``.
+score one constrained digit). One extra item per template (and LtM turn) warms up first and is not timed. Prints one
+JSON line per (shape, template) and writes them with the conditions (commit, load average, threads) to ``--out``.
 """
 
 from __future__ import annotations

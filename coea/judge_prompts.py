@@ -29,7 +29,7 @@ ASPECTS = ("relevance", "unexpectedness", "serendipity")
 SERENDIPITOUS = 4  # a score >= 4 counts an item as serendipitous (the paper's threshold)
 UNIT = "category"
 
-TASK = ("You judge recommendations. Given the categories a user has interacted with and one recommended {unit}, "
+TASK = ("You judge recommendations. Given what a user has interacted with (their history) and one recommended {unit}, "
         "rate how serendipitous the recommendation is for this user: a serendipitous {unit} is relevant to the "
         "user's interests and, at the same time, unexpected given the history. Rate from 1 (not at all) to 5 "
         "(very).")
@@ -101,8 +101,8 @@ def shot_balance(shots: Sequence[Shot]) -> dict[int, int]:
     return {s: sum(1 for x in shots if x.score == s) for s in range(1, 6)}
 
 
-def _case(history: Sequence[str], item: str) -> str:
-    return f"User history: {', '.join(history) if history else 'none'}\nRecommended {UNIT}: {item}"
+def _case(history: Sequence[str], item: str, unit: str) -> str:
+    return f"User history: {', '.join(history) if history else 'none'}\nRecommended {unit}: {item}"
 
 
 def answer_lines(aspect: str, reason: str, score: int | str, *, reasoning: bool) -> str:
@@ -126,10 +126,10 @@ def _shot_answer(shot: Shot, aspects: Sequence[str], reasoning: bool) -> str:
     return "\n".join(parts)
 
 
-def _shots_block(shots: Sequence[Shot], aspects: Sequence[str], reasoning: bool) -> str:
+def _shots_block(shots: Sequence[Shot], aspects: Sequence[str], reasoning: bool, unit: str) -> str:
     if not shots:
         return ""
-    body = "\n\n".join(f"Example {i + 1}\n{_case(s.history, s.item)}\n{_shot_answer(s, aspects, reasoning)}"
+    body = "\n\n".join(f"Example {i + 1}\n{_case(s.history, s.item, unit)}\n{_shot_answer(s, aspects, reasoning)}"
                        for i, s in enumerate(shots))
     return f"Examples:\n\n{body}\n\n"
 
@@ -147,24 +147,28 @@ class Call:
     reasoning: bool
 
 
-def calls(template: str, history: Sequence[str], item: str, shots: Sequence[Shot] = ()) -> list[Call]:
-    """The user turns of ``template`` for one (history, item): one for Base / LS / CoT, three for LtM."""
-    task = TASK.format(unit=UNIT)
-    case = _case(history, item)
+def calls(template: str, history: Sequence[str], item: str, shots: Sequence[Shot] = (), *,
+          unit: str = UNIT) -> list[Call]:
+    """The user turns of ``template`` for one (history, item): one for Base / LS / CoT, three for LtM.
+
+    ``unit`` names what is recommended in the text ("category" for coea's lists; "movie" for Serendipity-2018).
+    """
+    task = TASK.format(unit=unit)
+    case = _case(history, item, unit)
     if template in ("base", "ls"):
-        head = task + ("\n" + LIKERT.format(unit=UNIT) if template == "ls" else "")
+        head = task + ("\n" + LIKERT.format(unit=unit) if template == "ls" else "")
         aspects = ("serendipity",)
-        return [Call(f"{head}\n\n{_shots_block(shots, aspects, False)}Now judge this case.\n{case}\n"
+        return [Call(f"{head}\n\n{_shots_block(shots, aspects, False, unit)}Now judge this case.\n{case}\n"
                      f"{_format(aspects, False)}", aspects, False)]
     if template == "cot":
-        return [Call(f"{task}\n{COT.format(unit=UNIT)}\n\n{_shots_block(shots, ASPECTS, True)}Now judge this case."
-                     f"\n{case}\n{_format(ASPECTS, True)}", ASPECTS, True)]
+        return [Call(f"{task}\n{COT.format(unit=unit)}\n\n{_shots_block(shots, ASPECTS, True, unit)}"
+                     f"Now judge this case.\n{case}\n{_format(ASPECTS, True)}", ASPECTS, True)]
     if template == "ltm":
         first = (f"{task}\nThe question is split into three smaller ones, answered in turn.\n\n"
-                 f"{_shots_block(shots, ASPECTS, True)}Now judge this case.\n{case}\n\n")
+                 f"{_shots_block(shots, ASPECTS, True, unit)}Now judge this case.\n{case}\n\n")
         out = []
         for i, a in enumerate(ASPECTS):
-            ask = f"Question {i + 1} of 3. {STEPS[a].format(unit=UNIT)}\n{_format((a,), True)}"
+            ask = f"Question {i + 1} of 3. {STEPS[a].format(unit=unit)}\n{_format((a,), True)}"
             out.append(Call((first if i == 0 else "") + ask, (a,), True))
         return out
     raise ValueError(f"unknown judge template {template!r} (known: {', '.join(TEMPLATES)})")

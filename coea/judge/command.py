@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint", default="", metavar="URL", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000")
     p.add_argument("--templates", default=",".join(TEMPLATES), help="comma-separated, default all: base,ls,cot,ltm")
     p.add_argument("--shots", metavar="FILE", help="few-shot examples, JSON lines (the paper: 10, two per score)")
+    p.add_argument("--unit", default="category",
+                   help="what the prompts call a recommendation (default category; e.g. movie for Serendipity-2018)")
     p.add_argument("--k", type=int, default=5, help="judge each list's top K (default 5)")
     p.add_argument("--max-users", type=int, default=None, metavar="N", help="judge a seeded sample of N users")
     p.add_argument("--methods", help="--evaluation: comma-separated methods (default all)")
@@ -90,7 +92,8 @@ def options(args: argparse.Namespace):
         logging.getLogger("coea.judge").warning("judge: %d shots, per score 1-5: %s (the paper uses two per score)",
                                                 len(shots), shot_balance(shots))
     return JudgeOptions(out=Path(args.out), model=args.model, endpoint=args.endpoint, templates=templates,
-                        shots=shots, shots_path=args.shots or "", k=args.k, max_users=args.max_users, seed=args.seed,
+                        unit=args.unit.strip() or "category", shots=shots, shots_path=args.shots or "", k=args.k,
+                        max_users=args.max_users, seed=args.seed,
                         history_len=args.history_len, batch_size=args.batch_size,
                         max_reasoning_tokens=args.max_reasoning_tokens, concurrency=args.concurrency,
                         max_retries=args.max_retries, timeout_s=args.timeout, max_tokens=args.max_tokens,

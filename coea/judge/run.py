@@ -47,6 +47,7 @@ class JudgeOptions:
     templates: list[str] = field(default_factory=lambda: list(TEMPLATES))
     shots: list[Shot] = field(default_factory=list)
     shots_path: str = ""
+    unit: str = "category"
     k: int = 5
     max_users: int | None = None
     seed: int = 0
@@ -118,13 +119,13 @@ def cases_of(data: JudgeInput) -> list[tuple[str, str]]:
 
 
 def judge_template(backend, cache: ReplyCache, template: str, data: JudgeInput, cases: list[tuple[str, str]],
-                   shots: Sequence[Shot]) -> tuple[list[dict[str, Any]], int, int]:
+                   shots: Sequence[Shot], unit: str = "category") -> tuple[list[dict[str, Any]], int, int]:
     """Every case judged with ``template``: one row per case, the calls sent (cache misses) and the calls made
     in all (sent + read from the cache).
 
     LtM's sub-prompts run turn by turn: turn t of every case is one batch, sent after turn t-1's answers.
     """
-    plans = [calls(template, data.history.get(u, []), item, shots) for u, item in cases]
+    plans = [calls(template, data.history.get(u, []), item, shots, unit=unit) for u, item in cases]
     convo: list[list[tuple[str, str]]] = [[] for _ in cases]
     replies: list[list] = [[] for _ in cases]
     sent = asked = 0
@@ -159,7 +160,7 @@ def estimate(backend, template: str, data: JudgeInput, cases: list[tuple[str, st
     n_calls, prompt_tokens, completion = 0, 0, 0
     for u, item in cases:
         before = 0
-        for c in calls(template, data.history.get(u, []), item, shots):
+        for c in calls(template, data.history.get(u, []), item, shots, unit=opts.unit):
             cap = (len(c.aspects) * ((opts.max_reasoning_tokens if c.reasoning else 0) + 1)
                    if isinstance(backend, LocalBackend) else opts.max_tokens)
             before += backend.count_tokens(c.prompt)
@@ -224,7 +225,7 @@ def run_judge(data: JudgeInput, opts: JudgeOptions, cfg: Config, *, calibrate: b
     if not opts.shots:
         log.info("judge: no --shots file: %s run zero-shot", ", ".join(opts.templates))
     texts = [c.prompt for t in opts.templates for u, item in cases
-             for c in calls(t, data.history.get(u, []), item, opts.shots)]
+             for c in calls(t, data.history.get(u, []), item, opts.shots, unit=opts.unit)]
     backend = make_backend(opts, cfg, texts)
     est = [estimate(backend, t, data, cases, opts.shots, opts) for t in opts.templates]
     for e in est:
@@ -245,7 +246,7 @@ def run_judge(data: JudgeInput, opts: JudgeOptions, cfg: Config, *, calibrate: b
     rows: list[dict[str, Any]] = []
     sent: dict[str, int] = {}
     for t in opts.templates:
-        got, sent[t], asked = judge_template(backend, cache, t, data, cases, opts.shots)
+        got, sent[t], asked = judge_template(backend, cache, t, data, cases, opts.shots, opts.unit)
         rows += got
         log.info("judge %s: %d items, %d calls sent, %d read from the cache, %d unparseable", t, len(got), sent[t],
                  asked - sent[t], sum(not r["parsed"] for r in got))
@@ -320,14 +321,16 @@ def calibration_markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
         lines += [f"**{UNTRAINED}**", ""]
     lines += [f"Judge: {meta['judge']}; shots: {meta['shots']} ({meta['shots_path'] or 'zero-shot'}). 3-class: 1-2 "
               "low, 3 neutral, 4-5 high. Confusion rows = label, columns = judge.", "",
-              "| template | labelled | compared | unparseable | MAE | exact | 3-class |", "|---|---|---|---|---|---|---|"]
+              "| template | labelled | compared | unparseable | MAE | exact | 3-class |",
+              "|---|---|---|---|---|---|---|"]
     for t, r in result["templates"].items():
         lines.append(f"| {t} | {r['n']} | {r['compared']} | {r['unparseable']} | {r['mae']:.3f} | "
                      f"{r['accuracy']:.1%} | {r['accuracy_3class']:.1%} |")
     for t, r in result["templates"].items():
         lines += ["", f"{t} confusion (5x5): {r['confusion']}; 3-class: {r['confusion_3class']}"]
     if result["agreement"]:
-        lines += ["", "| templates | items | exact | 3-class | mean abs diff | Cohen's kappa |", "|---|---|---|---|---|---|"]
+        lines += ["", "| templates | items | exact | 3-class | mean abs diff | Cohen's kappa |",
+                  "|---|---|---|---|---|---|"]
         for pair, a in result["agreement"].items():
             lines.append(f"| {pair} | {a['n']} | {a['exact']:.1%} | {a['three_class']:.1%} | {a['mean_abs_diff']:.3f} "
                          f"| {a['kappa']:.3f} |")
