@@ -266,6 +266,8 @@ def run_judge(data: JudgeInput, opts: JudgeOptions, cfg: Config, *, calibrate: b
                  "http_retries": getattr(backend, "retries", 0), "torn_cache_lines": cache.torn})
     summary: dict[str, Any] = {"out": str(out), "untrained_judge": opts.untrained, "users": len(data.history),
                                "cases": len(cases), "calls_sent": sent, "unparseable": unparseable}
+    if opts.untrained:
+        summary["warning"] = UNTRAINED
     if calibrate:
         keys = sorted(data.labels)
         labels = [data.labels[key] for key in keys]
