@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -100,7 +101,8 @@ def make_backend(opts: JudgeOptions, cfg: Config, texts: Sequence[str]):
                                timeout_s=opts.timeout_s, max_tokens=opts.max_tokens)
     if opts.model == "embedded":
         model_dir, tok_dir = build_embedded_judge(cfg, texts, opts.out / "judge-model")
-        identity = f"embedded:{cfg.run.seed}:{cfg.backbone.hidden_size}x{cfg.backbone.num_layers}:{len(texts)}"
+        vocab = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]  # the texts fix the tokenizer
+        identity = f"embedded:{cfg.run.seed}:{cfg.backbone.hidden_size}x{cfg.backbone.num_layers}:{vocab}"
     else:
         model_dir = tok_dir = Path(opts.model)
         identity = opts.model

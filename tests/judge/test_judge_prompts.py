@@ -97,3 +97,14 @@ def test_bad_shots_and_templates_are_named(tmp_path):
     assert parse_templates("cot, base,cot") == ["cot", "base"]
     with pytest.raises(ValueError, match="unknown"):
         parse_templates("base,fancy")
+
+
+def test_coea_prompts_renders_the_judge_templates():
+    from coea.config import load_config
+    from coea.prompts import render_sample
+
+    cfg = load_config(Path(__file__).parents[2] / "configs" / "demo.yaml", ["synthetic.n_users=60", "synthetic.n_days=10"])
+    text = render_sample(cfg)
+    for t in TEMPLATES:
+        assert f"## judge/{t}" in text
+    assert "Relevance score: <1-5>" in text and "Question 3 of 3" in text
