@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from coea.judge_prompts import answer_lines, parse_scores
 
 log = logging.getLogger("coea.judge")
@@ -181,8 +183,6 @@ class LocalBackend:
         return len(self.tok(text, add_special_tokens=False)["input_ids"])
 
     def _generate(self, texts: list[str], *, max_new_tokens: int, digit: bool) -> tuple[list[list[int]], int]:
-        import torch
-
         enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         kwargs: dict[str, Any] = {}
         if digit:  # the score: one token among the digits 1-5, the most likely under the model

@@ -22,6 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
 from coea.backbones import build_word_tokenizer, load_causal_lm, load_tokenizer
 from coea.config import Config, ConfigError, TrackingConfig
 from coea.judge.backends import EndpointBackend, LocalBackend, ReplyCache, Request, run_cached
@@ -77,9 +80,6 @@ class JudgeOptions:
 def build_embedded_judge(cfg: Config, texts: Sequence[str], out_dir: Path):
     """An untrained Qwen2 judge with the configured ``backbone`` sizes and a word-level tokenizer trained on the
     prompts it will read (so nothing maps to ``<unk>``): (model dir, tokenizer dir) under ``out_dir``."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     tok = build_word_tokenizer([*texts, "1 2 3 4 5 : ?"])
     tok_dir, model_dir = out_dir / "tokenizer", out_dir / "model"
     tok.save_pretrained(tok_dir)
