@@ -124,3 +124,35 @@ def test_bad_inputs_exit_2(tmp_path, capsys):
     assert main(["judge", "--evaluation", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "not a `coea evaluate` output directory" in capsys.readouterr().err
     assert main(["judge", "calibrate", "--out", str(tmp_path / "o")]) == 2
+
+
+def test_workdir_input_reads_what_serving_answers(tmp_path, monkeypatch):
+    """The promoted round's users, their clicks before the round's cut-off and what lookup serves, top K."""
+    import types
+
+    import pandas as pd
+
+    from coea.judge import inputs
+
+    (tmp_path / "current").mkdir()
+    (tmp_path / "state.json").write_text(json.dumps({"promoted_round": 2}))
+    pd.DataFrame({"user_id": ["u1", "u2", "u3"], "csid": ["a", "a", "b"], "recent": [[], [], []]}).to_parquet(
+        tmp_path / "current" / "users.parquet")
+    served = {"u1": ["Jazz", "Funk", "Soul"], "u2": [], "u3": ["Chess"]}
+    seen_end = []
+    monkeypatch.setattr(inputs, "workdir_config", lambda w, k: types.SimpleNamespace(round=k))
+    monkeypatch.setattr(inputs, "load_data", lambda cfg: "events")
+    monkeypatch.setattr(inputs, "round_cutoff", lambda w, k: 1000 + k)
+    monkeypatch.setattr(inputs, "click_categories_by_user", lambda inter, end: seen_end.append(end) or {
+        "u1": [(1, "Blues"), (2, "Jazz"), (3, "Blues")], "u3": [(5, "Go")]})
+    monkeypatch.setattr(inputs, "lookup", lambda w, user: {"categories": [{"category": c, "score": 0.9}
+                                                                            for c in served[user]]})
+    data = inputs.workdir_lists(tmp_path, k=2, max_users=None, seed=0, history_len=5)
+    assert seen_end == [1002]  # the round's cut-off: the judge sees what the round knew
+    assert data.lists == {"coea-round-2": {"u1": ["Jazz", "Funk"], "u2": [], "u3": ["Chess"]}}
+    assert data.history == {"u1": ["Jazz", "Blues"], "u2": [], "u3": ["Go"]}
+    assert data.source["round"] == 2 and "1 of 3 users are served no category" in data.notes[0]
+    assert len(inputs.workdir_lists(tmp_path, k=2, max_users=2, seed=0, history_len=5).history) == 2
+    (tmp_path / "state.json").write_text(json.dumps({"promoted_round": None}))
+    with pytest.raises(FileNotFoundError, match="no promoted round"):
+        inputs.workdir_lists(tmp_path, k=2, max_users=None, seed=0, history_len=5)
