@@ -175,6 +175,18 @@ def estimate(backend, template: str, data: JudgeInput, cases: list[tuple[str, st
             "usd_max": round(usd, 4)}
 
 
+def _sample_prompts(data: JudgeInput, case: tuple[str, str], opts: JudgeOptions) -> str:
+    """``prompts.md``: every template's user turns for the first case, exactly as sent (LtM's answers between
+    them are the model's)."""
+    u, item = case
+    parts = [f"# coea judge prompts, as sent for user {u}, item {item!r} ({len(opts.shots)} shots)"]
+    for t in opts.templates:
+        cs = calls(t, data.history.get(u, []), item, opts.shots, unit=opts.unit)
+        for i, c in enumerate(cs):
+            parts += [f"## {t}" + (f" (turn {i + 1} of {len(cs)})" if len(cs) > 1 else ""), "```", c.prompt, "```"]
+    return "\n".join(parts) + "\n"
+
+
 def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     tmp = path.with_suffix(".tmp")
     with tmp.open("w") as fh:
@@ -228,6 +240,7 @@ def run_judge(data: JudgeInput, opts: JudgeOptions, cfg: Config, *, calibrate: b
         log.info("judge: no --shots file: %s run zero-shot", ", ".join(opts.templates))
     texts = [c.prompt for t in opts.templates for u, item in cases
              for c in calls(t, data.history.get(u, []), item, opts.shots, unit=opts.unit)]
+    (out / "prompts.md").write_text(_sample_prompts(data, cases[0], opts))
     backend = make_backend(opts, cfg, texts)
     est = [estimate(backend, t, data, cases, opts.shots, opts) for t in opts.templates]
     for e in est:

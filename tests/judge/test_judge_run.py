@@ -64,6 +64,8 @@ def test_embedded_judge_on_an_evaluation_is_labelled_untrained_and_resumes(evalu
     funk = next(r for r in rows if r["user"] == "u1" and r["item"] == "Funk" and r["template"] == "ltm")
     assert funk["ranks"] == {"coea": 1, "popular": 1} and funk["reasoning"].count("score:") == 3
     assert "UNTRAINED JUDGE" in (out / "table.md").read_text()
+    prompts = (out / "prompts.md").read_text()
+    assert prompts.count("## ") == 6 and "Example 10" in prompts  # base, ls, cot and LtM's three turns
     table = json.loads((out / "table.json").read_text())["table"]
     assert set(table) == {"base", "ls", "cot", "ltm"} and set(table["cot"]) == {"coea", "popular"}
     assert (out / "rejected.jsonl").exists() and (out / "tracking" / "metrics.jsonl").exists()
