@@ -341,7 +341,8 @@ class EndpointBackend:
             for fut in as_completed(futures):
                 on_done(futures[fut], fut.result())
 
-    def count_tokens(self, text: str) -> int:
+    @staticmethod
+    def count_tokens(text: str) -> int:
         """An estimate without the server's tokenizer: one token per 4 characters (docs/judge.md, "Cost")."""
         return max(1, len(text) // 4)
 

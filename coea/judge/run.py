@@ -154,7 +154,17 @@ def judge_template(backend, cache: ReplyCache, template: str, data: JudgeInput, 
     return rows, sent, asked
 
 
-def estimate(backend, template: str, data: JudgeInput, cases: list[tuple[str, str]], shots: Sequence[Shot],
+def token_counter(opts: JudgeOptions, texts: Sequence[str]):
+    """How the estimate counts prompt tokens, without loading any weights: the judge's own tokenizer when it is
+    local (the embedded one trained here on ``texts``, as :func:`build_embedded_judge` trains it), else
+    :meth:`EndpointBackend.count_tokens` (characters / 4)."""
+    if opts.endpoint:
+        return EndpointBackend.count_tokens
+    tok = build_word_tokenizer([*texts, "1 2 3 4 5 : ?"]) if opts.model == "embedded" else load_tokenizer(opts.model)
+    return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def estimate(count_tokens, template: str, data: JudgeInput, cases: list[tuple[str, str]], shots: Sequence[Shot],
              opts: JudgeOptions) -> dict[str, Any]:
     """Calls and tokens ``template`` will spend: prompt tokens counted exactly on a local model (its tokenizer)
     and as characters / 4 for an endpoint; completion tokens are the cap (local: the reason tokens plus one digit
@@ -164,8 +174,8 @@ def estimate(backend, template: str, data: JudgeInput, cases: list[tuple[str, st
         before = 0
         for c in calls(template, data.history.get(u, []), item, shots, unit=opts.unit):
             cap = (len(c.aspects) * ((opts.max_reasoning_tokens if c.reasoning else 0) + 1)
-                   if isinstance(backend, LocalBackend) else opts.max_tokens)
-            before += backend.count_tokens(c.prompt)
+                   if not opts.endpoint else opts.max_tokens)
+            before += count_tokens(c.prompt)
             n_calls += 1
             prompt_tokens += before
             completion += cap
@@ -241,8 +251,8 @@ def run_judge(data: JudgeInput, opts: JudgeOptions, cfg: Config, *, calibrate: b
     texts = [c.prompt for t in opts.templates for u, item in cases
              for c in calls(t, data.history.get(u, []), item, opts.shots, unit=opts.unit)]
     (out / "prompts.md").write_text(_sample_prompts(data, cases[0], opts))
-    backend = make_backend(opts, cfg, texts)
-    est = [estimate(backend, t, data, cases, opts.shots, opts) for t in opts.templates]
+    count = token_counter(opts, texts)
+    est = [estimate(count, t, data, cases, opts.shots, opts) for t in opts.templates]
     for e in est:
         log.info("judge estimate %s: %s calls, %s prompt tokens, <= %s completion tokens%s", e["template"],
                  f"{e['calls']:,}", f"{e['prompt_tokens']:,}", f"{e['completion_tokens_max']:,}",
@@ -255,6 +265,7 @@ def run_judge(data: JudgeInput, opts: JudgeOptions, cfg: Config, *, calibrate: b
             "options": {k: v for k, v in asdict(opts).items() if k not in ("shots", "out")}}
     if opts.estimate_only:
         return {"estimate": est, "cases": len(cases), "users": len(data.history), "untrained_judge": opts.untrained}
+    backend = make_backend(opts, cfg, texts)
     if opts.untrained:
         log.warning("judge: %s", UNTRAINED)
     cache = ReplyCache(out / "cache.jsonl")

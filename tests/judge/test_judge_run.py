@@ -55,6 +55,8 @@ def test_embedded_judge_on_an_evaluation_is_labelled_untrained_and_resumes(evalu
     out = tmp_path / "judged"
     argv = ["judge", "--evaluation", str(evaluation), "--out", str(out), "--k", "2", "--max-reasoning-tokens", "2",
             "--shots", str(HERE / "shots.jsonl"), "--tracking", "local", "--bootstrap", "50"]
+    code, est = _run([*argv, "--estimate-only"], capsys)
+    assert code == 0 and not (out / "judge-model").exists() and not (out / "cache.jsonl").exists()
     code, summary = _run(argv, capsys)
     assert code == 0 and summary["untrained_judge"] is True
     assert summary["cases"] == 7  # u1 Funk, Astronomy, Jazz; u2 Sailing, Funk; u3 Funk, Baking: each judged once
@@ -70,6 +72,8 @@ def test_embedded_judge_on_an_evaluation_is_labelled_untrained_and_resumes(evalu
     assert set(table) == {"base", "ls", "cot", "ltm"} and set(table["cot"]) == {"coea", "popular"}
     assert (out / "rejected.jsonl").exists() and (out / "tracking" / "metrics.jsonl").exists()
     assert summary["calls_sent"]["ltm"] == 21
+    base_tokens = sum(r["prompt_tokens"] for r in rows if r["template"] == "base")
+    assert est["estimate"][0]["prompt_tokens"] == base_tokens  # exact on a local judge (its own tokenizer)
     code, again = _run(argv, capsys)  # a rerun reads every reply from the cache
     assert code == 0 and again["calls_sent"] == {"base": 0, "ls": 0, "cot": 0, "ltm": 0}
     assert json.loads((out / "table.json").read_text())["table"] == table
