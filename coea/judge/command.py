@@ -62,6 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--price-in", type=float, default=0.0, metavar="USD", help="USD per 1M prompt tokens (estimate)")
     p.add_argument("--price-out", type=float, default=0.0, metavar="USD", help="USD per 1M completion tokens")
     p.add_argument("--estimate-only", action="store_true", help="print the cost estimate and stop (no call)")
+    p.add_argument("--reference", default="",
+                   help="--evaluation: the method every other one is compared with, paired over users (default coea)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples over users (default 1000)")
     p.add_argument("--tracking", choices=["wandb", "local", "none"], default="wandb",
                    help="wandb (offline run under OUT/tracking, default), local (OUT/tracking/metrics.jsonl), none")
@@ -98,6 +100,7 @@ def options(args: argparse.Namespace):
                         max_reasoning_tokens=args.max_reasoning_tokens, concurrency=args.concurrency,
                         max_retries=args.max_retries, timeout_s=args.timeout, max_tokens=args.max_tokens,
                         price_in=args.price_in, price_out=args.price_out, bootstrap=args.bootstrap,
+                        reference=args.reference,
                         estimate_only=args.estimate_only, tracking=args.tracking)
 
 

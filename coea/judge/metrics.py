@@ -84,6 +84,33 @@ def method_table(lists: Mapping[str, Mapping[str, Sequence[str]]], scores: Mappi
     return out
 
 
+def paired_table(lists: Mapping[str, Mapping[str, Sequence[str]]], scores: Mapping[tuple[str, str], Score], *,
+                 k: int, reference: str, n_boot: int = 1000, seed: int = 0,
+                 confidence: float = 0.95) -> dict[str, dict]:
+    """method -> metric -> ``{delta, lo, hi}``: ``reference`` minus the method on the users both list, a paired
+    percentile bootstrap over users (:func:`coea.metrics.paired_bootstrap`, the resamples shared by both sides; a
+    user with no parsed score on either side is left out of ``avg_score``).
+
+    E.g. reference precision [1, 0.5] and method [0.5, 0.5] over two users: delta 0.25, every resample one of
+    {0, 0.25, 0.5}.
+    """
+    ref = lists[reference]
+    out: dict[str, dict] = {}
+    for method, by_user in sorted(lists.items()):
+        users = sorted(set(ref) & set(by_user))
+        if method == reference or not users:
+            continue
+        idx = bootstrap_indices(len(users), n_boot, seed)
+        a = [user_values([scores.get((u, c)) for c in ref[u][:k]], k) for u in users]
+        b = [user_values([scores.get((u, c)) for c in by_user[u][:k]], k) for u in users]
+        out[method] = {name: paired_bootstrap(np.array([r[key] for r in a]), np.array([r[key] for r in b]), idx,
+                                              confidence)
+                       for name, key in ((f"precision@{k}", "precision"), (f"nDCG@{k}", "ndcg"),
+                                         ("avg_score", "avg_score"))}
+        out[method]["users"] = len(users)
+    return out
+
+
 def three_class(score: int) -> int:
     """1-2 -> 0 (low), 3 -> 1 (neutral), 4-5 -> 2 (high)."""
     return 0 if score <= 2 else (1 if score == 3 else 2)

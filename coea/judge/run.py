@@ -29,7 +29,7 @@ from coea.backbones import build_word_tokenizer, load_causal_lm, load_tokenizer
 from coea.config import Config, ConfigError, TrackingConfig
 from coea.judge.backends import EndpointBackend, LocalBackend, ReplyCache, Request, run_cached
 from coea.judge.inputs import JudgeInput
-from coea.judge.metrics import agreement, calibration, method_table
+from coea.judge.metrics import agreement, calibration, method_table, paired_table
 from coea.judge_prompts import ASPECTS, SERENDIPITOUS, TEMPLATES, Shot, calls, final_score
 from coea.tracking import TableData, make_tracker
 from coea.workdir import configure_threads, resolve_device, write_json
@@ -65,6 +65,7 @@ class JudgeOptions:
     price_in: float = 0.0
     price_out: float = 0.0
     bootstrap: int = 1000
+    reference: str = ""
     confidence: float = 0.95
     estimate_only: bool = False
     tracking: str = "wandb"
@@ -210,7 +211,7 @@ def _fmt(v: dict[str, float]) -> str:
     return f"{v['mean']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]"
 
 
-def table_markdown(table: dict[str, dict[str, dict]], meta: dict[str, Any]) -> str:
+def table_markdown(table: dict[str, dict[str, dict]], meta: dict[str, Any], paired: dict | None = None) -> str:
     k = meta["k"]
     lines = [f"# coea judge: {meta['source']['kind']} {meta['source']['path']}", ""]
     if meta["untrained_judge"]:
@@ -224,6 +225,15 @@ def table_markdown(table: dict[str, dict[str, dict]], meta: dict[str, Any]) -> s
         for method, r in by_method.items():
             lines.append(f"| {template} | {method} | {r['users']} | {r['items']} | {r['unparseable']} | "
                          f"{_fmt(r[f'precision@{k}'])} | {_fmt(r[f'nDCG@{k}'])} | {_fmt(r['avg_score'])} |")
+    if paired:
+        lines += ["", f"{meta['reference']} minus each method, paired bootstrap over the users both list "
+                  f"({int(meta['confidence'] * 100)}%):", "",
+                  f"| template | method | users | precision@{k} | nDCG@{k} | avg score |", "|---|---|---|---|---|---|"]
+        for template, by_method in paired.items():
+            for method, r in by_method.items():
+                cells = [_fmt({"mean": r[n]["delta"], "lo": r[n]["lo"], "hi": r[n]["hi"]})
+                         for n in (f"precision@{k}", f"nDCG@{k}", "avg_score")]
+                lines.append(f"| {template} | {method} | {r['users']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -243,6 +253,9 @@ def run_judge(data: JudgeInput, opts: JudgeOptions, cfg: Config, *, calibrate: b
         log.warning("judge: %d malformed input rows rejected (kept in %s)", len(data.rejected), out / "rejected.jsonl")
     for note in data.notes:
         log.info("judge: %s", note)
+    if opts.reference and opts.reference not in data.lists:
+        raise ConfigError(f"--reference {opts.reference}: not a method of the input "
+                          f"(there: {', '.join(sorted(data.lists))})")
     cases = cases_of(data)
     if not cases:
         raise ConfigError(f"judge: nothing to judge in {data.source['path']} (no user has a listed category)")
@@ -311,8 +324,13 @@ def run_judge(data: JudgeInput, opts: JudgeOptions, cfg: Config, *, calibrate: b
     else:
         table = {t: method_table(data.lists, scores[t], k=opts.k, n_boot=opts.bootstrap, seed=opts.seed,
                                  confidence=opts.confidence) for t in opts.templates}
-        write_json(out / "table.json", {"table": table, "meta": meta})
-        (out / "table.md").write_text(table_markdown(table, meta))
+        reference = opts.reference or ("coea" if "coea" in data.lists else "")
+        paired = {t: paired_table(data.lists, scores[t], k=opts.k, reference=reference, n_boot=opts.bootstrap,
+                                  seed=opts.seed, confidence=opts.confidence) for t in opts.templates} \
+            if reference in data.lists and len(data.lists) > 1 else {}
+        meta["reference"] = reference if paired else ""
+        write_json(out / "table.json", {"table": table, "paired": paired, "meta": meta})
+        (out / "table.md").write_text(table_markdown(table, meta, paired))
         summary["table"] = {t: {m: {n: round(v[n]["mean"], 4) if isinstance(v[n], dict) and v[n]["mean"] is not None
                                     and not math.isnan(v[n]["mean"]) else v[n]
                                     for n in (f"precision@{opts.k}", f"nDCG@{opts.k}", "avg_score")}

@@ -67,3 +67,15 @@ def test_agreement_and_kappa_by_hand():
     assert a["n"] == 4 and a["exact"] == 0.75 and a["three_class"] == 1.0 and a["mean_abs_diff"] == 0.25
     assert a["kappa"] == pytest.approx(0.5)
     assert got["cot~ltm"]["exact"] == 0.0 and got["cot~ltm"]["mean_abs_diff"] == pytest.approx(15 / 5)  # 4+3+3+3+2
+
+
+def test_paired_table_reference_minus_each_method():
+    from coea.judge.metrics import paired_table
+
+    lists = {"coea": {"u1": ["a", "b"], "u2": ["c", "d"]}, "pop": {"u1": ["a", "x"], "u2": ["c", "d"]}}
+    scores = {("u1", "a"): 5, ("u1", "b"): 4, ("u2", "c"): 4, ("u2", "d"): 1, ("u1", "x"): 2}
+    got = paired_table(lists, scores, k=2, reference="coea", n_boot=400, seed=0)
+    assert set(got) == {"pop"} and got["pop"]["users"] == 2
+    p = got["pop"]["precision@2"]  # coea [1, 0.5], pop [0.5, 0.5]: per-user differences [0.5, 0]
+    assert p["delta"] == pytest.approx(0.25) and 0.0 <= p["lo"] <= 0.25 <= p["hi"] <= 0.5
+    assert got["pop"]["avg_score"]["delta"] == pytest.approx(0.5)  # (u1 4.5 - 3.5 + u2 2.5 - 2.5) / 2

@@ -70,6 +70,9 @@ def test_embedded_judge_on_an_evaluation_is_labelled_untrained_and_resumes(evalu
     assert prompts.count("## ") == 6 and "Example 10" in prompts  # base, ls, cot and LtM's three turns
     table = json.loads((out / "table.json").read_text())["table"]
     assert set(table) == {"base", "ls", "cot", "ltm"} and set(table["cot"]) == {"coea", "popular"}
+    paired = json.loads((out / "table.json").read_text())["paired"]
+    assert set(paired["base"]) == {"popular"} and paired["base"]["popular"]["users"] == 3  # coea is the reference
+    assert "coea minus each method" in (out / "table.md").read_text()
     assert (out / "rejected.jsonl").exists() and (out / "tracking" / "metrics.jsonl").exists()
     assert summary["calls_sent"]["ltm"] == 21
     base_tokens = sum(r["prompt_tokens"] for r in rows if r["template"] == "base")
@@ -118,6 +121,8 @@ def test_calibrate_against_labels(tmp_path, capsys, stub_server):
     (["--templates", "fancy"], "unknown"),
     (["--endpoint", "http://127.0.0.1:9"], "--endpoint needs --model"),
     (["--shots", "/nonexistent.jsonl"], "No such file"),
+    (["--reference", "knn"], "--reference knn: not a method"),
+    (["--methods", "coea,knn"], "knn not in"),
 ])
 def test_bad_arguments_exit_2(evaluation, tmp_path, capsys, argv, message):
     code = main(["judge", "--evaluation", str(evaluation), "--out", str(tmp_path / "o"), *argv])
