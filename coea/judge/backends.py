@@ -267,7 +267,7 @@ class EndpointBackend:
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.url = chat_url(endpoint)
         self.model = model
-        self.identity = f"endpoint:{self.url}:{model}:m{max_tokens}"
+        self.identity = f"endpoint:{model}:m{max_tokens}"  # not the URL: a restarted server on a new port still hits
         self.concurrency = max(1, concurrency)
         self.max_retries = max_retries
         self.backoff_s = backoff_s

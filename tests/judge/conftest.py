@@ -30,12 +30,13 @@ class StubServer:
     """``statuses``: HTTP codes to answer first, in order (e.g. [429, 500]); then ``answer(messages)``."""
 
     def __init__(self, *, statuses=(), answer=canned_answer, max_requests: int = 200, delay_s: float = 0.0,
-                 retry_after: str | None = None):
+                 retry_after: str | None = None, fail_after: int | None = None):
         self.statuses = list(statuses)
         self.answer = answer
         self.max_requests = max_requests
         self.delay_s = delay_s
         self.retry_after = retry_after
+        self.fail_after = fail_after  # answer this many requests, then HTTP 503 for good (a dying server)
         self.requests: list[dict] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -58,6 +59,8 @@ class StubServer:
                     time.sleep(stub.delay_s)
                     if n > stub.max_requests:
                         status = 400
+                    elif stub.fail_after is not None and n > stub.fail_after:
+                        status = 503
                     if status != 200:
                         self.send_response(status)
                         if stub.retry_after:

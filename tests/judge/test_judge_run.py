@@ -99,6 +99,21 @@ def test_endpoint_judge_and_estimate(evaluation, tmp_path, capsys, stub_server):
     assert "UNTRAINED" not in (out / "table.md").read_text()
 
 
+def test_a_run_killed_by_a_failing_server_resumes_without_repeating_calls(evaluation, tmp_path, capsys,
+                                                                        stub_server):
+    out = tmp_path / "judged"
+    argv = ["judge", "--evaluation", str(evaluation), "--out", str(out), "--model", "stub", "--templates", "base",
+            "--tracking", "none", "--max-retries", "0", "--concurrency", "1", "--k", "2"]
+    with stub_server(fail_after=4) as dying:
+        code = main([*argv, "--endpoint", dying.url])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and last.startswith("coea: judge failed: EndpointError") and "gave up after 1 attempts" in last
+    assert len((out / "cache.jsonl").read_text().splitlines()) == 4  # what was answered is kept
+    with stub_server() as healthy:
+        code, summary = _run([*argv, "--endpoint", healthy.url], capsys)
+    assert code == 0 and summary["calls_sent"]["base"] == 7 - 4 == len(healthy.requests)
+
+
 def test_calibrate_against_labels(tmp_path, capsys, stub_server):
     out = tmp_path / "cal"
     with stub_server() as server:
