@@ -50,7 +50,7 @@ LOG_KEEP = 100  # log files kept per command in WORKDIR/logs
 OUR_LOGGERS = ("coea", "loops", "storage", "quantizer", "spark_jobs")
 QUIET_LOGGERS = ("httpx", "httpcore", "urllib3", "filelock", "fsspec", "py4j", "matplotlib", "PIL", "asyncio",
                  "git", "h5py")
-HEAVY = {"dsie", "bootstrap", "cycle", "rounds", "evaluate", "simulate"}  # commands that load transformers
+HEAVY = {"dsie", "bootstrap", "cycle", "rounds", "evaluate", "simulate", "judge"}  # commands that load transformers
 CREATES_WORKDIR = {"dsie", "bootstrap", "cycle", "rounds"}  # the others log to a workdir only if it exists
 QUIET_ENV = {"TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
@@ -583,6 +583,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_judge(args: argparse.Namespace) -> int:
+    from coea.judge.command import run_command
+
+    summary = run_command(args, open_log=lambda out: _SESSION.open_log(out) if _SESSION is not None else None)
+    emit(json.dumps(summary, indent=2))
+    return 0
+
+
 def cmd_wheelhouse(args: argparse.Namespace) -> int:
     from coea.wheelhouse import build_wheelhouse
 
@@ -766,6 +774,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-days", type=int, default=None, metavar="N",
                    help="stop after N A/B days (resume later with a larger N or without it)")
     p.set_defaults(fn=cmd_simulate)
+
+    from coea.judge.command import DESCRIPTION as JUDGE_DESCRIPTION, add_arguments as add_judge_arguments
+
+    p = add("judge", "LLM-as-a-Judge serendipity of served or evaluated lists; calibrate against labels",
+            description=JUDGE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_judge_arguments(p)
+    p.set_defaults(fn=cmd_judge)
 
     from coea.wheelhouse import DEFAULT_PLATFORM, DEFAULT_PYTHON, DEFAULT_TORCH_INDEX
 

@@ -3,6 +3,7 @@
 - P_ft-nov (Eq. 8-9): D_s + recent categories -> completion S_short(t)           :func:`novelty_train_example`
 - P_infer-nov: D_s + C'_short + novelty trigger                                  :func:`novelty_infer_prompt`
 - P_ft-rel / P_infer-rel (Eq. 11): D_s + recent categories + candidate           :func:`relevance_prompt`
+- LLM-as-a-Judge (Base, LS, CoT, LtM): history + recommended category -> 1-5      coea/judge_prompts.py
 
 One user state renders one text. A state is (portrait of the user's group, C'_short), where C'_short at click
 position t is :func:`recent_at`: the canonical set (storage.keys.canonical_recent) of the categories of the user's
@@ -18,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from coea.judge_prompts import render_judge_sample
 from storage.keys import canonical_recent
 
 
@@ -103,5 +105,6 @@ def render_sample(cfg: Any) -> str:
         "## P_ft-nov (prompt + completion)", ex["prompt"] + ex["completion"],
         "## P_infer-nov", novelty_infer_prompt(cfg.prompts, portrait, c_short),
         "## P_ft-rel / P_infer-rel", relevance_prompt(cfg.prompts, portrait, c_short, candidate),
+        render_judge_sample(list(c_short), candidate),
     ]
     return "\n".join(parts)

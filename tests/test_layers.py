@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TOP = {"coea.cli", "coea.evaluate", "coea.exploration", "coea.simulate"}
+TOP = {"coea.cli", "coea.evaluate", "coea.exploration", "coea.judge", "coea.simulate"}
 
 
 def _contracts() -> list[dict]:
