@@ -30,15 +30,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from coea.clock import (
-    clock_mode, file_watermark, fix_round0_cutoff, live_round0_cutoff, partition_watermark, record_checked,
-    record_window, recorded_round0_cutoff, replay_end, round_end,
+    LogView, clock_mode, done_reconsume, file_view, fix_round0_cutoff, live_round0_cutoff, partition_view,
+    partition_watermark, pending_reconsume, record_checked, record_log_view, record_window, recorded_round0_cutoff,
+    replay_end, round_end, skipped_days,
 )
 from coea.config import Config
 from coea.data.partitions import DAY, EVENTS_DIR, EVENTS_FILE, day_start, is_partitioned, scan_log, utc
-from coea.data.schema import DataError, Interactions, RejectReport, Sequences
+from coea.data.delivery import (
+    IDS_FILE, changed_files, check_rejects, drop_consumed, load_ids, quarantine, registry_rows, save_ids, selects,
+)
+from coea.data.schema import DataError, Interactions, LiveDataError, RejectReport, Sequences
 from coea.data.state import SequenceState
 from coea.data.vocab import Vocabulary
 from coea.workdir import read_json, round_dir, stage, stage_done, write_json, write_manifest
@@ -62,6 +67,7 @@ class RoundData:
     end: int
     status: str  # "ok" | "nothing_new"
     message: str = ""
+    fresh: bool = False  # this run wrote the data stage (False: read back from an earlier run)
     inter: Interactions | None = None
     seqs: Sequences | None = None
     seqs_prev: Sequences | None = None  # at ``start`` (None for round 0)
@@ -102,9 +108,14 @@ def load_round(cfg: Config, workdir: Path, k: int, *, until: int | None = None) 
     from coea.data.live import clean_window, note_vocab_update
 
     note_vocab_update(batch.rejects, update)
+    ids = None
     if mode == "live":
         inter = clean_window(batch.raw, vocab, batch.users, batch.rejects, end=batch.end)
-        events = inter.events
+        prev_ids = _previous_ids(workdir, k)
+        events, ids = drop_consumed(inter.events, prev_ids, batch.rejects)  # exactly once, by event identity
+        inter.events = events
+        ids = np.concatenate([prev_ids, ids])
+        check_rejects(batch.rejects, batch.rows_by_source, cfg.data.max_reject_fraction, where=batch.where)
     else:
         inter = batch.static
         ev = inter.events
@@ -141,14 +152,18 @@ def load_round(cfg: Config, workdir: Path, k: int, *, until: int | None = None) 
         state.save(tmp / FILES["state"])
         vocab.save(tmp / FILES["vocab"])
         batch.registry.to_parquet(tmp / FILES["consumed"], index=False)
+        if ids is not None:
+            save_ids(tmp / IDS_FILE, ids)
         if mode == "live":
             events.to_parquet(tmp / FILES["events"], index=False)
             users.to_parquet(tmp / FILES["users"], index=False)
         write_json(tmp / FILES["window"], window)
         write_manifest(tmp, cfg, {"stage": STAGE, "files": FILES})
     record_window(workdir, k, window)
+    if batch.reconsumed:
+        done_reconsume(workdir, k, pending_reconsume(workdir))
     _log_window(window, rp)
-    return RoundData(k=k, mode=mode, start=batch.start, end=batch.end, status="ok", inter=inter, seqs=seqs,
+    return RoundData(k=k, mode=mode, start=batch.start, end=batch.end, status="ok", fresh=True, inter=inter, seqs=seqs,
                      seqs_prev=seqs_prev, history=history, hist_categories=hist_categories,
                      category_clicks=before, vocab=vocab, window=window)
 
@@ -177,6 +192,11 @@ class _Batch:
     ignored: list[str] = field(default_factory=list)
     late_unconsumed: int = 0
     round0_cutoff: int | None = None
+    rows_by_source: dict[str, int] = field(default_factory=dict)  # raw rows per file (the reject threshold)
+    where: str = ""  # the events directory (or the log directory of one events.parquet), for messages
+    view: LogView | None = None  # what the clock saw of the log (watermark, gap)
+    quarantined: dict[str, str] = field(default_factory=dict)  # file -> where data.on_unreadable moved it
+    reconsumed: list[str] = field(default_factory=list)  # consumed files read again on request (--reconsume)
 
 
 def _read_replay(cfg: Config, workdir: Path, k: int, until: int | None, registry: pd.DataFrame) -> _Batch:
@@ -205,65 +225,91 @@ def _read_replay(cfg: Config, workdir: Path, k: int, until: int | None, registry
 
 
 def _read_live(cfg: Config, workdir: Path, k: int, until: int | None, registry: pd.DataFrame) -> _Batch:
-    from coea.data.live import (
-        count_before, read_event_files, read_event_window, read_tables, timestamp_range,
-    )
+    from coea.data.live import count_before, event_days, read_event_files, read_event_window, read_tables
 
     root = Path(cfg.data.path)
     rejects = RejectReport(max_rows_per_reason=cfg.data.max_reject_rows)
     items, users = read_tables(root, rejects)
+    skipped = skipped_days(workdir)
     if is_partitioned(root):
         listing = scan_log(root)
         if not listing.partitions:
             raise DataError(f"{root / EVENTS_DIR}: no day partitions (date=YYYY-MM-DD) yet")
         if k == 0:
             first = day_start(listing.partitions[0].day)
-            mark = partition_watermark(listing, first, until)
+            mark = partition_watermark(listing, first, until, skipped)
             try:
                 proposed = live_round0_cutoff(first, mark, cfg.data.bootstrap_fraction)
             except ValueError as exc:
                 raise DataError(f"{root / EVENTS_DIR}: {exc}") from None
             start, end = None, fix_round0_cutoff(workdir, "live", proposed)
+            view = partition_view(listing, end, until, skipped)
             mark = end
         else:
             c0 = recorded_round0_cutoff(workdir, "live")
             start = _start_of(workdir, k, c0, cfg, None)
-            mark = end = partition_watermark(listing, start, until)
-        done = dict(zip(registry["path"], registry["size"].astype(int)))
-        todo = [f for p in listing.partitions if p.complete and day_start(p.day) + DAY <= end for f in p.files
-                if f.path not in done]
-        changed = [f.path for p in listing.partitions for f in p.files if f.path in done and done[f.path] != f.size]
+            mark = end = partition_watermark(listing, start, until, skipped)
+            view = partition_view(listing, start, until, skipped)
+        record_log_view(workdir, view, source="partitions")
+        files = [f for p in listing.partitions for f in p.files]
+        asked = pending_reconsume(workdir)
+        again = [f for f in files if any(selects(r, f.path) for r in asked) and f.path in set(registry["path"])]
+        changed = [(f, why) for f, why in changed_files(listing.events_dir, files, registry) if f not in again]
         if changed:
-            log.warning("data: %d consumed file(s) changed size since a round read them; they are not read "
-                        "again (write late events as new files): %s", len(changed), ", ".join(changed[:3]))
+            f, why = changed[0]
+            more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+            raise LiveDataError(
+                f"{listing.events_dir / f.path}: changed after it was consumed ({why}){more}; nothing consumed. "
+                f"Re-consume it deliberately with `coea cycle ... --reconsume {f.path}` (events already consumed "
+                "are not counted twice)")
+        done = set(registry["path"])
+        todo = [f for p in listing.partitions if p.complete and day_start(p.day) + DAY <= end for f in p.files
+                if f.path not in done or f in again]
         raw, sizes, bad = read_event_files(listing.events_dir, todo)
-        size_of = {f.path: f.size for f in todo}
-        new = pd.DataFrame({"path": list(sizes), "round": k, "rows": list(sizes.values()),
-                            "size": [size_of[p] for p in sizes]})
+        quarantined = {}
+        if bad and cfg.data.on_unreadable == "fail":
+            path, why = next(iter(bad.items()))
+            more = f" (and {len(bad) - 1} more file(s))" if len(bad) > 1 else ""
+            raise LiveDataError(f"{listing.events_dir / path}: unreadable ({why}){more}; nothing consumed, the "
+                                f"window stays before {path.split('/')[0]}. Fix or replace the file and rerun, or "
+                                "set data.on_unreadable: quarantine to move it aside")
+        for f in todo:
+            if f.path in bad:
+                quarantined[f.path] = quarantine(listing.events_dir, f, bad[f.path], workdir, k)
+        new = registry_rows(listing.events_dir, todo, sizes, k)
+        kept = registry[~registry["path"].isin(new["path"])]
         batch = _Batch(status="ok", start=start, end=end, watermark=mark, raw=raw, items=items, users=users,
-                       rejects=rejects, registry=pd.concat([registry, new], ignore_index=True), rows=len(raw),
-                       files=len(sizes), unreadable=bad, ignored=list(listing.ignored))
+                       rejects=rejects, registry=pd.concat([kept, new], ignore_index=True), rows=len(raw),
+                       files=len(sizes), unreadable=bad, ignored=list(listing.ignored), rows_by_source=sizes,
+                       where=str(listing.events_dir), view=view, quarantined=quarantined,
+                       reconsumed=[f.path for f in again])
     else:
         path = root / EVENTS_FILE
         if not path.is_file():
             raise DataError(f"{root}: no {EVENTS_FILE} and no {EVENTS_DIR}/ day partitions (docs/data.md)")
-        span = timestamp_range(path)
-        if span is None:
+        try:
+            days = event_days(path)
+        except Exception as exc:  # pyarrow raises several types for a broken file
+            raise LiveDataError(f"{path}: unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                                "nothing consumed. Fix or replace the file and rerun") from None
+        if not len(days):
             raise DataError(f"{path}: no event with a usable timestamp")
         if k == 0:
-            first = (span[0] // DAY) * DAY
-            mark = file_watermark(span[1], until)
+            first = int(days[0]) * DAY
+            mark = file_view(days, first, until, skipped).watermark
             try:
                 proposed = live_round0_cutoff(first, mark, cfg.data.bootstrap_fraction)
             except ValueError as exc:
                 raise DataError(f"{path}: {exc}") from None
             start, end = None, fix_round0_cutoff(workdir, "live", proposed)
+            view = file_view(days, end, until, skipped)
             raw = read_event_window(path, None, end, with_null=True)
             late = 0
         else:
             c0 = recorded_round0_cutoff(workdir, "live")
             start = _start_of(workdir, k, c0, cfg, None)
-            end = max(start, file_watermark(span[1], until))
+            view = file_view(days, start, until, skipped)
+            end = view.watermark
             raw = read_event_window(path, start, end)
             seen = int(registry["rows"].sum())
             now = count_before(path, start)
@@ -271,17 +317,31 @@ def _read_live(cfg: Config, workdir: Path, k: int, until: int | None, registry: 
             if now is not None and now < seen:
                 log.warning("data: %s holds %d rows before %s, fewer than the %d rounds consumed", path, now,
                             utc(start), seen)
+        record_log_view(workdir, view, source=EVENTS_FILE)
         ts_rows = int(pd.to_numeric(raw["timestamp"], errors="coerce").notna().sum()) if len(raw) else 0
         new = pd.DataFrame({"path": [EVENTS_FILE], "round": [k], "rows": [ts_rows], "size": [path.stat().st_size]})
         batch = _Batch(status="ok", start=start, end=end, watermark=end, raw=raw, items=items, users=users,
                        rejects=rejects, registry=pd.concat([registry, new], ignore_index=True), rows=len(raw),
-                       files=1, late_unconsumed=late)
+                       files=1, late_unconsumed=late, rows_by_source={path.name: len(raw)}, where=str(root),
+                       view=view)
     if k > 0 and batch.end <= batch.start:
         batch.status = "nothing_new"
         batch.message = (f"round {k}: nothing new: the log is complete through {utc(batch.watermark)} and round "
                          f"{k - 1} consumed everything up to {utc(batch.start)}"
                          + (f"; {batch.rows} row(s) of late files wait for the next round" if batch.rows else ""))
     return batch
+
+
+def _previous_ids(workdir: Path, k: int) -> np.ndarray:
+    """Identity hashes of every event consumed through round k-1 (empty for round 0 and older workdirs)."""
+    if k == 0:
+        return np.zeros(0, dtype=np.uint64)
+    ids = load_ids(round_dir(workdir, k - 1) / STAGE)
+    if ids is None:
+        log.warning("data: round %d recorded no event identities (an older workdir); events delivered again "
+                    "before round %d cannot be recognised", k - 1, k)
+        return np.zeros(0, dtype=np.uint64)
+    return ids
 
 
 def _start_of(workdir: Path, k: int, c0: int, cfg: Config, data_end: int | None) -> int:
@@ -480,6 +540,9 @@ def _window(cfg: Config, k: int, mode: str, batch: _Batch, events: pd.DataFrame,
         "late_unconsumed": batch.late_unconsumed,
         "new_users": new_users,  # users whose first consumed event is in this round
         "vocab": update.summary(), "unreadable_files": batch.unreadable, "ignored_paths": batch.ignored,
+        "quarantined_files": batch.quarantined, "reconsumed_files": batch.reconsumed,
+        "already_consumed": int(batch.rejects.counts.get("already_consumed", 0)),
+        "log": batch.view.as_dict() if batch.view is not None else None,
     }
     if mode == "replay":  # one static data set: no files, every row belongs to its time span
         window.update(files=0, late=0, late_clicks=0)
@@ -522,6 +585,7 @@ def metrics_of(window: dict[str, Any]) -> dict[str, Any]:
     v = window.get("vocab", {})
     return {"data/events": window["events"], "data/users": window["users"], "data/clicks": window["clicks"],
             "data/late": window["late"], "data/late_unconsumed": window.get("late_unconsumed", 0),
+            "data/already_consumed": window.get("already_consumed", 0),
             "data/new_users": window.get("new_users", 0), "data/new_items": v.get("new_items", 0),
             "data/new_categories": len(v.get("new_categories", [])), "data/removed_items": v.get("removed_items", 0),
             "data/rejected": (window.get("rejects") or {}).get("total", 0), "data/files": window.get("files", 0),
