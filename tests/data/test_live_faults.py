@@ -209,3 +209,25 @@ def test_rejects_per_day_count_only_losing_reasons(world, started):
     write_day(log_dir, day(9), pd.concat([rows, rows]))  # every row twice: duplicates lose nothing
     r2 = load_round(cfg, wd, 2)
     assert r2.window["rejects"]["counts"] == {"duplicate_event": len(rows)} and r2.window["events"] == len(rows)
+
+
+def test_status_json_shows_the_watermark_the_gap_and_the_serving_lag(world, started, capsys):
+    from coea.cli import main
+    from coea.rounds import read_state, write_state
+
+    cfg, log_dir, wd = started
+    for n in (10, 11, 12):
+        write_day(log_dir, day(n), _day(world, n))
+    load_round(cfg, wd, 2)
+    state = read_state(wd)
+    state["promoted_round"] = 1  # round 1 served: its window ends at day 9
+    state["clock"]["windows"]["1"] = {"end": day_start(day(9))}
+    write_state(wd, state)
+    capsys.readouterr()
+    assert main(["status", "--workdir", str(wd), "--json"]) == 0
+    live = json.loads(capsys.readouterr().out)["live_log"]
+    assert live["watermark_utc"] == "1970-01-10T00:00:00Z" and live["newest_complete_day"] == "1970-01-13"
+    assert live["gap_day"] == "1970-01-10" and len(live["days_waiting"]) == 3 and live["serving_lag_days"] == 4
+    assert main(["status", "--workdir", str(wd)]) == 0
+    text = capsys.readouterr().out
+    assert "gap       day 1970-01-10 missing; 3 complete day(s) wait" in text and "lag 4 day(s)" in text
