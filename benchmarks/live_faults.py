@@ -100,7 +100,8 @@ class Ctx:
         run["what"] = what
         run["command"] = " ".join(["coea cycle --config configs/live-bench.yaml --workdir W", *extra])
         run["served_round"] = after["round"]
-        run["served_intact"] = after["ok"] and (run["exit"] == 0 or after["digest"] == before["digest"])
+        # intact: the served table reads; and when the same round stays served, its table is byte for byte the same
+        run["served_intact"] = after["ok"] and (after["round"] != before["round"] or after["digest"] == before["digest"])
         run["data_stage_skipped_line"] = "stage data finished in an earlier run" in run.pop("stderr")
         self.runs.append(run)
         return run
@@ -141,7 +142,13 @@ def run_cli(args: list[str], *, env: dict[str, str] | None = None, wait: bool = 
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=full, capture_output=True, text=True)
     return {"exit": proc.returncode, "wall_s": round(time.perf_counter() - t0, 1),
-            "line": last_coea_line(proc.stderr + proc.stdout), "stderr": proc.stderr}
+            "line": first_line(proc.stderr, proc.stdout), "stderr": proc.stderr}
+
+
+def first_line(stderr: str, stdout: str) -> str:
+    """The line cron mails first: the last ``coea:`` line on stderr, else the last line that says something."""
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("coea:")]
+    return lines[-1][:400] if lines else last_coea_line(stderr + stdout)
 
 
 # ----------------------------------------------------------------------------------------------- reconciliation
@@ -282,7 +289,7 @@ def f_two_cycles(c: Ctx) -> None:
     c.runs.append({"what": "two cycles at once: the second", "exit": second["exit"], "line": second["line"],
                    "wall_s": second["wall_s"], "served_round": served(c.wd)["round"], "served_intact": True})
     c.runs.append({"what": "two cycles at once: the first", "exit": first.returncode,
-                   "line": last_coea_line(err + out), "wall_s": None, "served_round": served(c.wd)["round"],
+                   "line": first_line(err, out), "wall_s": None, "served_round": served(c.wd)["round"],
                    "served_intact": served(c.wd)["ok"]})
     c.write(D18)
     c.cycle(what="day 18 normal")

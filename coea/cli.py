@@ -491,11 +491,13 @@ def _gap_exit(cfg, workdir: Path, code: int) -> int:
     if not view or not view.get("gap_day") or view["gap_age_days"] <= cfg.cycle.max_gap_days:
         return code
     what = "has no event" if view.get("source") == "events.parquet" else "is not complete (no partition or no _SUCCESS)"
-    print(f"coea: {cfg.data.path}: day {view['gap_day']} {what} and {len(view['days_waiting'])} later day(s) wait "
-          f"behind it, through {view['newest_complete_day']} ({view['gap_age_days']} days > cycle.max_gap_days "
-          f"{cfg.cycle.max_gap_days}); training has stalled at {view['watermark_utc']}. Write the day (a marker-only "
-          f"partition for a day without events) or declare it empty: coea cycle --skip-day {view['gap_day']}",
-          file=sys.stderr)
+    line = (f"coea: {cfg.data.path}: day {view['gap_day']} {what} and {len(view['days_waiting'])} later day(s) wait "
+            f"behind it, through {view['newest_complete_day']} ({view['gap_age_days']} days > cycle.max_gap_days "
+            f"{cfg.cycle.max_gap_days}); training has stalled at {view['watermark_utc']}. Write the day (a "
+            f"marker-only partition for a day without events) or declare it empty: coea cycle --skip-day "
+            f"{view['gap_day']}")
+    log.debug("%s", line)  # the log file
+    print(line, file=_SESSION.err if _SESSION is not None else sys.stderr, flush=True)  # the real stderr, for cron
     return worst([code, EXIT_GAP])
 
 

@@ -164,7 +164,7 @@ def test_a_missing_day_is_a_visible_gap_and_skip_day_moves_past_it(world, starte
     assert read_clock(wd)["skipped_days"][0]["day"] == "1970-01-10" and read_clock(wd)["log"]["gap_day"] is None
 
 
-def test_gap_exit_code_past_max_gap_days(world, started):
+def test_gap_exit_code_past_max_gap_days(world, started, capsys):
     from coea.cli import _gap_exit
 
     cfg, log_dir, wd = started
@@ -174,7 +174,11 @@ def test_gap_exit_code_past_max_gap_days(world, started):
     assert _gap_exit(cfg, wd, 0) == 0  # 2 days: not more than cycle.max_gap_days (2)
     write_day(log_dir, day(12), _day(world, 12))
     load_round(cfg, wd, 2)
+    capsys.readouterr()
     assert _gap_exit(cfg, wd, 0) == 8 and _gap_exit(cfg, wd, 4) == 8
+    line = capsys.readouterr().err.splitlines()[0]
+    assert line.startswith("coea: ") and "day 1970-01-10 is not complete" in line and "3 days > cycle.max_gap_days 2" \
+        in line and line.endswith("coea cycle --skip-day 1970-01-10")
 
 
 def test_one_future_row_never_moves_a_single_files_watermark(world, tmp_path):
