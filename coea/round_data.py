@@ -160,7 +160,7 @@ def load_round(cfg: Config, workdir: Path, k: int, *, until: int | None = None) 
         write_json(tmp / FILES["window"], window)
         write_manifest(tmp, cfg, {"stage": STAGE, "files": FILES})
     record_window(workdir, k, window)
-    if batch.reconsumed:
+    if mode == "live" and pending_reconsume(workdir):  # done: the files it names were read again (or none matched)
         done_reconsume(workdir, k, pending_reconsume(workdir))
     _log_window(window, rp)
     return RoundData(k=k, mode=mode, start=batch.start, end=batch.end, status="ok", fresh=True, inter=inter, seqs=seqs,
@@ -254,6 +254,10 @@ def _read_live(cfg: Config, workdir: Path, k: int, until: int | None, registry: 
         files = [f for p in listing.partitions for f in p.files]
         asked = pending_reconsume(workdir)
         again = [f for f in files if any(selects(r, f.path) for r in asked) and f.path in set(registry["path"])]
+        unmatched = [r for r in asked if not any(selects(r, f.path) for f in again)]
+        if unmatched:
+            log.warning("--reconsume: %s match(es) no consumed file; nothing to read again for it",
+                        ", ".join(unmatched))
         changed = [(f, why) for f, why in changed_files(listing.events_dir, files, registry) if f not in again]
         if changed:
             f, why = changed[0]

@@ -70,8 +70,9 @@ def test_a_cycle_on_a_full_disk_exits_1_within_seconds_and_frees_the_lock(tmp_pa
         (mnt / "wd").mkdir()
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         t = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "coea.cli", "cycle", "--config", str(REPO / "configs" / "demo.yaml"),
-                               "--workdir", str(mnt / "wd")], capture_output=True, text=True, env=env, timeout=120)
+        cmd = [sys.executable, "-m", "coea.cli", "cycle", "--config", str(REPO / "configs" / "demo.yaml"),
+               "--workdir", str(mnt / "wd")]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
         took = time.monotonic() - t
         assert done.returncode == 1, done.stderr[-2000:]
         assert took < 60

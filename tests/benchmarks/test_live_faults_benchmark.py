@@ -33,7 +33,8 @@ def test_valid_events_and_double_counts_are_found(lf, tmp_path):
                              "event": ["click", "click"]}), part / "ints.parquet")
     pd.DataFrame({"user_id": ["u9"], "item_id": ["a"], "timestamp": [t + 40 * DAY], "event": ["click"]}).to_parquet(
         part / "future.parquet")
-    ctx = SimpleNamespace(kind="partitions", log=log, days=[17], lab=SimpleNamespace(world=SimpleNamespace(items=items)),
+    lab = SimpleNamespace(world=SimpleNamespace(items=items))
+    ctx = SimpleNamespace(kind="partitions", log=log, days=[17], lab=lab,
                           partition=lambda d: log / "events" / "date=1970-01-18")
     valid = lf.valid_identities(ctx)
     assert set(valid) == {("u1", "a", t, "click"), ("u2", "b", t + 1, "exposure"), ("u4", "a", t - DAY, "click"),

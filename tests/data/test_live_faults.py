@@ -235,3 +235,12 @@ def test_status_json_shows_the_watermark_the_gap_and_the_serving_lag(world, star
     assert main(["status", "--workdir", str(wd)]) == 0
     text = capsys.readouterr().out
     assert "gap       day 1970-01-10 missing; 3 complete day(s) wait" in text and "lag 4 day(s)" in text
+
+
+def test_a_reconsume_request_that_matches_nothing_is_cleared_with_a_warning(world, started, caplog):
+    cfg, log_dir, wd = started
+    request_reconsume(wd, ["date=1999-01-01"])
+    write_day(log_dir, day(9), _day(world, 9))
+    load_round(cfg, wd, 2)
+    assert "date=1999-01-01 match(es) no consumed file" in caplog.text
+    assert read_clock(wd)["reconsume"] == []
