@@ -244,3 +244,12 @@ def test_a_reconsume_request_that_matches_nothing_is_cleared_with_a_warning(worl
     load_round(cfg, wd, 2)
     assert "date=1999-01-01 match(es) no consumed file" in caplog.text
     assert read_clock(wd)["reconsume"] == []
+
+
+def test_the_new_exit_codes_rank_between_failure_and_input_errors():
+    from coea.data.schema import LogGapError
+    from coea.errors import EXIT_CODES, exit_code_for, worst
+
+    assert exit_code_for(LiveDataError("x")) == 7 and exit_code_for(LogGapError("x")) == 8
+    assert worst([0, 4, 1, 8]) == 8 and worst([8, 7]) == 7 and worst([7, 2]) == 2 and worst([7, 3]) == 3
+    assert {7, 8} <= set(EXIT_CODES)
