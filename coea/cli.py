@@ -11,9 +11,13 @@ Exit codes (coea/errors.py; docs/cycle.md, Exit codes):
     5  the round failed cycle.max_attempts times and is not retried blindly: fix the data or config, then
        `coea cycle --retry` (add --fresh to redo its finished stages too)
     6  ``coea lookup``: the user, CSID, category or key is not in the promoted round's tables
+    7  live log data at risk, nothing consumed: a file unreadable or missing a column, more than
+       data.max_reject_fraction of a day's rows rejected, or a consumed file changed (`--reconsume`)
+    8  live log gap: a day is missing and the newest complete day is more than cycle.max_gap_days later
+       (write the day, or `coea cycle --skip-day YYYY-MM-DD`)
 
-`coea rounds --n N` exits with the worst code of its cycles (0 < 4 < 1 < 2 < 3 < 5) and stops early on 2, 3, 5
-and on "nothing new".
+`coea rounds --n N` exits with the worst code of its cycles (0 < 4 < 1 < 8 < 7 < 2 < 3 < 5) and stops early on 2,
+3, 5, 7, 8 and on "nothing new".
 
 Console and logs (contract 5, README "Commands"): a command that works on a workdir writes everything -- coea's
 messages at DEBUG, library warnings, the trainers' per-step logs, anything a library prints -- to
@@ -71,7 +75,8 @@ every command takes --help; configuration keys: coea config --explain
 logs: WORKDIR/logs/<command>-<time>.log (library warnings and trainer steps; -v shows them here too)
 exit codes: 0 ok / promoted / nothing new, 1 a stage failed, 2 configuration or input error, 3 workdir locked,
             4 guardrail refused promotion, 5 round gave up after cycle.max_attempts failures (--retry),
-            6 lookup: not in the promoted round's tables
+            6 lookup: not in the promoted round's tables, 7 live log data unreadable / rejected / changed
+            (nothing consumed), 8 live log gap older than cycle.max_gap_days
 docs: README.md and docs/ in the repository"""
 
 
@@ -175,6 +180,46 @@ class _ConsoleHandler(logging.Handler):
             self.handleError(record)
 
 
+class _LogFile(logging.FileHandler):
+    """The command's log file. A write that fails (a full disk, a dead mount) never retries and never loops:
+    the first failure prints one line on the real stderr (``err``) and the handler goes quiet; the terminal
+    keeps getting coea's lines."""
+
+    def __init__(self, path: Path, err) -> None:
+        super().__init__(path, encoding="utf-8")
+        self.err = err
+        self.broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.broken:
+            super().emit(record)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                super().flush()
+            except Exception:  # noqa: BLE001 - a failed flush is a failed write
+                self.handleError(None)
+
+    def handleError(self, record: logging.LogRecord | None) -> None:  # noqa: N802 - logging's name
+        if self.broken:
+            return
+        self.broken = True
+        problem = sys.exc_info()[1]
+        with contextlib.suppress(Exception):
+            self.err.write(f"coea: log file {self.baseFilename} cannot be written ({problem}); logging to the "
+                           "terminal only\n")
+            self.err.flush()
+        with contextlib.suppress(Exception):  # what the stream still buffers goes to /dev/null, not to a retry
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self.stream.fileno())
+            os.close(null)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            super().close()
+
+
 class Session:
     """The console and the log file of one command (module docstring). A context manager; one per command."""
 
@@ -184,7 +229,7 @@ class Session:
         self.argv = argv
         self.started = time.monotonic()
         self.log_path: Path | None = None
-        self._file: logging.FileHandler | None = None
+        self._file: _LogFile | None = None
         self._saved: dict[str, Any] = {}
 
     # -- lifecycle
@@ -276,7 +321,7 @@ class Session:
             path = logs / f"{self.command}-{stamp}.log"
             if path.exists():
                 path = logs / f"{self.command}-{stamp}-{os.getpid()}.log"
-            handler = logging.FileHandler(path, encoding="utf-8")
+            handler = _LogFile(path, self.err)
         except OSError as exc:
             logging.getLogger("coea.cli").warning("no log file (%s); the terminal gets everything instead", exc)
             return None
@@ -287,11 +332,11 @@ class Session:
                                         "msg": "coea %s (pid %d, python %s)",
                                         "args": (" ".join(self.argv), os.getpid(), sys.version.split()[0])})
         handler.handle(header)
+        root = logging.getLogger()
+        root.removeHandler(self._buffer)  # first: a record logged while flushing must not grow the buffer it drains
+        root.addHandler(handler)
         self._buffer.setTarget(handler)
         self._buffer.flush()
-        root = logging.getLogger()
-        root.removeHandler(self._buffer)
-        root.addHandler(handler)
         self._file, self.log_path = handler, path
         _link_latest(logs, self.command, path)
         _prune_logs(logs, self.command, LOG_KEEP)
@@ -409,23 +454,62 @@ def cmd_cycle(args: argparse.Namespace) -> int:
 
     cfg = _orchestrator_cfg(args)
     _retry(args, Path(args.workdir))
+    _operator_requests(args, Path(args.workdir))
     result = run_cycle(cfg, Path(args.workdir), until=_until(args))
     if result.status == "nothing_new":
         log.info("nothing new: %s; round %s stays the newest round", result.reason, result.round)
     show_result(args, result)
-    if result.status == "nothing_new":
-        return EXIT_OK
-    return _exit_code_of(result)
+    code = EXIT_OK if result.status == "nothing_new" else _exit_code_of(result)
+    return _gap_exit(cfg, Path(args.workdir), code)
+
+
+def _operator_requests(args: argparse.Namespace, workdir: Path) -> None:
+    """--skip-day / --reconsume: recorded in state.json under the lock, then the cycle runs as usual."""
+    if not (getattr(args, "skip_day", None) or getattr(args, "reconsume", None)):
+        return
+    from coea.clock import request_reconsume, skip_day
+    from loops.state import workdir_lock
+
+    try:
+        with workdir_lock(workdir):
+            for day in args.skip_day or []:
+                skip_day(workdir, day, command=" ".join(sys.argv[1:]))
+            if args.reconsume:
+                request_reconsume(workdir, list(args.reconsume))
+                log.warning("--reconsume: %s will be read again by the next round (events already consumed are "
+                            "not counted twice)", ", ".join(args.reconsume))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _gap_exit(cfg, workdir: Path, code: int) -> int:
+    """``code``, or exit 8 when the live log's gap is older than cycle.max_gap_days (one line on stderr)."""
+    from coea.clock import read_clock
+    from coea.errors import EXIT_GAP, worst
+
+    view = (read_clock(workdir) or {}).get("log") if workdir.is_dir() else None
+    if not view or not view.get("gap_day") or view["gap_age_days"] <= cfg.cycle.max_gap_days:
+        return code
+    what = "has no event" if view.get("source") == "events.parquet" else "is not complete (no partition or no _SUCCESS)"
+    line = (f"coea: {cfg.data.path}: day {view['gap_day']} {what} and {len(view['days_waiting'])} later day(s) wait "
+            f"behind it, through {view['newest_complete_day']} ({view['gap_age_days']} days > cycle.max_gap_days "
+            f"{cfg.cycle.max_gap_days}); training has stalled at {view['watermark_utc']}. Write the day (a "
+            f"marker-only partition for a day without events) or declare it empty: coea cycle --skip-day "
+            f"{view['gap_day']}")
+    log.debug("%s", line)  # the log file
+    print(line, file=_SESSION.err if _SESSION is not None else sys.stderr, flush=True)  # the real stderr, for cron
+    return worst([code, EXIT_GAP])
 
 
 def cmd_rounds(args: argparse.Namespace) -> int:
     """N cycles back to back; exits with the worst cycle's code and stops where going on makes no sense."""
-    from coea.errors import EXIT_EXHAUSTED, EXIT_INPUT, EXIT_LOCKED, exit_code_for, worst
+    from coea.errors import EXIT_DATA, EXIT_EXHAUSTED, EXIT_GAP, EXIT_INPUT, EXIT_LOCKED, exit_code_for, worst
     from loops.cycle import run_cycle
 
     cfg = _orchestrator_cfg(args)
     until = _until(args)
     _retry(args, Path(args.workdir))
+    _operator_requests(args, Path(args.workdir))
     codes = []
     for i in range(args.n):
         try:
@@ -436,7 +520,7 @@ def cmd_rounds(args: argparse.Namespace) -> int:
             code = exit_code_for(exc)
             print(_failure_line(args.command, exc), file=sys.stderr)
             codes.append(code)
-            if code in (EXIT_INPUT, EXIT_LOCKED, EXIT_EXHAUSTED):
+            if code in (EXIT_INPUT, EXIT_LOCKED, EXIT_EXHAUSTED, EXIT_DATA, EXIT_GAP):
                 log.warning("rounds: stopping after cycle %d/%d (exit %d: %s)", i + 1, args.n, code,
                             EXIT_CODES[code])
                 break
@@ -445,6 +529,7 @@ def cmd_rounds(args: argparse.Namespace) -> int:
         codes.append(_exit_code_of(result))
         if result.status == "nothing_new":
             log.info("nothing new: %s; stopping after cycle %d/%d", result.reason, i + 1, args.n)
+            codes[-1] = _gap_exit(cfg, Path(args.workdir), codes[-1])
             break
         log.info("cycle %d/%d: round %s %s", i + 1, args.n, result.round, result.status)
     code = worst(codes)
@@ -696,16 +781,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_retry_args(p)
     _add_config_args(p)
     p.add_argument("--until", help=until_help)
+    _add_live_args(p)
     p.set_defaults(fn=cmd_cycle)
 
     p = add("rounds", "run N cycles back to back", result=True,
-            description="Run N cycles back to back. Exits with the worst cycle's code (0 < 4 < 1 < 2 < 3 < 5); "
-                        "stops early on exit 2, 3 or 5 and when there is nothing new.",
+            description="Run N cycles back to back. Exits with the worst cycle's code (0 < 4 < 1 < 8 < 7 < 2 < 3 "
+                        "< 5); stops early on exit 2, 3, 5, 7 or 8 and when there is nothing new.",
             epilog=_EXIT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_retry_args(p)
     _add_config_args(p)
     p.add_argument("--until", help=until_help)
     p.add_argument("--n", type=int, required=True, help="number of cycles")
+    _add_live_args(p)
     p.set_defaults(fn=cmd_rounds)
 
     p = add("lookup", "print the KV value serving would return",
@@ -844,6 +931,15 @@ def _session(args: argparse.Namespace, argv: list[str]) -> Iterator[Session]:
 _EXIT_EPILOG = "exit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
 
 
+def _add_live_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--skip-day", action="append", metavar="YYYY-MM-DD",
+                   help="live log: declare a missing day empty on purpose so the clock moves past it (recorded in "
+                        "state.json); repeatable")
+    p.add_argument("--reconsume", action="append", metavar="date=YYYY-MM-DD[/FILE]",
+                   help="live log: read a consumed file (or every file of a partition) again after it changed; "
+                        "events already consumed are not counted twice (exit 7 names such files); repeatable")
+
+
 def _add_retry_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry", action="store_true",
                    help="reset the attempt count of a round that failed cycle.max_attempts times (exit 5) and try "
@@ -855,12 +951,13 @@ def _add_retry_args(p: argparse.ArgumentParser) -> None:
 
 def _failure_line(command: str, exc: BaseException) -> str:
     """One line for cron: the error, and where its full traceback is when the round wrote one."""
+    from coea.data.schema import LiveDataError
     from coea.errors import AttemptsExhaustedError, WorkdirError
 
     text = str(exc).splitlines()[0] if str(exc) else ""
     if isinstance(exc, AttemptsExhaustedError):
         return f"coea: {command} stopped: {text}"
-    if isinstance(exc, WorkdirError):
+    if isinstance(exc, (WorkdirError, LiveDataError)):
         return f"coea: {command}: {text}"
     where = getattr(exc, "coea_failure_log", None)
     return f"coea: {command} failed: {type(exc).__name__}: {text}" + (f" (traceback: {where})" if where else "")

@@ -81,6 +81,16 @@ class DataConfig:
     max_reject_rows: int = opt(
         10000, "Rejected rows kept per reason for the rejects file (counts are always exact); 0 keeps all.", min=0
     )
+    on_unreadable: Literal["fail", "quarantine"] = opt(
+        "fail", "Live log: what a round does with a data file it cannot read (not Parquet, truncated, a required "
+        "column missing). fail = exit 7 naming the file; nothing is consumed and the window stays before its day, "
+        "so the next run after the fix consumes it normally. quarantine = move it to PATH/events/_quarantine/ "
+        "(recorded in window.json and WORKDIR/quarantine.jsonl) and go on without it (docs/data.md).")
+    max_reject_fraction: float = opt(
+        0.05, "Live log: the round fails (exit 7, nothing consumed) when more than this share of the rows read, "
+        "of one partition day or of the whole round, is dropped for a reason that loses an event (malformed_row, "
+        "bad_event_kind, unknown_item, future_timestamp); duplicates do not count. 1 = never fail.",
+        min=0.0, max=1.0)
 
 
 @dataclass
@@ -313,6 +323,11 @@ class CycleConfig:
     max_attempts: int = opt(
         3, "A round that fails this many times is not retried blindly: the cycle exits 5 until the cause is fixed "
         "and `coea cycle --retry` resets the count. Every attempt (also a killed one) counts.", min=1)
+    max_gap_days: int = opt(
+        2, "Live log: a run exits 8 when a day is missing (no partition or no _SUCCESS; for one events.parquet, no "
+        "event) and the newest complete day after it is more than this many days later: training has stalled and "
+        "serving goes stale. Write the day (a marker-only partition for a day without events) or declare it empty "
+        "with `coea cycle --skip-day YYYY-MM-DD` (docs/cycle.md).", min=0)
     guardrail_margin: float = opt(0.05, "Do not promote when validation C-H@1 drops more than this (absolute).",
                                   min=0.0)
     guardrail_min_users: int = opt(20, "The guardrail judges only rounds validated on at least this many users; "

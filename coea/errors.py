@@ -6,6 +6,9 @@
     3  another cycle holds the workdir lock
     4  the guardrail refused promotion (the previous round stays served)
     5  the round failed cycle.max_attempts times and is not retried blindly (fix it, then `coea cycle --retry`)
+    7  live log data at risk: a file unreadable or missing a column, more than data.max_reject_fraction rejected,
+       or a consumed file changed; nothing was consumed (one line naming the file and the problem)
+    8  live log gap: a day is missing and later days wait behind it for more than cycle.max_gap_days
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ EXIT_INPUT = 2
 EXIT_LOCKED = 3
 EXIT_REFUSED = 4
 EXIT_EXHAUSTED = 5
+EXIT_DATA = 7  # 6 is `coea lookup`'s "not in the promoted round's tables" (coea/cli.py)
+EXIT_GAP = 8
 
 #: What each exit code means, in one phrase (docs, ``coea --help``).
 EXIT_CODES = {
@@ -25,11 +30,14 @@ EXIT_CODES = {
     EXIT_LOCKED: "lock held by another cycle",
     EXIT_REFUSED: "guardrail refused promotion",
     EXIT_EXHAUSTED: "the round failed cycle.max_attempts times; fix it, then `coea cycle --retry`",
+    EXIT_DATA: "live log data unreadable, rejected beyond data.max_reject_fraction, or changed after it was "
+               "consumed; nothing consumed",
+    EXIT_GAP: "live log gap older than cycle.max_gap_days: serving is stale (write the day or --skip-day)",
 }
 
 #: ``coea rounds`` exits with the worst code of its cycles, in this order (worst last): any failure is worse
 #: than a refusal, which is worse than success; among failures, the ones that stop the loop rank highest.
-SEVERITY = (EXIT_OK, EXIT_REFUSED, EXIT_FAILED, EXIT_INPUT, EXIT_LOCKED, EXIT_EXHAUSTED)
+SEVERITY = (EXIT_OK, EXIT_REFUSED, EXIT_FAILED, EXIT_GAP, EXIT_DATA, EXIT_INPUT, EXIT_LOCKED, EXIT_EXHAUSTED)
 
 
 class LockHeldError(RuntimeError):
@@ -68,9 +76,13 @@ def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, WorkdirError):
         return EXIT_INPUT
     try:
-        from coea.data.schema import DataError
+        from coea.data.schema import DataError, LiveDataError, LogGapError
     except ImportError:  # pragma: no cover
-        DataError = ()  # type: ignore[assignment]  # noqa: N806
+        DataError = LiveDataError = LogGapError = ()  # type: ignore[assignment]  # noqa: N806
+    if LiveDataError and isinstance(exc, LiveDataError):
+        return EXIT_DATA
+    if LogGapError and isinstance(exc, LogGapError):
+        return EXIT_GAP
     if DataError and isinstance(exc, DataError):
         return EXIT_INPUT  # a missing data file or wrong format is a configuration problem
     if isinstance(exc, FileNotFoundError):

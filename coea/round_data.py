@@ -3,8 +3,9 @@
 ``load_round(cfg, workdir, k)`` is the one entry (docs/cycle.md "The clock", docs/data.md "Live logs")::
 
     clock       round 0: fix the cut-off (state.json); round k: [end of round k-1, watermark)
-    read        live: the not-yet-consumed files of complete day partitions (or one file, filtered by time)
-                replay: the static data set, as it always was
+    read        coea/round_read.py -- live: the not-yet-consumed files of complete day partitions (or one file,
+                filtered by time), under the delivery rules; replay: the static data set, as it always was
+    deliver     live: drop events already consumed (event identity), fail past data.max_reject_fraction
     vocab       round k-1's vocabularies extended append-only with today's items / users tables
     state       round k-1's sequence state + this round's events -> Sequences at the round's end
     spark       data.engine: spark -> the round's Sequences from spark_jobs (checked against the state)
@@ -30,25 +31,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from coea.clock import (
-    clock_mode, file_watermark, fix_round0_cutoff, live_round0_cutoff, partition_watermark, record_checked,
-    record_window, recorded_round0_cutoff, replay_end, round_end,
+    clock_mode, done_reconsume, fix_round0_cutoff, pending_reconsume, record_checked, record_window,
+    recorded_round0_cutoff,
 )
 from coea.config import Config
-from coea.data.partitions import DAY, EVENTS_DIR, EVENTS_FILE, day_start, is_partitioned, scan_log, utc
+from coea.data.delivery import IDS_FILE, check_rejects, drop_consumed, save_ids
+from coea.data.partitions import DAY, EVENTS_DIR, EVENTS_FILE, is_partitioned, scan_log, utc
 from coea.data.schema import DataError, Interactions, RejectReport, Sequences
 from coea.data.state import SequenceState
 from coea.data.vocab import Vocabulary
+from coea.round_read import (
+    FILES, STAGE, Batch, empty_registry, previous_ids, read_live, read_replay, start_of,
+)
 from coea.workdir import read_json, round_dir, stage, stage_done, write_json, write_manifest
 
 log = logging.getLogger("coea.data")
-
-STAGE = "data"
-FILES = {"window": "window.json", "rejects": "rejects.jsonl", "state": "state", "vocab": "vocab",
-         "consumed": "consumed.parquet", "events": "events.parquet", "users": "users.parquet",
-         "spark": "spark_sequences.parquet"}
 
 
 @dataclass
@@ -62,6 +63,7 @@ class RoundData:
     end: int
     status: str  # "ok" | "nothing_new"
     message: str = ""
+    fresh: bool = False  # this run wrote the data stage (False: read back from an earlier run)
     inter: Interactions | None = None
     seqs: Sequences | None = None
     seqs_prev: Sequences | None = None  # at ``start`` (None for round 0)
@@ -89,7 +91,7 @@ def load_round(cfg: Config, workdir: Path, k: int, *, until: int | None = None) 
         record_window(workdir, k, data.window)
         return data
     prev_state, prev_vocab, registry = _previous(cfg, workdir, k, mode)
-    read = _read_replay if mode == "replay" else _read_live
+    read = read_replay if mode == "replay" else read_live
     batch = read(cfg, workdir, k, until, registry)
     if batch.status != "ok":
         if batch.watermark is not None:
@@ -102,9 +104,14 @@ def load_round(cfg: Config, workdir: Path, k: int, *, until: int | None = None) 
     from coea.data.live import clean_window, note_vocab_update
 
     note_vocab_update(batch.rejects, update)
+    ids = None
     if mode == "live":
         inter = clean_window(batch.raw, vocab, batch.users, batch.rejects, end=batch.end)
-        events = inter.events
+        prev_ids = previous_ids(workdir, k)
+        events, ids = drop_consumed(inter.events, prev_ids, batch.rejects)  # exactly once, by event identity
+        inter.events = events
+        ids = np.concatenate([prev_ids, ids])
+        check_rejects(batch.rejects, batch.rows_by_source, cfg.data.max_reject_fraction, where=batch.where)
     else:
         inter = batch.static
         ev = inter.events
@@ -141,162 +148,20 @@ def load_round(cfg: Config, workdir: Path, k: int, *, until: int | None = None) 
         state.save(tmp / FILES["state"])
         vocab.save(tmp / FILES["vocab"])
         batch.registry.to_parquet(tmp / FILES["consumed"], index=False)
+        if ids is not None:
+            save_ids(tmp / IDS_FILE, ids)
         if mode == "live":
             events.to_parquet(tmp / FILES["events"], index=False)
             users.to_parquet(tmp / FILES["users"], index=False)
         write_json(tmp / FILES["window"], window)
         write_manifest(tmp, cfg, {"stage": STAGE, "files": FILES})
     record_window(workdir, k, window)
+    if mode == "live" and pending_reconsume(workdir):  # done: the files it names were read again (or none matched)
+        done_reconsume(workdir, k, pending_reconsume(workdir))
     _log_window(window, rp)
-    return RoundData(k=k, mode=mode, start=batch.start, end=batch.end, status="ok", inter=inter, seqs=seqs,
+    return RoundData(k=k, mode=mode, start=batch.start, end=batch.end, status="ok", fresh=True, inter=inter, seqs=seqs,
                      seqs_prev=seqs_prev, history=history, hist_categories=hist_categories,
                      category_clicks=before, vocab=vocab, window=window)
-
-
-# --------------------------------------------------------------------------------------------------- reading
-
-
-@dataclass
-class _Batch:
-    """What a round reads before cleaning."""
-
-    status: str
-    start: int | None
-    end: int
-    watermark: int | None = None
-    message: str = ""
-    raw: pd.DataFrame | None = None  # live: raw event rows to clean
-    static: Interactions | None = None  # replay: the whole data set
-    items: pd.DataFrame | None = None  # cleaned items.parquet
-    users: pd.DataFrame | None = None  # cleaned users table
-    rejects: RejectReport = field(default_factory=RejectReport)
-    registry: pd.DataFrame = field(default_factory=lambda: _empty_registry())
-    rows: int = 0  # raw rows read
-    files: int = 0
-    unreadable: dict[str, str] = field(default_factory=dict)
-    ignored: list[str] = field(default_factory=list)
-    late_unconsumed: int = 0
-    round0_cutoff: int | None = None
-
-
-def _read_replay(cfg: Config, workdir: Path, k: int, until: int | None, registry: pd.DataFrame) -> _Batch:
-    from coea.rounds import cutoff, load_data, timeline
-
-    full = load_data(cfg)
-    data_end = timeline(full)[1] if len(full.events) else 0
-    c0 = fix_round0_cutoff(workdir, "replay", cutoff(cfg, full, 0) if len(full.events) else 0)
-    if k == 0:
-        start, end = None, c0
-    else:
-        start = _start_of(workdir, k, c0, cfg, data_end)
-        end = min(until, data_end) if until is not None else replay_end(cfg, c0, k, data_end)
-        if start >= data_end or end <= start:
-            why = "the replay schedule reached the end of the data" if start >= data_end else \
-                f"--until {utc(until)} is not after the round's start"
-            return _Batch(status="nothing_new", start=start, end=max(start, end), message=(
-                f"round {k}: nothing new after {utc(start)} ({why})"))
-    ts = full.events["timestamp"]
-    span = (ts < end) & ((ts >= start) if start is not None else True)
-    return _Batch(status="ok", start=start, end=end, watermark=end, static=full, items=full.items, users=full.users,
-                  rejects=full.rejects, rows=int(span.sum()), round0_cutoff=c0,
-                  registry=pd.concat([registry, pd.DataFrame({"path": ["<static>"], "round": [k],
-                                                              "rows": [int(span.sum())], "size": [0]})],
-                                     ignore_index=True))
-
-
-def _read_live(cfg: Config, workdir: Path, k: int, until: int | None, registry: pd.DataFrame) -> _Batch:
-    from coea.data.live import (
-        count_before, read_event_files, read_event_window, read_tables, timestamp_range,
-    )
-
-    root = Path(cfg.data.path)
-    rejects = RejectReport(max_rows_per_reason=cfg.data.max_reject_rows)
-    items, users = read_tables(root, rejects)
-    if is_partitioned(root):
-        listing = scan_log(root)
-        if not listing.partitions:
-            raise DataError(f"{root / EVENTS_DIR}: no day partitions (date=YYYY-MM-DD) yet")
-        if k == 0:
-            first = day_start(listing.partitions[0].day)
-            mark = partition_watermark(listing, first, until)
-            try:
-                proposed = live_round0_cutoff(first, mark, cfg.data.bootstrap_fraction)
-            except ValueError as exc:
-                raise DataError(f"{root / EVENTS_DIR}: {exc}") from None
-            start, end = None, fix_round0_cutoff(workdir, "live", proposed)
-            mark = end
-        else:
-            c0 = recorded_round0_cutoff(workdir, "live")
-            start = _start_of(workdir, k, c0, cfg, None)
-            mark = end = partition_watermark(listing, start, until)
-        done = dict(zip(registry["path"], registry["size"].astype(int)))
-        todo = [f for p in listing.partitions if p.complete and day_start(p.day) + DAY <= end for f in p.files
-                if f.path not in done]
-        changed = [f.path for p in listing.partitions for f in p.files if f.path in done and done[f.path] != f.size]
-        if changed:
-            log.warning("data: %d consumed file(s) changed size since a round read them; they are not read "
-                        "again (write late events as new files): %s", len(changed), ", ".join(changed[:3]))
-        raw, sizes, bad = read_event_files(listing.events_dir, todo)
-        size_of = {f.path: f.size for f in todo}
-        new = pd.DataFrame({"path": list(sizes), "round": k, "rows": list(sizes.values()),
-                            "size": [size_of[p] for p in sizes]})
-        batch = _Batch(status="ok", start=start, end=end, watermark=mark, raw=raw, items=items, users=users,
-                       rejects=rejects, registry=pd.concat([registry, new], ignore_index=True), rows=len(raw),
-                       files=len(sizes), unreadable=bad, ignored=list(listing.ignored))
-    else:
-        path = root / EVENTS_FILE
-        if not path.is_file():
-            raise DataError(f"{root}: no {EVENTS_FILE} and no {EVENTS_DIR}/ day partitions (docs/data.md)")
-        span = timestamp_range(path)
-        if span is None:
-            raise DataError(f"{path}: no event with a usable timestamp")
-        if k == 0:
-            first = (span[0] // DAY) * DAY
-            mark = file_watermark(span[1], until)
-            try:
-                proposed = live_round0_cutoff(first, mark, cfg.data.bootstrap_fraction)
-            except ValueError as exc:
-                raise DataError(f"{path}: {exc}") from None
-            start, end = None, fix_round0_cutoff(workdir, "live", proposed)
-            raw = read_event_window(path, None, end, with_null=True)
-            late = 0
-        else:
-            c0 = recorded_round0_cutoff(workdir, "live")
-            start = _start_of(workdir, k, c0, cfg, None)
-            end = max(start, file_watermark(span[1], until))
-            raw = read_event_window(path, start, end)
-            seen = int(registry["rows"].sum())
-            now = count_before(path, start)
-            late = max(0, (now or 0) - seen)
-            if now is not None and now < seen:
-                log.warning("data: %s holds %d rows before %s, fewer than the %d rounds consumed", path, now,
-                            utc(start), seen)
-        ts_rows = int(pd.to_numeric(raw["timestamp"], errors="coerce").notna().sum()) if len(raw) else 0
-        new = pd.DataFrame({"path": [EVENTS_FILE], "round": [k], "rows": [ts_rows], "size": [path.stat().st_size]})
-        batch = _Batch(status="ok", start=start, end=end, watermark=end, raw=raw, items=items, users=users,
-                       rejects=rejects, registry=pd.concat([registry, new], ignore_index=True), rows=len(raw),
-                       files=1, late_unconsumed=late)
-    if k > 0 and batch.end <= batch.start:
-        batch.status = "nothing_new"
-        batch.message = (f"round {k}: nothing new: the log is complete through {utc(batch.watermark)} and round "
-                         f"{k - 1} consumed everything up to {utc(batch.start)}"
-                         + (f"; {batch.rows} row(s) of late files wait for the next round" if batch.rows else ""))
-    return batch
-
-
-def _start_of(workdir: Path, k: int, c0: int, cfg: Config, data_end: int | None) -> int:
-    """End of round k-1: its data stage's window.json, else state.json, else (old replay workdirs) the schedule."""
-    if k - 1 == 0:
-        return c0
-    path = round_dir(workdir, k - 1) / STAGE / FILES["window"]
-    if path.exists():
-        return int(read_json(path)["end"])
-    recorded = round_end(workdir, k - 1)
-    if recorded is not None:
-        return recorded
-    if data_end is not None:  # a replay workdir from before the clock was recorded
-        return replay_end(cfg, c0, k - 1, data_end)
-    raise DataError(f"round {k - 1}'s window is unknown ({path} is missing); cannot place round {k}")
 
 
 # ----------------------------------------------------------------------------------------------- carry-over
@@ -309,13 +174,13 @@ def _previous(cfg: Config, workdir: Path, k: int, mode: str) -> tuple[SequenceSt
     from the static data; a live workdir cannot rebuild what it never recorded.
     """
     if k == 0:
-        return SequenceState.empty(cfg.data), Vocabulary.empty(), _empty_registry()
+        return SequenceState.empty(cfg.data), Vocabulary.empty(), empty_registry()
     d = round_dir(workdir, k - 1) / STAGE
     have = (d / FILES["vocab"]).is_dir() and (d / FILES["state"]).is_dir()
     if have:
         vocab = Vocabulary.load(d / FILES["vocab"])
         state = SequenceState.load(d / FILES["state"])
-        registry = pd.read_parquet(d / FILES["consumed"]) if (d / FILES["consumed"]).exists() else _empty_registry()
+        registry = pd.read_parquet(d / FILES["consumed"]) if (d / FILES["consumed"]).exists() else empty_registry()
         if state.matches(cfg.data):
             return state, vocab, registry
         log.warning("data: round %d's sequence state was built with other data.* settings; rebuilding it", k - 1)
@@ -329,7 +194,7 @@ def _previous(cfg: Config, workdir: Path, k: int, mode: str) -> tuple[SequenceSt
     vocab = Vocabulary.empty()
     vocab.extend(full.items, full.users, 0)
     log.info("data: round %d has no saved sequence state (an older workdir); rebuilding it from the data set", k - 1)
-    return _rebuild_state(cfg, workdir, k, mode, vocab, _empty_registry(), full=full), vocab, _empty_registry()
+    return _rebuild_state(cfg, workdir, k, mode, vocab, empty_registry(), full=full), vocab, empty_registry()
 
 
 def _rebuild_state(cfg: Config, workdir: Path, k: int, mode: str, vocab: Vocabulary, registry: pd.DataFrame, *,
@@ -342,14 +207,14 @@ def _rebuild_state(cfg: Config, workdir: Path, k: int, mode: str, vocab: Vocabul
         full = full if full is not None else load_data(cfg)
         data_end = timeline(full)[1] if len(full.events) else 0
         c0 = fix_round0_cutoff(workdir, "replay", cutoff(cfg, full, 0) if len(full.events) else 0)
-        start = _start_of(workdir, k, c0, cfg, data_end)
+        start = start_of(workdir, k, c0, cfg, data_end)
         state.apply(full.events[full.events["timestamp"] < start], vocab, start)
         return state
     from coea.data.live import clean_window, read_event_files, read_tables
 
     root = Path(cfg.data.path)
     c0 = recorded_round0_cutoff(workdir, "live")
-    start = _start_of(workdir, k, c0, cfg, None)
+    start = start_of(workdir, k, c0, cfg, None)
     rejects = RejectReport()
     _, users = read_tables(root, rejects)
     if is_partitioned(root):
@@ -401,7 +266,7 @@ def _read_back(cfg: Config, workdir: Path, k: int, mode: str) -> RoundData:
 
 
 def _spark_sequences(cfg: Config, tmp: Path, vocab: Vocabulary, users: pd.DataFrame, state_seqs: Sequences,
-                     registry: pd.DataFrame, batch: _Batch) -> tuple[Sequences, pd.DataFrame, dict[str, Any]]:
+                     registry: pd.DataFrame, batch: Batch) -> tuple[Sequences, pd.DataFrame, dict[str, Any]]:
     """``data.engine: spark``: the round's Sequences from ``spark_jobs.build_sequences`` over every file consumed
     so far (the registry), the vocabulary's items and the round's end; checked against the in-process state."""
     from spark_jobs.build_sequences import build_sequences as spark_build
@@ -460,7 +325,7 @@ def _assemble(rows: pd.DataFrame, like: Sequences, vocab: Vocabulary) -> Sequenc
 # -------------------------------------------------------------------------------------------------- reports
 
 
-def _window(cfg: Config, k: int, mode: str, batch: _Batch, events: pd.DataFrame, new_users: int,
+def _window(cfg: Config, k: int, mode: str, batch: Batch, events: pd.DataFrame, new_users: int,
             update) -> dict[str, Any]:
     ts = events["timestamp"]
     start = batch.start
@@ -480,6 +345,9 @@ def _window(cfg: Config, k: int, mode: str, batch: _Batch, events: pd.DataFrame,
         "late_unconsumed": batch.late_unconsumed,
         "new_users": new_users,  # users whose first consumed event is in this round
         "vocab": update.summary(), "unreadable_files": batch.unreadable, "ignored_paths": batch.ignored,
+        "quarantined_files": batch.quarantined, "reconsumed_files": batch.reconsumed,
+        "already_consumed": int(batch.rejects.counts.get("already_consumed", 0)),
+        "log": batch.view.as_dict() if batch.view is not None else None,
     }
     if mode == "replay":  # one static data set: no files, every row belongs to its time span
         window.update(files=0, late=0, late_clicks=0)
@@ -512,16 +380,12 @@ def _log_window(window: dict[str, Any], rp: Path) -> None:
                     rp / STAGE / FILES["rejects"])
 
 
-def _empty_registry() -> pd.DataFrame:
-    return pd.DataFrame({"path": pd.Series(dtype=object), "round": pd.Series(dtype="int64"),
-                         "rows": pd.Series(dtype="int64"), "size": pd.Series(dtype="int64")})
-
-
 def metrics_of(window: dict[str, Any]) -> dict[str, Any]:
     """The round's data figures for metrics.json / tracking (``data/...``)."""
     v = window.get("vocab", {})
     return {"data/events": window["events"], "data/users": window["users"], "data/clicks": window["clicks"],
             "data/late": window["late"], "data/late_unconsumed": window.get("late_unconsumed", 0),
+            "data/already_consumed": window.get("already_consumed", 0),
             "data/new_users": window.get("new_users", 0), "data/new_items": v.get("new_items", 0),
             "data/new_categories": len(v.get("new_categories", [])), "data/removed_items": v.get("removed_items", 0),
             "data/rejected": (window.get("rejects") or {}).get("total", 0), "data/files": window.get("files", 0),

@@ -71,16 +71,20 @@ def stage(round_path: str | Path, name: str) -> Iterator[Path]:
 STAGE_ORDER = ("data", "dsie", "backbone", "novelty", "candidates", "kv", "pco", "relevance")
 
 
-def log_finished_stages(round_path: str | Path, label: str, extra: dict[str, bool] | None = None) -> list[str]:
+def log_finished_stages(round_path: str | Path, label: str, extra: dict[str, bool] | None = None, *,
+                        this_run: tuple[str, ...] = ()) -> list[str]:
     """A resume: one INFO line per stage of ``round_path`` that finished in an earlier run and will be skipped.
 
     Every caller of :func:`stage` skips a stage whose folder exists, so the folders present now are exactly
-    the stages this run skips. ``extra`` names finished stages that live elsewhere (e.g. the KV version).
+    the stages this run skips, except ``this_run``: stages this same run already wrote (e.g. the data stage,
+    written before the round's attempt starts), which are not announced. ``extra`` names finished stages that
+    live elsewhere (e.g. the KV version).
     """
     round_path = Path(round_path)
     found = {p.name for p in round_path.iterdir() if p.is_dir() and not p.name.startswith(".")} \
         if round_path.is_dir() else set()
     found |= {name for name, done in (extra or {}).items() if done}
+    found -= set(this_run)
     names = [n for n in STAGE_ORDER if n in found] + sorted(found - set(STAGE_ORDER))
     for name in names:
         log.info("%s: stage %s finished in an earlier run; skipping it", label, name)

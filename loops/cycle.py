@@ -345,7 +345,8 @@ def run_cycle(cfg: Config, workdir: Path, *, until: int | None = None) -> CycleR
         with round_attempt(workdir, k, max_attempts=cfg.cycle.max_attempts, base=base,
                            context=_context(cfg, start=data.start, end=data.end)) as attempt:
             attempt.set_window(data.start, data.end)
-            log_finished_stages(round_dir(workdir, k), f"round {k}", extra={"kv": _kv_staged(workdir, k)})
+            log_finished_stages(round_dir(workdir, k), f"round {k}", extra={"kv": _kv_staged(workdir, k)},
+                                this_run=("data",) if data.fresh else ())
             result = _run_round(cfg, workdir, k, base, data, device, timings, lap)
         _retain(cfg, workdir)
         return result

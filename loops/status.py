@@ -16,14 +16,18 @@ as plain lines for a terminal or a cron mail. Per round, ``state`` says what the
     expired           deleted by retention (cycle.keep_rounds); the history entry stays
 
 ``status`` keeps the recorded decision (state.json), ``promoted_now`` / ``was_promoted`` make the difference
-explicit for scripts.
+explicit for scripts. ``live_log`` (live clock only): the watermark, the newest complete day, a gap and the days
+waiting behind it, and how many days of complete log serving lags behind (:func:`live_log_status`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from coea.data.delivery import QUARANTINE_LOG
+from coea.data.partitions import DAY
 from coea.errors import WorkdirError
 from coea.rounds import STATE_FILE, read_state
 from coea.workdir import STAGE_ORDER, round_dir
@@ -106,13 +110,15 @@ def workdir_status(workdir: Path) -> dict[str, Any]:
             "expired": bool(entry.get("expired")), "on_disk": round_dir(workdir, k).is_dir(),
             "disk_bytes": round_disk_usage(workdir, k), "stages_done": done, "stages_unfinished": tmp,
             "failures": entry.get("failures", []),
-            "headline": {m: metrics[m] for m in ("val/C-H@1", "val/NCP@5", "keys/count", "keys/aligned") if m in metrics},
+            "headline": {m: metrics[m] for m in ("val/C-H@1", "val/NCP@5", "keys/count", "keys/aligned",
+                                                 "data/rejected") if m in metrics},
         })
     total = disk_usage(workdir)
     rounds_bytes = disk_usage(workdir / "rounds")
     kv_bytes = disk_usage(workdir / "kv")
     rollbacks = state.get("rollbacks", [])
     return {
+        "live_log": live_log_status(workdir, state),
         "workdir": str(workdir.resolve()),
         "promoted_round": promoted,
         "last_rollback": rollbacks[-1] if rollbacks else None,
@@ -125,6 +131,37 @@ def workdir_status(workdir: Path) -> dict[str, Any]:
         "disk": {"total_bytes": total, "rounds_bytes": rounds_bytes, "kv_bytes": kv_bytes,
                  "other_bytes": max(0, total - rounds_bytes - kv_bytes)},
     }
+
+
+def live_log_status(workdir: Path, state: dict[str, Any]) -> dict[str, Any] | None:
+    """The live log as the last run saw it (state.json ``clock.log``) and how stale serving is; None for a replay
+    workdir. ``serving_lag_days``: days of complete log the promoted round has not trained on (newest complete
+    day's end minus the served round's window end); ``gap_day`` / ``days_waiting``: a missing day and the
+    complete days behind it (docs/cycle.md, "Gaps")."""
+    clock = state.get("clock") or {}
+    view = clock.get("log")
+    if clock.get("mode") != "live" or not view:
+        return None
+    promoted = state.get("promoted_round")
+    windows = clock.get("windows", {})
+    served_end = None
+    if promoted is not None:
+        served_end = clock.get("round0_cutoff") if promoted == 0 else (windows.get(str(promoted)) or {}).get("end")
+    newest = view.get("newest_complete_day")
+    lag = None
+    if served_end is not None and newest:
+        newest_end = (dt.date.fromisoformat(newest) - dt.date(1970, 1, 1)).days * DAY + DAY
+        lag = round(max(0, newest_end - int(served_end)) / DAY, 2)
+    quarantine = Path(workdir) / QUARANTINE_LOG
+    return {**view, "served_round": promoted, "served_through": served_end,
+            "served_through_utc": _utc(served_end), "serving_lag_days": lag,
+            "skipped_days": [e["day"] for e in clock.get("skipped_days", [])],
+            "reconsume_pending": clock.get("reconsume", []),
+            "quarantined_files": len(quarantine.read_text().splitlines()) if quarantine.is_file() else 0}
+
+
+def _utc(ts: int | None) -> str | None:
+    return None if ts is None else dt.datetime.fromtimestamp(int(ts), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def format_status(status: dict[str, Any]) -> list[str]:
@@ -143,6 +180,22 @@ def format_status(status: dict[str, Any]) -> list[str]:
                  f"KV {human_bytes(d['kv_bytes'])}, other {human_bytes(d['other_bytes'])}")
     offers = status["rollback_offers"]
     lines.append(f"rollback  {'rounds on offer: ' + ', '.join(map(str, offers)) if offers else 'nothing on offer'}")
+    live = status.get("live_log")
+    if live:
+        lines.append(f"log       watermark {live['watermark_utc']}, newest complete day {live['newest_complete_day']}"
+                     f" (checked {live['checked_at']})")
+        lag = live["serving_lag_days"]
+        lines.append(f"serving   through {live['served_through_utc'] or '-'} (round {live['served_round']}); "
+                     f"{'lag ' + format(lag, 'g') + ' day(s) of complete log' if lag is not None else 'lag unknown'}")
+        if live["gap_day"]:
+            lines.append(f"gap       day {live['gap_day']} missing; {len(live['days_waiting'])} complete day(s) wait "
+                         f"behind it ({live['gap_age_days']} day(s)); write it or `coea cycle --skip-day "
+                         f"{live['gap_day']}`")
+        extra = [f"skipped days {', '.join(live['skipped_days'])}" if live["skipped_days"] else "",
+                 f"re-consume pending {', '.join(live['reconsume_pending'])}" if live["reconsume_pending"] else "",
+                 f"{live['quarantined_files']} file(s) quarantined" if live["quarantined_files"] else ""]
+        if any(extra):
+            lines.append("data      " + "; ".join(e for e in extra if e))
     lines.append("")
     lines.append(f"{'round':>5}  {'state':<14} {'base':>4}  {'attempts':<8}  {'disk':>9}  {'finished':<24}  detail")
     for r in status["rounds"]:

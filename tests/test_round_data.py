@@ -164,6 +164,8 @@ def test_until_lowers_the_watermark(world, tmp_path):
 
 
 def test_bad_files_and_rows_are_reported_never_lost(world, tmp_path):
+    from coea.data.schema import LiveDataError
+
     log_dir, wd = tmp_path / "log", tmp_path / "wd"
     write_interactions(world, log_dir, through=day(8))
     cfg = _cfg(log_dir)
@@ -173,18 +175,19 @@ def test_bad_files_and_rows_are_reported_never_lost(world, tmp_path):
     broken = part / "part-x.parquet"
     broken.write_bytes(b"not parquet")
     _day_events(world, 12).iloc[:3].to_parquet(part / "part-future.parquet")  # after the newest complete day
+    with pytest.raises(LiveDataError, match="part-x.parquet: unreadable .*not a readable Parquet file"):
+        load_round(cfg, wd, 2)  # an unreadable file fails the round (exit 7) ...
+    assert not (wd / "rounds" / "002").exists()  # ... and nothing is consumed
+    # fixed, it is consumed by the same round, in its window (not late)
+    _day_events(world, 9).iloc[:7].assign(timestamp=lambda f: f["timestamp"] + 1).to_parquet(broken)
     r2 = load_round(cfg, wd, 2)
-    assert list(r2.window["unreadable_files"]) == ["date=1970-01-10/part-x.parquet"]
+    assert r2.window["unreadable_files"] == {} and r2.window["late"] == 0
     assert r2.window["rejects"]["counts"] == {"future_timestamp": 3}
     rejects = [json.loads(x) for x in (wd / "rounds" / "002" / "data" / "rejects.jsonl").read_text().splitlines()]
-    assert {r["source"] for r in rejects} == {"date=1970-01-10/part-future.parquet"}
+    assert {r["source"] for r in rejects if not r["kept"]} == {"date=1970-01-10/part-future.parquet"}
     consumed = pd.read_parquet(wd / "rounds" / "002" / "data" / "consumed.parquet")
-    assert "date=1970-01-10/part-x.parquet" not in set(consumed["path"])  # left for a later round
-    # fixed, it is consumed by the next round; its rows are late then
-    _day_events(world, 9).iloc[:7].assign(timestamp=lambda f: f["timestamp"] + 1).to_parquet(broken)
-    write_day(log_dir, day(10), _day_events(world, 10))
-    r3 = load_round(cfg, wd, 3)
-    assert r3.window["unreadable_files"] == {} and r3.window["late"] == 7
+    assert "date=1970-01-10/part-x.parquet" in set(consumed["path"])
+    assert r2.window["events"] == len(_day_events(world, 9)) + 7
 
 
 def test_removed_items_and_categories_do_not_break_a_round(world, tmp_path):

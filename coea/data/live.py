@@ -5,7 +5,8 @@ The clock (coea/clock.py) decides *which span* a round covers; this module reads
 - day partitions: :func:`read_event_files` reads the given files (the round's not-yet-consumed files of complete
   partitions) through pyarrow datasets, only the event columns, one file at a time (files may differ in
   schema: integer or string ids, a ``rating`` column or none). An unreadable file, or one without the required
-  columns, is skipped and reported, never consumed, so a fixed file is read by a later round.
+  columns, is reported and never consumed: the round fails (exit 7) or, with ``data.on_unreadable:
+  quarantine``, moves it aside (coea/data/delivery.py).
 - one ``events.parquet``: :func:`read_event_window` pushes the timestamp filter down to pyarrow.
 - :func:`clean_window` is :func:`coea.data.loaders.clean_interactions` with the vocabulary's items as the
   catalogue (events on items that left items.parquet are still accepted) plus the live rule
@@ -56,17 +57,26 @@ def read_event_files(events_dir: Path, files: list[LogFile]) -> tuple[pd.DataFra
         try:
             frame = read_parquet_columns(events_dir / f.path, EVENT_COLUMNS, required=REQUIRED["events.parquet"])
         except Exception as exc:  # pyarrow raises several types for a broken file
-            bad[f.path] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+            bad[f.path] = unreadable_reason(exc, events_dir / f.path)
             continue
         frame[SOURCE] = f.path
         frame[LINE] = np.arange(1, len(frame) + 1)
         frames.append(frame)
         sizes[f.path] = len(frame)
     if bad:
-        log.warning("data: %d file(s) not readable, skipped and left for a later round: %s", len(bad),
+        log.warning("data: %d file(s) not readable: %s", len(bad),
                     "; ".join(f"{k} ({v})" for k, v in list(bad.items())[:3]))
     rows = pd.concat(frames, ignore_index=True) if frames else _no_rows()
     return rows, sizes, bad
+
+
+def unreadable_reason(exc: BaseException, path: Path) -> str:
+    """A short reason for a file pyarrow could not read: ``missing column(s) event (has ...)`` or
+    ``not a readable Parquet file (ArrowInvalid: ...)``, without the path (messages name it once)."""
+    text = (str(exc).splitlines() or [""])[0].replace(str(path), "<file>")
+    if isinstance(exc, ValueError) and text.startswith("missing column"):
+        return text[:300]
+    return f"not a readable Parquet file ({type(exc).__name__}: {text[:160]})"
 
 
 def read_event_window(path: Path, start: int | None, end: int, *, with_null: bool = False) -> pd.DataFrame:
@@ -101,10 +111,14 @@ def count_before(path: Path, ts: int) -> int | None:
     return None if expr is None else int(dataset.count_rows(filter=expr))
 
 
-def timestamp_range(path: Path) -> tuple[int, int] | None:
-    """(min, max) valid unix seconds in one ``events.parquet`` (None when it has no usable timestamp)."""
-    ts = to_seconds(read_parquet_columns(path, ("timestamp",), required=("timestamp",))["timestamp"]).dropna()
-    return (int(ts.min()), int(ts.max())) if len(ts) else None
+def event_days(path: Path) -> np.ndarray:
+    """The sorted UTC day numbers (unix seconds // 86400) that hold a valid timestamp in one ``events.parquet``.
+
+    Raises:
+        ValueError / OSError / pyarrow.ArrowInvalid: the file is unreadable or has no ``timestamp`` column.
+    """
+    ts = to_seconds(read_parquet_columns(path, ("timestamp",), required=REQUIRED["events.parquet"])["timestamp"])
+    return np.unique((ts.dropna().to_numpy(dtype=np.int64) // 86_400))
 
 
 def timestamp_filter(schema, start: int | None, end: int):

@@ -134,6 +134,10 @@ def note(rejects: RejectReport, rows: pd.DataFrame, reason: str, *, kept: bool =
     """Count every row of ``rows`` under ``reason``; store them (up to the report's cap) for the rejects file."""
     if not len(rows):
         return
+    if not kept and SOURCE in rows:  # per file: what the live reject threshold judges (coea/round_data.py)
+        for src, n in rows[SOURCE].value_counts(sort=False).items():
+            per = rejects.by_source.setdefault(str(src), {})
+            per[reason] = per.get(reason, 0) + int(n)
     cap = rejects.max_rows_per_reason
     tally = rejects.kept if kept else rejects.counts
     room = len(rows) if not cap else max(0, min(len(rows), cap - tally.get(reason, 0)))

@@ -88,7 +88,7 @@ def read_table(path: Path, what: str, columns: tuple[str, ...] | None = None, *,
     """
     require_file(path, what)
     try:
-        frame = read_parquet_columns(path, columns) if columns is not None else pd.read_parquet(path)
+        frame = read_parquet_columns(path, columns)
     except Exception as exc:  # pyarrow raises several types for a non-Parquet file
         raise DataError(f"{path}: not a readable Parquet file ({type(exc).__name__})") from None
     need = REQUIRED.get(path.name, ()) if required is None else required

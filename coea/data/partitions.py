@@ -40,6 +40,7 @@ SUCCESS = "_SUCCESS"
 PARTITION_KEY = "date"
 _PARTITION = re.compile(rf"^{PARTITION_KEY}=(\d{{4}}-\d{{2}}-\d{{2}})$")
 REQUIRED_EVENT_COLUMNS = ("user_id", "item_id", "timestamp", "event")
+ID_COLUMNS = ("user_id", "item_id")  # read as strings from the file's own type, never through float
 EPOCH = dt.date(1970, 1, 1)
 
 
@@ -87,6 +88,7 @@ class LogFile:
     path: str
     day: dt.date
     size: int
+    mtime_ns: int = 0
 
 
 @dataclass
@@ -151,7 +153,8 @@ def scan_log(path: str | Path) -> LogListing:
                     elif f.name.startswith((".", "_")):
                         continue
                     elif f.is_file() and f.name.endswith(".parquet"):
-                        files.append(LogFile(f"{entry.name}/{f.name}", day, f.stat().st_size))
+                        st = f.stat()
+                        files.append(LogFile(f"{entry.name}/{f.name}", day, st.st_size, st.st_mtime_ns))
                     else:
                         ignored.append(f"{entry.name}/{f.name}")
             partitions.append(Partition(day, complete, files))
@@ -261,14 +264,19 @@ def write_interactions(inter: Interactions, path: str | Path, *, first_day: str 
 # --------------------------------------------------------------------------------------------------- reading
 
 
-def read_parquet_columns(path: Path, columns: tuple[str, ...] | list[str], required: tuple[str, ...] = (),
+def read_parquet_columns(path: Path, columns: tuple[str, ...] | list[str] | None, required: tuple[str, ...] = (),
                          filter_expr=None) -> pd.DataFrame:
-    """Read ``columns`` (those present) of one Parquet file through a pyarrow dataset, optionally filtered.
+    """Read ``columns`` (those present; None = all) of one Parquet file through a pyarrow dataset, optionally
+    filtered.
+
+    Integer id columns (``user_id``, ``item_id``) are cast to strings in pyarrow, from the file's own type, so a
+    null among int64 ids never turns them into float64 (where 1234567890123456789 and ...788 would collide).
 
     Raises:
         ValueError: a required column is missing (the message names them and what the file has).
         OSError / pyarrow.ArrowInvalid: the file is not readable Parquet.
     """
+    import pyarrow as pa
     import pyarrow.dataset as ds
 
     dataset = ds.dataset(str(path), format="parquet")
@@ -276,5 +284,9 @@ def read_parquet_columns(path: Path, columns: tuple[str, ...] | list[str], requi
     missing = [c for c in required if c not in present]
     if missing:
         raise ValueError(f"missing column(s) {', '.join(missing)} (has {', '.join(dataset.schema.names)})")
-    table = dataset.to_table(columns=[c for c in columns if c in present], filter=filter_expr)
+    names = dataset.schema.names if columns is None else [c for c in columns if c in present]
+    table = dataset.to_table(columns=names, filter=filter_expr)
+    for i, name in enumerate(table.column_names):
+        if name in ID_COLUMNS and pa.types.is_integer(table.schema.field(name).type):
+            table = table.set_column(i, name, table.column(name).cast(pa.string()))
     return table.to_pandas()

@@ -42,6 +42,15 @@ class DataError(ValueError):
     """A data file is missing or has the wrong format; the message is one line naming the file."""
 
 
+class LiveDataError(DataError):
+    """Live log data at risk (exit 7): a file unreadable or missing a required column, too many rows rejected,
+    or a consumed file changed. Nothing was consumed; the message is one line naming the file and the problem."""
+
+
+class LogGapError(RuntimeError):
+    """The live log has a gap older than ``cycle.max_gap_days`` (exit 8); the message names the missing day."""
+
+
 @dataclass
 class RejectReport:
     """Counts of rejected input rows by reason, and the rejected rows themselves (for the rejects file)."""
@@ -50,6 +59,7 @@ class RejectReport:
     rows: list[dict] = field(default_factory=list)  # each: {"source": ..., "reason": ..., "row": str}
     kept: dict[str, int] = field(default_factory=dict)  # rows noted but kept (KEPT_REASONS); not in ``counts``
     max_rows_per_reason: int = 0  # cap on ``rows`` stored per reason (0 = all); counts stay exact
+    by_source: dict[str, dict[str, int]] = field(default_factory=dict)  # dropped rows per source file and reason
 
     def add(self, source: str, reason: str, row: object, *, line: int | None = None, kept: bool = False) -> None:
         """Count one row under ``reason`` and keep it for the rejects file (up to ``max_rows_per_reason``).
