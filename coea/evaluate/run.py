@@ -112,7 +112,8 @@ def item_data(cfg: Config, inter, split: Split):
     test = build_sequences(subset(inter, split.part < TEST), data_cfg)
     code = {v: i + 1 for i, v in enumerate(test.item_vocab)}
     cat_index = {c: i for i, c in enumerate(inter.categories)}
-    item_category = [0] + [cat_index.get(inter.item_category.get(v), 0) for v in test.item_vocab]
+    category_of = inter.item_category  # read once: O(items) for the whole catalogue
+    item_category = [0] + [cat_index.get(category_of.get(v), 0) for v in test.item_vocab]
     ev = inter.events
     clicks = ev[(split.part == VALID) & (ev["event"] == "click").to_numpy()]
     first = clicks.drop_duplicates("user_id")  # events are in time order
