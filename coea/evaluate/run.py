@@ -5,7 +5,8 @@
     leak check   a workdir whose models trained on a held-out event of a phase is refused (LeakError)
     rankings     every method ranks the whole catalogue for every user at each phase:
                  exploitation  item models trained on the train part (coea/exploitation.py)
-                 exploration   random, popular, UCB, HUCB, pHUCB, NLB, Google-v1, Google-v2, LLM-KERec, CoEA
+                 exploration   random, popular, UCB, HUCB, pHUCB, NLB, user-kNN, item-kNN, Google-v1, Google-v2,
+                               LLM-KERec, CoEA
                  ablations     CoEA w/o Long / Short / R-LLM / KL (their own workdirs)
     tuning       each method's grid value with the best validation frontier area (never the test part)
     files        rankings.jsonl, recommendations.jsonl, ground_truth.jsonl, meta.json -> results.json, results.md,
@@ -45,16 +46,17 @@ from coea.evaluate.split import (
     subset,
     workdir_config,
 )
-from coea.exploration import budget_list, popular_ranking, random_ranking, ucb_ranking
+from coea.exploration import budget_list, by_score, popular_ranking, random_ranking, ucb_ranking
+from coea.exploration.knn import knn_ranking
 from coea.metrics import per_user
 
 log = logging.getLogger("coea.evaluate")
 
 DUAL = ("coea", "wo_long", "wo_short", "wo_kl", "google_v1")  # propose + score with a Relevance filter
 GRIDS = {"ucb": ("ucb_c",), "hucb": ("hucb_c",), "phucb": ("phucb_c", "phucb_prior"), "nlb": ("nlb_alpha",),
-         "llm_kerec": ("kerec_beta",)}
-KNOWN = ("random", "popular", "ucb", "hucb", "phucb", "nlb", "google_v1", "google_v2", "llm_kerec", "coea",
-         "wo_long", "wo_short", "wo_rllm", "wo_kl")
+         "llm_kerec": ("kerec_beta",), "user_knn": ("user_knn_k",), "item_knn": ("item_knn_k",)}
+KNOWN = ("random", "popular", "ucb", "hucb", "phucb", "nlb", "user_knn", "item_knn", "google_v1", "google_v2",
+         "llm_kerec", "coea", "wo_long", "wo_short", "wo_rllm", "wo_kl")
 
 
 def _csv(text: str) -> list[str]:
@@ -156,6 +158,7 @@ class Methods:
         self._llm: dict[tuple[str, int, bool], Any] = {}
         self._cluster: dict[str, np.ndarray] = {}
         self._nlb: dict[str, Any] = {}
+        self._pool: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     # -- the dispatch: method -> {grid point (json) -> rankings} at a phase
     def candidates(self, method: str, phase: str) -> dict[str, list[list[str]]]:
@@ -182,6 +185,12 @@ class Methods:
             model = self._neural_linear(phase)
             return {_j(alpha=a): nlb_ranking(model, p.user_clicks, p.user_shows, p.categories, a)
                     for a in grid(ev.nlb_alpha)}
+        if method in ("user_knn", "item_knn"):
+            pool, self_rows, prior = self._click_matrix(phase)
+            targets = pool[self_rows]
+            return {_j(k=k): [[p.categories[j] for j in row] for row in
+                              knn_ranking(method, targets, pool, int(k), prior, self_rows)]
+                    for k in grid(getattr(ev, f"{method}_k"))}
         if method in DUAL:
             return self._dual(method, phase)
         if method in ("google_v2", "wo_rllm"):
@@ -189,6 +198,27 @@ class Methods:
         if method == "llm_kerec":
             return self._kerec(phase)
         raise ValueError(f"eval: unknown method {method!r} (known: {', '.join(KNOWN)})")
+
+    # -- kNN helper
+    def _click_matrix(self, phase: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(pool (N, C) click counts of every user in the phase's state, (U,) pool row of each phase user,
+        (C,) popularity rank for ties: most clicked first, then by name)."""
+        if phase not in self._pool:
+            p = self.phases[phase]
+            ev = p.state.events[(p.state.events["event"] == "click").to_numpy()]
+            col = {c: j for j, c in enumerate(p.categories)}
+            cat = ev["item_id"].astype(str).map(self.inter.item_category).map(col)
+            users = ev["user_id"].astype(str)
+            ok = cat.notna().to_numpy()
+            names = sorted(set(users) | set(p.users))
+            row = {u: i for i, u in enumerate(names)}
+            pool = np.zeros((len(names), len(p.categories)), dtype=np.int64)
+            np.add.at(pool, (users[ok].map(row).to_numpy(), cat[ok].to_numpy().astype(np.int64)), 1)
+            order = by_score({c: float(p.clicks.get(c, 0)) for c in p.categories}, p.categories)
+            prior = np.empty(len(p.categories), dtype=np.int64)
+            prior[[col[c] for c in order]] = np.arange(len(order))
+            self._pool[phase] = (pool, np.array([row[u] for u in p.users], dtype=np.int64), prior)
+        return self._pool[phase]
 
     # -- bandit helpers
     def _tree(self, phase: str) -> np.ndarray:

@@ -1,5 +1,6 @@
-"""``coea evaluate``'s item data in linear time: the item -> category map is built once per items table, not once
-per item (the old property rebuilt a dict of every item on every read: O(items^2) in item_data)."""
+"""Evaluation v3 without trained workdirs: item data in linear time (the item -> category map is built once per
+items table, not once per item: the old property rebuilt a dict of every item on every read, O(items^2) in
+item_data), and the kNN rows ranked from the phase's state with the shared implementation."""
 
 from __future__ import annotations
 
@@ -49,3 +50,29 @@ def test_item_data_reads_the_item_map_a_bounded_number_of_times(monkeypatch):
     data, _ = item_data(cfg, inter, split)
     assert data.n_items == 400 and len(data.item_category) == 401
     assert 1 <= len(builds) <= 3, f"{len(builds)} builds of the item -> category dict for 400 items"
+
+
+def test_knn_rows_rank_unexplored_categories_from_the_phase_state(tmp_path):
+    """user-kNN / item-kNN at the valid phase: one ranking per grid value, each a permutation of the catalogue whose
+    head is the user's unexplored categories (exactly the categories outside C_u^hist come first)."""
+    from coea.config import load_config
+    from coea.data.loaders import load_interactions
+    from coea.evaluate.run import Methods
+    from coea.evaluate.split import build_phase
+    from tests.conftest import REPO, TINY
+
+    cfg = load_config(REPO / "configs" / "demo.yaml", TINY + ["eval.test_clicks=2", "eval.valid_clicks=2",
+                                                              "eval.user_knn_k=1,5", "eval.item_knn_k=0"])
+    inter = load_interactions(cfg.data, cfg.synthetic, cfg.run.seed)
+    split = make_split(cfg, inter)
+    phases = {n: build_phase(cfg, inter, split, n) for n in ("valid", "test")}
+    methods = Methods(cfg, tmp_path, 0, inter, split, phases, "cpu", {})
+    p = phases["valid"]
+    for method, n_grid in (("user_knn", 2), ("item_knn", 1)):
+        got = methods.candidates(method, "valid")
+        assert len(got) == n_grid
+        for ranking in got.values():
+            assert len(ranking) == len(p.users)
+            for r, h in zip(ranking, p.hist):
+                assert sorted(r) == sorted(p.categories)
+                assert set(r[: len(p.categories) - len(h)]) == set(p.categories) - h
