@@ -394,8 +394,8 @@ class EvalConfig:
                         "budget_k (the frontiers plot C-N@budget_k against NCP@budget_k and CLTP@budget_k).", min=1)
     matched_budget: int = opt(2, "Summary figure: C-N@budget_k at matched NCP@budget_k = matched_budget / |C| "
                               "(linear interpolation on each method's frontier).", min=0)
-    bootstrap: int = opt(1000, "Paired bootstrap resamples of the users for the CoEA-minus-baseline intervals.",
-                         min=1)
+    bootstrap: int = opt(1000, "Hierarchical bootstrap resamples (seeds, then users within them) for the "
+                         "CoEA-minus-baseline intervals.", min=1)
     bootstrap_seed: int = opt(0, "Seed of the bootstrap resamples.", min=0)
     confidence: float = opt(0.95, "Coverage of the bootstrap intervals.", min=0.5, max=0.999)
     exploitation: str = opt("two_tower,gru4rec,sasrec,bert4rec", "Exploitation rows (comma-separated).")
@@ -415,8 +415,16 @@ class EvalConfig:
     n_layers: int = opt(2, "SASRec / BERT4Rec: transformer layers.", min=1)
     n_heads: int = opt(2, "SASRec / BERT4Rec: attention heads (must divide d_model).", min=1)
     dropout: float = opt(0.2, "Item models: dropout.", min=0.0, max=0.9)
-    epochs: int = opt(10, "Item models: training epochs (the best epoch on the validation part is kept).",
-                      min=1)
+    epochs: int = opt(200, "Item models: most training epochs (early stopping on the validation part, "
+                      "eval.patience; the best epoch is kept).", min=1)
+    patience: int = opt(10, "Item models: stop after this many epochs without a better validation hit@10 "
+                        "(0 = run every epoch).", min=0)
+    popularity_floor: Literal["error", "warn", "off"] = opt(
+        "error", "Item models: a model whose best validation hit@10 is below plain item popularity's fails the "
+        "evaluation (error), is logged and flagged in meta.json (warn), or is not checked (off).")
+    category_score: Literal["mass", "best"] = opt(
+        "mass", "Item models' category ranking: mass = the summed next-click probability of the category's unseen "
+        "items; best = its best unseen item's score (evaluation v2).")
     batch_size: int = opt(128, "Item models: sequences per batch.", min=1)
     lr: float = opt(1e-3, "Item models: Adam learning rate.", min=0.0)
     mask_prob: float = opt(0.2, "BERT4Rec: share of positions masked (Cloze objective).", min=0.01, max=1.0)
@@ -438,6 +446,10 @@ class EvalConfig:
     kerec_beta: str = opt("0.1,0.25,0.5,0.75,1", "LLM-KERec: weights of the complementary view tried on validation.")
     tau_align: str = opt("0.3,0.5,0.7,0.9", "CoEA, its ablations and Google-v1: tau_align values tried on "
                          "validation (comma-separated); '' = each workdir's relevance.tau_align only.")
+    tau_objective: Literal["cn_na", "area"] = opt(
+        "cn_na", "How tau_align is chosen on validation: cn_na = the largest C-N@budget_k + NA@budget_k of the "
+        "method's own list (accuracy on the window plus adoption of new categories, docs/evaluation.md); area = "
+        "the validation frontier area, as every other grid.")
     num_threads: int = opt(0, "torch threads while evaluating (restored afterwards); 0 = keep.", min=0)
 
 

@@ -383,9 +383,19 @@ def hierarchical_bootstrap(a: np.ndarray, b: np.ndarray, seeds: np.ndarray, user
     ok = ~np.isnan(d)
     if not ok.any():
         return {"delta": math.nan, "lo": math.nan, "hi": math.nan}
-    picked = d[seeds[:, :, None], users[:, None, :]]  # (B, S, U)
-    mask = ok[seeds[:, :, None], users[:, None, :]]
-    samples = np.where(mask, picked, 0.0).sum((1, 2)) / np.maximum(mask.sum((1, 2)), 1)  # (B,)
+    samples = hierarchical_means(d, seeds, users)  # (B,)
+    samples = samples[~np.isnan(samples)]
     tail = (1.0 - confidence) / 2.0
     lo, hi = np.quantile(samples, [tail, 1.0 - tail])
     return {"delta": float(d[ok].mean()), "lo": float(lo), "hi": float(hi)}
+
+
+def hierarchical_means(x: np.ndarray, seeds: np.ndarray, users: np.ndarray) -> np.ndarray:
+    """(B,) the mean of ``x`` (S, U) over each resample's seeds and users (NaN entries left out; NaN when a
+    resample holds no defined entry). E.g. x = [[1, 3]], seeds [[0]], users [[1, 1]] -> [3.0]."""
+    x = np.asarray(x, dtype=float)
+    picked = x[seeds[:, :, None], users[:, None, :]]  # (B, S, U)
+    ok = ~np.isnan(picked)
+    n = ok.sum((1, 2))
+    total = np.where(ok, picked, 0.0).sum((1, 2))
+    return np.where(n > 0, total / np.maximum(n, 1), math.nan)

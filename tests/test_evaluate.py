@@ -27,7 +27,8 @@ from coea.exploration import own_list
 
 FAST = ["eval.epochs=2", "eval.d_model=16", "eval.n_layers=1", "eval.max_seq_len=20", "eval.test_clicks=2",
         "eval.valid_clicks=2", "eval.bootstrap=200", "eval.ucb_c=0.5,2", "eval.phucb_c=0.5", "eval.phucb_prior=1",
-        "eval.nlb_alpha=0,1", "eval.nlb_epochs=1", "eval.tau_align=0.3,0.5", "eval.kerec_beta=0.5,1"]
+        "eval.nlb_alpha=0,1", "eval.nlb_epochs=1", "eval.tau_align=0.3,0.5", "eval.kerec_beta=0.5,1",
+        "eval.popularity_floor=warn", "eval.user_knn_k=5", "eval.item_knn_k=0"]
 
 
 @pytest.fixture(scope="module")
@@ -244,10 +245,14 @@ def test_settings_are_chosen_on_validation(evaluated):
     _, out = evaluated
     meta = json.loads((out / "meta.json").read_text())
     assert meta["chosen"]["ucb"]["0"]["c"] in (0.5, 2.0)
-    assert meta["chosen"]["coea"]["0"]["tau_align"] in (0.3, 0.5)
+    assert meta["chosen"]["coea@tuned"]["0"]["tau_align"] in (0.3, 0.5)
+    assert meta["chosen"]["coea"]["0"]["point"] == "production"  # the workdir's own tau_align, as served
     for method, per_seed in meta["validation_area"].items():
+        if method in ("coea", "coea@matched_ncp"):  # operating points not chosen by the objective's argmax
+            continue
         areas = per_seed["0"]
-        assert json.loads(max(areas, key=areas.get)) == meta["chosen"][method]["0"]
+        chosen = {k: v for k, v in meta["chosen"][method]["0"].items() if k != "point"}
+        assert json.loads(max(areas, key=areas.get)) == chosen
     coea = meta["sources"]["coea/seed0"]
     assert set(coea["checks"]) == {"valid", "test"} and coea["checks"]["test"]["held_out_seen"] == 0
     assert meta["sources"]["google_v1/seed0"]["round"] == 0
@@ -263,7 +268,8 @@ def test_results_md_layout_and_one_seed(evaluated):
             assert f"| {fam}@{k} " in header
     for m in ("two_tower", "sasrec", "random", "hucb", "nlb", "google_v1", "google_v2", "llm_kerec", "wo_rllm"):
         assert f"| {LABELS[m]} |" in md
-    assert "| **CoEA** |" in md and "| Improv. |" in md and "paired bootstrap" in md and "Frontier summary" in md
+    assert "| **CoEA** |" in md and "| Improv. |" in md and "paired hierarchical bootstrap" in md and "Frontier summary" in md
+    assert "Test-based metrics" in md and "| user-kNN |" in md and "| CoEA (tau tuned) |" in md
     assert "Targets" in md
     assert "± 0.0000" not in md and "1 seed" in md
     table = md.split("\n\n")[1]

@@ -76,3 +76,53 @@ def test_knn_rows_rank_unexplored_categories_from_the_phase_state(tmp_path):
             for r, h in zip(ranking, p.hist):
                 assert sorted(r) == sorted(p.categories)
                 assert set(r[: len(p.categories) - len(h)]) == set(p.categories) - h
+
+
+def _meta(seeds, groups):
+    return {"ks": [1, 2], "seeds": seeds, "n_categories": 4, "categories": ["A", "B", "X", "Y"], "tail": ["Y"],
+            "groups": groups, "policy": "own", "slots": [], "list_length": 4, "base_model": "sasrec", "budget_k": 2,
+            "matched_budget": 1, "bootstrap": 300, "bootstrap_seed": 0, "confidence": 0.9, "hist_k": 3,
+            "kept": {"coea": {"0": [2, 0], "1": [1, 0]}}}
+
+
+def test_results_carry_test_based_metrics_hierarchical_intervals_and_v3_targets():
+    """Two users with history {A, B}; user 0 clicks Y (new) in the test part, user 1 clicks A. CoEA lists Y first
+    for user 0 and A for user 1 on both seeds; popular lists A, B, X, Y for both. NA@1: CoEA 1.0 (user 0 adopts Y
+    and it is CoEA's first item), popular 0.0 (A is not new); C-H-test@1: CoEA (1 + 1) / 2 = 1, popular 1/2. The
+    intervals have the seeds' spread (identical seeds -> a point interval) and kept candidates pool seeds."""
+    from coea.evaluate.report import compute_results, results_markdown
+
+    truth = [{"pref": {"A"}, "hist": {"A", "B"}, "clicked": {"Y"}, "recent": {"A"}},
+             {"pref": {"A"}, "hist": {"A", "B"}, "clicked": {"A"}, "recent": {"A"}}]
+    coea = [["Y", "A", "X", "B"], ["A", "X", "B", "Y"]]
+    pop = [["A", "B", "X", "Y"], ["A", "B", "X", "Y"]]
+    rankings = {(m, s): r for s in (0, 1) for m, r in (("coea", coea), ("popular", pop), ("coea@tuned", pop))}
+    meta = _meta([0, 1], {"popular": "exploration", "coea": "exploration", "coea@tuned": "operating_point"})
+    res = compute_results(rankings, truth, meta)
+    t = res["table"]
+    assert t["coea"]["NA@1"]["mean"] == 1.0 and t["popular"]["NA@1"]["mean"] == 0.0
+    assert t["coea"]["C-H-test@1"]["mean"] == 1.0 and t["popular"]["C-H-test@1"]["mean"] == 0.5
+    iv = res["intervals"]["popular"]["NA@1"]
+    assert iv == {"delta": 1.0, "lo": 1.0, "hi": 1.0}  # one adopter, the same on both seeds
+    assert res["kept_candidates"]["coea"] == {"mean": 0.75, "median": 0.5, "zero_share": 0.5}
+    prod = res["targets_v3"]["production"]["NA@2"]
+    assert prod["best"] == "popular" and prod["met"] is True and prod["lo"] == 1.0  # Y in CoEA's top 2 only
+    assert "matched_cn" in res["targets_v3"]
+    assert "coea@tuned" not in res["summary"]["methods"]  # operating points are rows, not frontiers
+    md = results_markdown(res, {**meta, "split": {"kind": "user", "test_clicks": 1}, "users": 2, "chosen": {}})
+    assert "Test-based metrics" in md and "CoEA (tau tuned)" in md and "issue 25" in md
+
+
+def test_hierarchical_intervals_widen_with_seed_disagreement():
+    """CoEA hits on seed 0 and misses on seed 1 (C-H-test@1 per seed 1.0 and 0.0); popular hits user 0 only (0.5 on
+    both seeds). Per-user differences: seed 0 [0, 1], seed 1 [-1, 0]; delta 0. A users-only bootstrap of the seed
+    means ([-0.5, 0.5] per user) can only reach -0.5 .. 0.5; resampling the seeds too reaches further."""
+    from coea.evaluate.report import compute_results
+
+    truth = [{"pref": set(), "hist": {"A"}, "clicked": {"X"}, "recent": set()},
+             {"pref": set(), "hist": {"A"}, "clicked": {"X"}, "recent": set()}]
+    rankings = {("coea", 0): [["X", "A"], ["X", "A"]], ("coea", 1): [["Y", "X"], ["Y", "X"]],
+                ("popular", 0): [["X", "A"], ["A", "X"]], ("popular", 1): [["X", "A"], ["A", "X"]]}
+    meta = _meta([0, 1], {"popular": "exploration", "coea": "exploration"})
+    iv = compute_results(rankings, truth, meta)["intervals"]["popular"]["C-H-test@1"]
+    assert iv["delta"] == 0.0 and iv["lo"] < -0.5 and iv["hi"] > 0.5

@@ -15,18 +15,19 @@ from typing import Any
 import numpy as np
 
 from coea.exploration import budget_list, own_list, slot_list
-from coea.metrics import bootstrap_indices, paired_bootstrap, per_user
+from coea.metrics import hierarchical_bootstrap, hierarchical_indices, hierarchical_means, per_user
 
 LABELS = {
     "two_tower": "Two-Tower", "gru4rec": "GRU4Rec", "sasrec": "SASRec", "bert4rec": "BERT4Rec",
     "random": "Random", "popular": "Most popular", "ucb": "UCB", "hucb": "HUCB", "phucb": "pHUCB",
     "nlb": "NLB", "user_knn": "user-kNN", "item_knn": "item-kNN", "google_v1": "Google-v1", "google_v2": "Google-v2", "llm_kerec": "LLM-KERec",
     "coea": "CoEA", "wo_long": "CoEA w/o Long", "wo_short": "CoEA w/o Short", "wo_rllm": "CoEA w/o R-LLM",
-    "wo_kl": "CoEA w/o KL",
+    "wo_kl": "CoEA w/o KL", "coea@tuned": "CoEA (tau tuned)", "coea@matched_ncp": "CoEA (matched NCP)",
 }
-GROUPS = ("exploitation", "exploration", "ablation")
+GROUPS = ("exploitation", "exploration", "operating_point", "ablation")
 METRIC_FAMILIES = ("C-H", "C-N", "NCP", "CLTP")
 VARIANT_FAMILIES = ("C-H-any", "NCP-recent")
+TEST_FAMILIES = ("C-H-test", "C-N-new", "NA")  # test-based metrics (coea/metrics.py), where claims rest
 
 Lists = dict[tuple[str, int], list[list[str]]]  # (method, seed) -> one list per user
 
@@ -59,33 +60,41 @@ def budget_lists(rankings: Lists, hist: Sequence[set[str]], budget: int, meta: M
 
 def user_arrays(lists: Lists, truth: Sequence[Mapping], meta: Mapping[str, Any]) -> dict[tuple[str, int], dict]:
     """(method, seed) -> metric -> (U,) per-user values."""
-    return {key: per_user(ls, truth, n_categories=meta["n_categories"], tail=set(meta["tail"]), ks=meta["ks"])
+    return {key: per_user(ls, truth, n_categories=meta["n_categories"], tail=set(meta["tail"]), ks=meta["ks"],
+                          test_based=True)
             for key, ls in lists.items()}
 
 
 def over_seeds(arrays: dict[tuple[str, int], dict]) -> dict[str, dict[str, dict[str, float]]]:
-    """method -> metric -> {mean, std, seeds}: mean and population std over seeds of the per-seed user means."""
+    """method -> metric -> {mean, std, seeds}: mean and population std over seeds of the per-seed user means
+    (users with an undefined value -- NA for a user who adopts no new category -- are left out of that mean)."""
     by_method: dict[str, list[dict]] = {}
     for (method, _), a in sorted(arrays.items()):
-        by_method.setdefault(method, []).append({m: float(np.mean(v)) for m, v in a.items()})
+        by_method.setdefault(method, []).append({m: _nanmean(v) for m, v in a.items()})
     return {method: {m: {"mean": float(np.mean([r[m] for r in runs])), "std": float(np.std([r[m] for r in runs])),
                          "seeds": len(runs)} for m in runs[0]} for method, runs in by_method.items()}
 
 
-def seed_mean_users(arrays: dict[tuple[str, int], dict]) -> dict[str, dict[str, np.ndarray]]:
-    """method -> metric -> (U,) each user's value averaged over seeds (the paired bootstrap's unit is the user)."""
+def _nanmean(v: np.ndarray) -> float:
+    v = np.asarray(v, float)
+    return float(v[~np.isnan(v)].mean()) if (~np.isnan(v)).any() else math.nan
+
+
+def seed_user_arrays(arrays: dict[tuple[str, int], dict]) -> dict[str, dict[str, np.ndarray]]:
+    """method -> metric -> (S, U): row s = the s-th seed in sorted order (the hierarchical bootstrap's input)."""
     by_method: dict[str, list[dict]] = {}
     for (method, _), a in sorted(arrays.items()):
         by_method.setdefault(method, []).append(a)
-    return {method: {m: np.mean([r[m] for r in runs], axis=0) for m in runs[0]} for method, runs in by_method.items()}
+    return {method: {m: np.stack([r[m] for r in runs]) for m in runs[0]} for method, runs in by_method.items()}
 
 
-def intervals(users: dict[str, dict[str, np.ndarray]], reference: str, idx: np.ndarray, confidence: float,
-              metrics: Sequence[str]) -> dict[str, dict[str, dict[str, float]]]:
-    """baseline -> metric -> paired bootstrap {delta, lo, hi} of ``reference`` minus the baseline."""
+def intervals(users: dict[str, dict[str, np.ndarray]], reference: str, idx: tuple[np.ndarray, np.ndarray],
+              confidence: float, metrics: Sequence[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """baseline -> metric -> hierarchical bootstrap {delta, lo, hi} of ``reference`` minus the baseline
+    (``users``: method -> metric -> (S, U); ``idx``: the shared (seed, user) resamples)."""
     if reference not in users:
         return {}
-    return {m: {name: paired_bootstrap(users[reference][name], users[m][name], idx, confidence)
+    return {m: {name: hierarchical_bootstrap(users[reference][name], users[m][name], *idx, confidence)
                 for name in metrics if name in users[m]} for m in users if m != reference}
 
 
@@ -113,11 +122,11 @@ def at_matched(ncp: np.ndarray, cn: np.ndarray, target: float) -> float:
 
 
 def frontier_summary(frontier_users: dict[str, dict[int, dict[str, np.ndarray]]], meta: Mapping[str, Any],
-                     idx: np.ndarray | None = None) -> dict[str, Any]:
-    """Per method: the frontier (budget -> mean metrics), its area and C-N at matched NCP; with ``idx`` also the
-    paired bootstrap of CoEA minus each method on both summary figures.
+                     idx: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    """Per method: the frontier (budget -> mean metrics), its area and C-N at matched NCP; with ``idx`` (the
+    shared (seed, user) resamples) also the hierarchical bootstrap of CoEA minus each method on both figures.
 
-    ``frontier_users``: method -> budget -> metric -> (U,) per-user values (averaged over seeds).
+    ``frontier_users``: method -> budget -> metric -> (S, U) per-seed, per-user values.
     """
     k = meta["budget_k"]
     ncp_name, cn_name, tail_name = f"NCP@{k}", f"C-N@{k}", f"CLTP@{k}"
@@ -126,7 +135,7 @@ def frontier_summary(frontier_users: dict[str, dict[int, dict[str, np.ndarray]]]
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for method, by_budget in frontier_users.items():
         budgets = sorted(by_budget)
-        points = [{"budget": b, **{name: float(np.mean(by_budget[b][name]))
+        points = [{"budget": b, **{name: _nanmean(by_budget[b][name])
                                    for name in (ncp_name, cn_name, tail_name, "C-H@1", f"C-H@{k}")}}
                   for b in budgets]
         ncp = np.array([p[ncp_name] for p in points])
@@ -134,8 +143,8 @@ def frontier_summary(frontier_users: dict[str, dict[int, dict[str, np.ndarray]]]
         out["methods"][method] = {"frontier": points, "area": frontier_area(ncp, cn),
                                   "cn_at_matched_ncp": at_matched(ncp, cn, target)}
         if idx is not None:  # (B, nb) resampled means
-            curves[method] = (np.stack([by_budget[b][ncp_name][idx].mean(1) for b in budgets], 1),
-                              np.stack([by_budget[b][cn_name][idx].mean(1) for b in budgets], 1))
+            curves[method] = (np.stack([hierarchical_means(by_budget[b][ncp_name], *idx) for b in budgets], 1),
+                              np.stack([hierarchical_means(by_budget[b][cn_name], *idx) for b in budgets], 1))
     if idx is not None and "coea" in curves:
         tail = (1.0 - meta["confidence"]) / 2.0
 
@@ -167,22 +176,25 @@ def compute_results(rankings: Lists, truth: Sequence[Mapping], meta: Mapping[str
     """Every figure of results.json from the test rankings, the truth rows and meta (see module docstring)."""
     hist = [set(t["hist"]) for t in truth]
     ks, k = meta["ks"], meta["budget_k"]
-    idx = bootstrap_indices(len(truth), meta["bootstrap"], meta["bootstrap_seed"])
-    names = [f"{fam}@{x}" for fam in (*METRIC_FAMILIES, *VARIANT_FAMILIES) for x in ks]
+    idx = hierarchical_indices(len(meta["seeds"]), len(truth), meta["bootstrap"], meta["bootstrap_seed"])
+    names = [f"{fam}@{x}" for fam in (*METRIC_FAMILIES, *TEST_FAMILIES, *VARIANT_FAMILIES) for x in ks]
 
     table = user_arrays(table_lists(rankings, hist, meta), truth, meta)
     result: dict[str, Any] = {"table": over_seeds(table)}
-    result["intervals"] = intervals(seed_mean_users(table), "coea", idx, meta["confidence"], names)
+    stacked = seed_user_arrays(table)
+    result["intervals"] = intervals(stacked, "coea", idx, meta["confidence"], names)
 
     frontier_users: dict[str, dict[int, dict[str, np.ndarray]]] = {}
     for b in range(k + 1):
-        for method, arrays in seed_mean_users(user_arrays(budget_lists(rankings, hist, b, meta), truth,
-                                                          meta)).items():
+        for method, arrays in seed_user_arrays(user_arrays(budget_lists(rankings, hist, b, meta), truth,
+                                                           meta)).items():
             if meta["groups"].get(method) in ("exploration", "ablation"):
                 frontier_users.setdefault(method, {})[b] = arrays
     result["summary"] = frontier_summary(frontier_users, meta, idx)
     result["improvement_percent"] = improvement(result["table"], meta["groups"])
     result["targets"] = targets(result, meta)
+    result["kept_candidates"] = kept_summary(meta.get("kept", {}))
+    result["targets_v3"] = targets_v3(result, stacked, frontier_users, meta, idx)
     return clean(result)
 
 
@@ -242,6 +254,64 @@ def targets(result: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any
         ref = table[best]["C-H@1"]["mean"]
         out["C-H@1_vs_best_exploitation"] = {
             "best": best, "gain_percent": 100.0 * (table["coea"]["C-H@1"]["mean"] - ref) / ref if ref else None}
+    return out
+
+
+def kept_summary(kept: Mapping[str, Mapping[str, Sequence[int]]]) -> dict[str, dict[str, float]]:
+    """row -> {"mean", "median", "zero_share"} of the candidates the Relevance filter kept per test user, pooled
+    over seeds (``meta["kept"]``: row -> seed -> one count per user)."""
+    out = {}
+    for row, per_seed in kept.items():
+        v = np.concatenate([np.asarray(x, float) for x in per_seed.values()]) if per_seed else np.zeros(0)
+        if v.size:
+            out[row] = {"mean": float(v.mean()), "median": float(np.median(v)), "zero_share": float((v == 0).mean())}
+    return out
+
+
+def targets_v3(result: Mapping[str, Any], stacked: Mapping[str, Mapping[str, np.ndarray]],
+               frontier_users: Mapping[str, Mapping[int, Mapping[str, np.ndarray]]], meta: Mapping[str, Any],
+               idx: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+    """Issue 25's targets, on the test-based metrics, each with its hierarchical interval; reported either way.
+
+    - ``production``: CoEA's own list (the served operating point) minus the best exploration baseline on NA@k,
+      C-N@k, C-N-new@k and C-H-test@k (k = budget_k; best = the baseline with the highest mean of that metric);
+    - ``matched_cn``: CoEA's NCP@k and CLTP@k on its novelty-budget frontier, interpolated at the C-N@k of the
+      exploration baseline with the best C-N@k, minus that baseline's own NCP@k and CLTP@k (NaN outside CoEA's
+      frontier). The interval resamples seeds and users together on both sides.
+    """
+    k, conf = meta["budget_k"], meta["confidence"]
+    table = result["table"]
+    explo = [m for m, g in meta["groups"].items() if g == "exploration" and m != "coea" and m in table]
+    if "coea" not in table or not explo:
+        return {}
+    out: dict[str, Any] = {"production": {}, "matched_cn": {}}
+    for name in (f"NA@{k}", f"C-N@{k}", f"C-N-new@{k}", f"C-H-test@{k}"):
+        best = max(explo, key=lambda m: -math.inf if table[m][name]["mean"] is None or
+                   math.isnan(table[m][name]["mean"]) else table[m][name]["mean"])
+        iv = result["intervals"].get(best, {}).get(name, {})
+        out["production"][name] = {"coea": table["coea"][name]["mean"], "best": best,
+                                   "best_value": table[best][name]["mean"], **iv,
+                                   "met": bool(iv.get("lo") is not None and iv["lo"] > 0)}
+    if "coea" not in frontier_users:
+        return out
+    cn, tail = f"C-N@{k}", (1.0 - conf) / 2.0
+    ref = max(explo, key=lambda m: table[m][cn]["mean"])
+    fr = frontier_users["coea"]
+    budgets = sorted(fr)
+    for name in (f"NCP@{k}", f"CLTP@{k}"):
+        curve_x = np.array([_nanmean(fr[b][cn]) for b in budgets])
+        curve_y = np.array([_nanmean(fr[b][name]) for b in budgets])
+        at = at_matched(curve_x, curve_y, table[ref][cn]["mean"])
+        delta = at - table[ref][name]["mean"]
+        bx = np.stack([hierarchical_means(fr[b][cn], *idx) for b in budgets], 1)  # (B, nb)
+        by = np.stack([hierarchical_means(fr[b][name], *idx) for b in budgets], 1)
+        rx, ry = hierarchical_means(stacked[ref][cn], *idx), hierarchical_means(stacked[ref][name], *idx)
+        d = np.array([at_matched(bx[i], by[i], rx[i]) - ry[i] for i in range(len(rx))])
+        d = d[~np.isnan(d)]
+        lo, hi = (float(np.quantile(d, tail)), float(np.quantile(d, 1 - tail))) if d.size else (math.nan, math.nan)
+        out["matched_cn"][name] = {"baseline": ref, "matched_cn": table[ref][cn]["mean"], "coea": at,
+                                   "baseline_value": table[ref][name]["mean"], "delta": delta, "lo": lo, "hi": hi,
+                                   "resamples_in_range": int(d.size), "met": bool(d.size and lo > 0)}
     return out
 
 
@@ -306,8 +376,8 @@ def results_markdown(results: Mapping[str, Any], meta: Mapping[str, Any]) -> str
     ref = [m for m in groups if m != "coea" and m in results["intervals"]]
     cols = [f"{fam}@{x}" for fam in METRIC_FAMILIES for x in ks]
     conf = int(round(100 * meta["confidence"]))
-    out += [f"### CoEA minus each row: paired bootstrap {conf}% intervals over users ({meta['bootstrap']} "
-            "resamples; bold = the interval excludes 0)", "",
+    out += [f"### CoEA minus each row: paired hierarchical bootstrap {conf}% intervals over seeds and users "
+            f"({meta['bootstrap']} resamples; bold = the interval excludes 0)", "",
             "| Method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for m in ref:
         out.append(f"| {_label(m)} | " + " | ".join(_iv(results["intervals"][m].get(c)) for c in cols) + " |")
@@ -320,9 +390,36 @@ def results_markdown(results: Mapping[str, Any], meta: Mapping[str, Any]) -> str
         iv = s["intervals"].get(m, {})
         out.append(f"| {_label(m)} | {_num(v['cn_at_matched_ncp'])} | {_iv(iv.get('cn_at_matched_ncp'))} | "
                    f"{_num(v['area'])} | {_iv(iv.get('area'))} |")
+    out.append(table_markdown(results["table"], groups, ks, families=TEST_FAMILIES, improv=False, title=(
+        "Test-based metrics (own names, docs/metrics.md): C-H-test@K = |top-K ∩ categories clicked in the test "
+        "part| / K; C-N-new@K = C-N on the test part's new categories; NA@K = novelty adoption, among users who "
+        "click a new category in the test part")))
+    out += [f"### CoEA minus each row on the test-based metrics ({conf}% hierarchical intervals)", "",
+            "| Method | " + " | ".join(f"{fam}@{x}" for fam in TEST_FAMILIES for x in ks) + " |",
+            "|---|" + "---:|" * (len(TEST_FAMILIES) * len(ks))]
+    for m in ref:
+        out.append(f"| {_label(m)} | " + " | ".join(_iv(results["intervals"][m].get(f"{fam}@{x}"))
+                                                    for fam in TEST_FAMILIES for x in ks) + " |")
+    kept = results.get("kept_candidates", {})
+    if kept:
+        out += ["", "### Candidates the Relevance filter keeps per test user (C_align's size, pooled over seeds)", "",
+                "| Row | mean | median | share with none |", "|---|---:|---:|---:|"]
+        out += [f"| {_label(m)} | {v['mean']:.2f} | {v['median']:.1f} | {v['zero_share']:.3f} |"
+                for m, v in kept.items()]
+    v3 = results.get("targets_v3", {})
+    if v3:
+        out += ["", f"### Targets (issue 25), as measured: CoEA at its production operating point", ""]
+        for name, v in v3.get("production", {}).items():
+            out.append(f"- {name}: CoEA {_num(v['coea'])} vs the best exploration baseline "
+                       f"{LABELS.get(v['best'], v['best'])} {_num(v['best_value'])}: {_iv(v)} -> "
+                       f"**{'met' if v['met'] else 'not met'}**.")
+        for name, v in v3.get("matched_cn", {}).items():
+            out.append(f"- {name} at matched C-N@{k} = {_num(v['matched_cn'])} "
+                       f"({LABELS.get(v['baseline'], v['baseline'])}'s): CoEA {_num(v['coea'])} vs "
+                       f"{_num(v['baseline_value'])}: {_iv(v)} -> **{'met' if v['met'] else 'not met'}**.")
     t = results.get("targets", {})
     if t:
-        out += ["", "### Targets (issue 13), as measured", ""]
+        out += ["", "### Targets (issue 13, on A.4's metrics), as measured", ""]
         out.append(f"- C-N@{k} at matched NCP@{k} above every exploration baseline beyond the interval: "
                    f"**{'yes' if t.get('matched_ncp_beats_every_exploration_baseline') else 'no'}**; frontier "
                    f"area: **{'yes' if t.get('area_beats_every_exploration_baseline') else 'no'}**.")

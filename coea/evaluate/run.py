@@ -46,9 +46,9 @@ from coea.evaluate.split import (
     subset,
     workdir_config,
 )
-from coea.exploration import budget_list, by_score, popular_ranking, random_ranking, ucb_ranking
+from coea.exploration import budget_list, by_score, own_list, popular_ranking, random_ranking, ucb_ranking
 from coea.exploration.knn import knn_ranking
-from coea.metrics import per_user
+from coea.metrics import kept_candidates, per_user
 
 log = logging.getLogger("coea.evaluate")
 
@@ -146,6 +146,16 @@ def validation_area(rankings: list[list[str]], phase: Phase, k: int, length: int
     return frontier_area(np.array(ncp), np.array(cn))
 
 
+def tau_objective(rankings: list[list[str]], phase: Phase, k: int, length: int) -> float:
+    """The declared tau_align objective (``eval.tau_objective: cn_na``): mean C-N@k + mean NA@k of the own lists
+    on the validation phase -- clicks in the window rewarded, and among users who adopt a new category, whether
+    the list's new categories found it (NaN-free: 0 when no user adopts one)."""
+    m = per_user([own_list(r, length) for r in rankings], phase.rows(), n_categories=len(phase.categories),
+                 tail=phase.tail, ks=(k,), test_based=True)
+    na = m[f"NA@{k}"]
+    return float(m[f"C-N@{k}"].mean() + (np.nanmean(na) if np.isfinite(na).any() else 0.0))
+
+
 class Methods:
     """Rankings of the non-item-model methods for one seed at both phases, with their tuning."""
 
@@ -159,6 +169,7 @@ class Methods:
         self._cluster: dict[str, np.ndarray] = {}
         self._nlb: dict[str, Any] = {}
         self._pool: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._duals: dict[tuple[str, str], tuple[Any, list[int], float]] = {}
 
     # -- the dispatch: method -> {grid point (json) -> rankings} at a phase
     def candidates(self, method: str, phase: str) -> dict[str, list[list[str]]]:
@@ -267,17 +278,36 @@ class Methods:
         return self._llm[key]
 
     def _dual(self, method: str, phase: str) -> dict[str, list[list[str]]]:
-        from coea.exploration.llm import dual_ranking, dual_scores, keys_for
+        from coea.exploration.llm import dual_scores, keys_for
 
         p = self.phases[phase]
         llm = self._load(method, phase, relevance=True)
         keys, unique = keys_for(llm, p.state, p.users)
         ds = dual_scores(llm, unique, p.categories)
         row = {(k.csid, k.recent): i for i, k in enumerate(unique)}
+        rows = [row[(k.csid, k.recent)] for k in keys]
+        self._duals[(method, phase)] = (ds, rows, float(llm.cfg.relevance.tau_align))
         taus = grid(self.cfg.eval.tau_align) or [llm.cfg.relevance.tau_align]
         self.sources[method].setdefault("keys", {})[phase] = len(unique)
-        return {_j(tau_align=t): [dual_ranking(ds, row[(k.csid, k.recent)], p.categories, t) for k in keys]
-                for t in taus}
+        return {_j(tau_align=t): self.dual_lists(method, phase, t) for t in taus}
+
+    def dual_lists(self, method: str, phase: str, tau: float) -> list[list[str]]:
+        """Each user's ranking by a dual method at ``tau`` (its scores computed once per phase)."""
+        from coea.exploration.llm import dual_ranking
+
+        ds, rows, _ = self._duals[(method, phase)]
+        return [dual_ranking(ds, i, self.phases[phase].categories, tau) for i in rows]
+
+    def kept(self, method: str, phase: str, tau: float) -> list[int]:
+        """Candidates the Relevance filter keeps (> tau) for each user of the phase (C_align's size)."""
+        ds, rows, _ = self._duals[(method, phase)]
+        return [kept_candidates(ds.scores[i], tau) for i in rows]
+
+    def served_tau(self, method: str) -> float:
+        """The workdir's own relevance.tau_align: the threshold its cycle serves with."""
+        if not any(m == method for m, _ in self._duals):
+            self.candidates(method, "test")
+        return next(t for (m, _), (_, _, t) in self._duals.items() if m == method)
 
     def _novelty_only(self, method: str, phase: str) -> dict[str, list[list[str]]]:
         from coea.exploration.llm import keys_for, novelty_logprobs, novelty_ranking
@@ -299,16 +329,62 @@ class Methods:
                 for b in grid(self.cfg.eval.kerec_beta)}
 
     def tuned(self, method: str) -> tuple[dict[str, Any], list[list[str]], dict[str, float]]:
-        """(chosen setting, test ranking, validation area per grid point)."""
+        """(chosen setting, test ranking, validation objective per grid point): the frontier area, or for a dual
+        method's tau_align the declared ``eval.tau_objective``."""
         valid = self.candidates(method, "valid")
-        areas = {g: validation_area(r, self.phases["valid"], self.k, self.length) for g, r in valid.items()}
+        areas = {g: self.objective(method, r) for g, r in valid.items()}
         best = max(areas, key=lambda g: (areas[g], -list(areas).index(g)))
         test = self.candidates(method, "test")
         return json.loads(best), test[best], areas
 
+    def objective(self, method: str, rankings: list[list[str]]) -> float:
+        """The validation objective of one grid point (docs/evaluation.md, "Tuning")."""
+        p = self.phases["valid"]
+        if method in DUAL and self.cfg.eval.tau_objective == "cn_na":
+            return tau_objective(rankings, p, self.k, self.length)
+        return validation_area(rankings, p, self.k, self.length)
+
+    def operating_points(self, method: str = "coea") -> dict[str, dict[str, Any]]:
+        """CoEA's rows at declared operating points, each ``{"setting", "ranking", "kept", "areas"}``:
+
+            coea              production: the workdir's own tau_align on the round's calibrated scores (as served)
+            coea@tuned        tau_align chosen on validation by eval.tau_objective
+            coea@matched_ncp  tau_align whose validation own-list NCP@budget_k is nearest matched_budget / |C|
+                              (ties: the larger objective)
+        """
+        setting, _, objectives = self.tuned(method)
+        valid = self.candidates(method, "valid")
+        p = self.phases["valid"]
+        target = self.cfg.eval.matched_budget / len(p.categories)
+        ncp = {g: float(_lists_metrics([own_list(r, self.length) for r in rs], p, (self.k,))[f"NCP@{self.k}"].mean())
+               for g, rs in valid.items()}
+        matched = min(ncp, key=lambda g: (abs(ncp[g] - target), -objectives[g]))
+        taus = {method: self.served_tau(method), f"{method}@tuned": setting["tau_align"],
+                f"{method}@matched_ncp": json.loads(matched)["tau_align"]}
+        return {row: {"setting": {"tau_align": t, "point": row.partition("@")[2] or "production",
+                                  **({"valid_ncp": ncp[matched], "target_ncp": target} if row.endswith("matched_ncp")
+                                     else {})},
+                      "ranking": self.dual_lists(method, "test", t), "kept": self.kept(method, "test", t),
+                      "areas": objectives}
+                for row, t in taus.items()}
+
 
 def _j(**kw: float) -> str:
     return json.dumps(kw, sort_keys=True)
+
+
+POINTS = ("tuned", "matched_ncp")  # CoEA's rows beside production (Methods.operating_points)
+
+
+def _evaluate_method(methods: Methods, method: str) -> dict[str, dict[str, Any]]:
+    """row -> {"ranking", "setting", "areas", "source", "kept"}: one row, or CoEA's operating points."""
+    if method == "coea":
+        points = methods.operating_points(method)
+        return {row: {**v, "source": methods.sources.get(method)} for row, v in points.items()}
+    setting, test_r, grid_areas = methods.tuned(method)
+    kept = methods.kept(method, "test", setting["tau_align"]) if method in DUAL else None
+    return {method: {"ranking": test_r, "setting": setting, "areas": grid_areas, "source": methods.sources.get(method),
+                     "kept": kept}}
 
 
 # ------------------------------------------------------------------------------------------------ entry point
@@ -369,6 +445,7 @@ def run_evaluate(cfg: Config, workdir: Path, out: Path) -> dict[str, Any]:
         areas: dict[str, dict[str, Any]] = {}
         fits: dict[str, Any] = {}
         skipped: dict[str, str] = {}
+        kept: dict[str, dict[str, list[int]]] = {}
         sources: dict[str, Any] = {}
         leak_cache: dict = {}
         cache = _Cache(out / "cache", cfg, workdir)
@@ -380,7 +457,13 @@ def run_evaluate(cfg: Config, workdir: Path, out: Path) -> dict[str, Any]:
                     model, fit = fit_model(name, data, ev, seed=seed)
                     got = {"ranking": rank_with(model, data, data.test, rows["test"], inter.categories, ev),
                            "fit": {"loss": [round(x, 4) for x in fit.losses], "valid_hit@10": fit.valid_hit,
-                                   "best_epoch": fit.best_epoch, "time_s": round(time.perf_counter() - t, 1)}}
+                                   "best_epoch": fit.best_epoch, "epochs_run": len(fit.losses),
+                                   "stopped_early": fit.stopped_early,
+                                   "popularity_valid_hit@10": fit.popularity_hit,
+                                   "below_popularity": bool(fit.popularity_hit is not None and fit.valid_hit and
+                                                            max(fit.valid_hit) < fit.popularity_hit),
+                                   "category_score": ev.category_score,
+                                   "time_s": round(time.perf_counter() - t, 1)}}
                     cache.put(name, seed, got)
                     log.info("seed %d %s: loss %.3f -> %.3f, valid hit@10 %.3f (epoch %d) in %.0fs", seed, name,
                              fit.losses[0], fit.losses[-1], max(fit.valid_hit or [0]), fit.best_epoch,
@@ -393,25 +476,31 @@ def run_evaluate(cfg: Config, workdir: Path, out: Path) -> dict[str, Any]:
                 task = bar.add_task(f"evaluate seed {seed}", total=len(todo))
                 for method in todo:
                     t = time.perf_counter()
-                    got = cache.get(method, seed)
-                    if got is None:
+                    rows_of = [method, *(f"{method}@{x}" for x in POINTS)] if method == "coea" else [method]
+                    gots = {row: cache.get(row, seed) for row in rows_of}
+                    if any(g is None for g in gots.values()):
                         try:
-                            setting, test_r, grid_areas = methods.tuned(method)
+                            gots = _evaluate_method(methods, method)
                         except FileNotFoundError as exc:
                             skipped[method] = str(exc)
                             log.warning("evaluate: %s skipped (%s)", method, exc)
                             bar.advance(task)
                             continue
-                        got = {"ranking": test_r, "setting": setting, "areas": grid_areas,
-                               "source": methods.sources.get(method)}
-                        cache.put(method, seed, got)
-                        log.info("seed %d %s: %s (validation area %.4f) in %.0fs", seed, method,
-                                 setting or "no settings", max(grid_areas.values()), time.perf_counter() - t)
-                    rankings[(method, seed)] = got["ranking"]
-                    chosen.setdefault(method, {})[str(seed)] = got["setting"]
-                    areas.setdefault(method, {})[str(seed)] = got["areas"]
-                    if got.get("source"):
-                        sources[f"{method}/seed{seed}"] = got["source"]
+                        for row, got in gots.items():
+                            cache.put(row, seed, got)
+                        log.info("seed %d %s: %s (validation objective %.4f) in %.0fs", seed, method,
+                                 gots[method]["setting"] or "no settings", max(gots[method]["areas"].values()),
+                                 time.perf_counter() - t)
+                    for row, got in gots.items():
+                        rankings[(row, seed)] = got["ranking"]
+                        chosen.setdefault(row, {})[str(seed)] = got["setting"]
+                        areas.setdefault(row, {})[str(seed)] = got["areas"]
+                        if got.get("kept") is not None:
+                            kept.setdefault(row, {})[str(seed)] = got["kept"]
+                        if got.get("source"):
+                            sources[f"{row}/seed{seed}"] = got["source"]
+                        if row != method:
+                            groups[row] = "operating_point"
                     bar.advance(task)
         # a row is reported only when every seed produced it
         for method in {m for m, _ in rankings}:
@@ -430,9 +519,11 @@ def run_evaluate(cfg: Config, workdir: Path, out: Path) -> dict[str, Any]:
                 "bootstrap": ev.bootstrap, "bootstrap_seed": ev.bootstrap_seed, "confidence": ev.confidence,
                 "hist_k": ev.hist_k or cfg.data.short_k, "chosen": chosen,
                 "grids": {m: ", ".join(f"{f}: {getattr(ev, f)}" for f in GRIDS.get(m, ())) or
-                          (f"tau_align: {ev.tau_align or 'the workdir value'}" if m in DUAL else "")
+                          (f"tau_align: {ev.tau_align or 'the workdir value'} ({ev.tau_objective})"
+                           if m.partition("@")[0] in DUAL else "")
                           for m in chosen}, "validation_area": areas,
-                "skipped": skipped, "sources": sources, "fits": fits, "eval_config": dataclasses.asdict(ev)}
+                "skipped": skipped, "sources": sources, "fits": fits, "eval_config": dataclasses.asdict(ev),
+                "kept": {m: v for m, v in kept.items() if m in groups}}
         if ev.policy == "slots":
             from coea.exploration import parse_slots
 
