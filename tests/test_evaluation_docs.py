@@ -1,0 +1,65 @@
+"""docs/evaluation.md states figures of committed results: its tables are checked against the json they quote."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from coea.evaluate.report import LABELS
+from tests.conftest import REPO
+
+NUM = r"[+−-]?\d+\.\d+"
+
+
+def _section(text: str, start: str, end: str) -> str:
+    return text[text.index(start):text.index(end, text.index(start))]
+
+
+def _value(cell: str) -> float:
+    return float(cell.replace("−", "-"))
+
+
+def _method(label: str) -> str:
+    label = label.strip().strip("*")
+    by_label = {v: k for k, v in LABELS.items()}
+    hits = [m for lab, m in by_label.items() if label == lab or label.startswith(lab + " ")]
+    assert len(hits) == 1, f"no single method for row label {label!r}"
+    return hits[0]
+
+
+def test_v2_tables_match_the_committed_table2_json():
+    """Every number of the v2 Table-2 and frontier-summary tables equals the committed json, rounded as printed."""
+    doc = (REPO / "docs" / "evaluation.md").read_text()
+    sec = _section(doc, "### Measured under evaluation v2", "**Targets, as measured:**")
+    results = json.loads((REPO / "benchmarks" / "results" / "table2_ml100k.json").read_text())["results"]
+    table, summary = results["table"], results["summary"]
+    checked = 0
+    lines = [ln for ln in sec.splitlines() if ln.startswith("|") and not ln.startswith("|---")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    metrics = head[1:]
+    for line in lines[1:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] == "frontier summary":
+            break
+        for metric, cell in zip(metrics, cells[1:]):
+            m = re.fullmatch(rf"({NUM})(?: \((.+)\))?", cell)
+            if not m:
+                continue
+            method = _method(m.group(2)) if m.group(2) else _method(cells[0])
+            assert round(table[method][metric]["mean"], 4) == _value(m.group(1)), (method, metric)
+            checked += 1
+    frontier = lines[lines.index(next(ln for ln in lines if ln.startswith("| frontier summary"))) + 1:]
+    for line in frontier:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if "/" in cells[0]:  # a row of ranges over several methods
+            continue
+        method = _method(cells[0])
+        v, iv = summary["methods"][method], summary["intervals"].get(method, {})
+        for name, value_cell, iv_cell in (("cn_at_matched_ncp", cells[1], cells[2]), ("area", cells[3], cells[4])):
+            assert round(v[name], 4) == _value(value_cell), (method, name)
+            checked += 1
+            got = re.fullmatch(rf"({NUM}) \[({NUM}), ({NUM})\]", iv_cell)
+            if got:
+                assert [round(iv[name][k], 4) for k in ("delta", "lo", "hi")] == [_value(x) for x in got.groups()]
+                checked += 1
+    assert checked >= 25
