@@ -175,6 +175,7 @@ def main() -> None:
     cfg = load_config(REPO / args.config, [*args.overrides, f"eval.seeds={args.seeds}"])
     cfg.data.path = str(Path(cfg.data.path).resolve()) if cfg.data.path else cfg.data.path
     t0 = time.perf_counter()
+    git = git_state()  # at the start: the code that runs, even if the tree moves on meanwhile
     if not args.evaluate_only:
         root.mkdir(parents=True, exist_ok=True)
         view = ensure_view(cfg, root)
@@ -205,7 +206,7 @@ def main() -> None:
         load = os.getloadavg()
     except OSError:  # pragma: no cover
         load = None
-    report = {"command": command, "git": git_state(), "users": summary["users"], "seeds": seeds,
+    report = {"command": command, "git": git, "users": summary["users"], "seeds": seeds,
               "rounds": args.rounds, "split": meta["split"], "skipped": meta["skipped"], "chosen": meta["chosen"],
               "sources": meta["sources"], "fits": meta.get("fits", {}), "wall_s": round(time.perf_counter() - t0, 1),
               "load_average": load, "threads": cfg.eval.num_threads or cfg.run.num_threads, "results": results}
