@@ -126,3 +126,13 @@ def test_hierarchical_intervals_widen_with_seed_disagreement():
     meta = _meta([0, 1], {"popular": "exploration", "coea": "exploration"})
     iv = compute_results(rankings, truth, meta)["intervals"]["popular"]["C-H-test@1"]
     assert iv["delta"] == 0.0 and iv["lo"] < -0.5 and iv["hi"] > 0.5
+
+
+def test_markdown_prints_a_dash_for_a_metric_no_user_defines():
+    """NA@K is undefined when no test user adopts a new category: its mean is None after clean(), and the table
+    prints '–' instead of failing."""
+    from coea.evaluate.report import table_markdown
+
+    md = table_markdown({"coea": {"NA@1": {"mean": None, "std": None, "seeds": 2}}}, {"coea": "exploration"}, [1],
+                        families=("NA",), improv=False)
+    assert "| exploration | **CoEA** | – |" in md

@@ -311,7 +311,8 @@ def targets_v3(result: Mapping[str, Any], stacked: Mapping[str, Mapping[str, np.
         lo, hi = (float(np.quantile(d, tail)), float(np.quantile(d, 1 - tail))) if d.size else (math.nan, math.nan)
         out["matched_cn"][name] = {"baseline": ref, "matched_cn": table[ref][cn]["mean"], "coea": at,
                                    "baseline_value": table[ref][name]["mean"], "delta": delta, "lo": lo, "hi": hi,
-                                   "resamples_in_range": int(d.size), "met": bool(d.size and lo > 0)}
+                                   "resamples_in_range": int(d.size),
+                                   "met": bool(math.isfinite(at) and d.size and lo > 0)}
     return out
 
 
@@ -320,6 +321,8 @@ def targets_v3(result: Mapping[str, Any], stacked: Mapping[str, Mapping[str, np.
 
 def _cell(v: Mapping[str, float]) -> str:
     """``mean ± std`` over seeds; the mean alone with one seed (a std over one seed is not a spread)."""
+    if v.get("mean") is None:  # undefined for every user (NA@K when nobody adopts a new category)
+        return "–"
     return f"{v['mean']:.4f}" if v.get("seeds", 2) < 2 else f"{v['mean']:.4f} ± {v['std']:.4f}"
 
 
