@@ -393,6 +393,7 @@ def results_markdown(results: Mapping[str, Any], meta: Mapping[str, Any]) -> str
         iv = s["intervals"].get(m, {})
         out.append(f"| {_label(m)} | {_num(v['cn_at_matched_ncp'])} | {_iv(iv.get('cn_at_matched_ncp'))} | "
                    f"{_num(v['area'])} | {_iv(iv.get('area'))} |")
+    out.append("")
     out.append(table_markdown(results["table"], groups, ks, families=TEST_FAMILIES, improv=False, title=(
         "Test-based metrics (own names, docs/metrics.md): C-H-test@K = |top-K ∩ categories clicked in the test "
         "part| / K; C-N-new@K = C-N on the test part's new categories; NA@K = novelty adoption, among users who "
