@@ -1,8 +1,9 @@
-"""Offline evaluation v2 (``coea evaluate``): the paper's Table 2 with App. A.4 metrics (docs/evaluation.md).
+"""Offline evaluation v3 (``coea evaluate``): the paper's Table 2 with App. A.4 metrics and test-based ones
+(docs/evaluation.md).
 
     split     coea/evaluate/split.py   per-user (default) or global split, phases, training view, leak check
     run       coea/evaluate/run.py     run_evaluate: rankings of every method, tuning on validation, files
-    report    coea/evaluate/report.py  metrics, frontiers, paired bootstrap intervals, Table 2, the plot
+    report    coea/evaluate/report.py  metrics, frontiers, hierarchical bootstrap intervals, Table 2, the plot
 """
 
 from coea.evaluate.report import LABELS, improvement, recompute_from_files, results_markdown, table_markdown

@@ -1,4 +1,5 @@
-"""From final lists to figures: per-user metrics, means over seeds, frontiers, paired bootstrap intervals, Table 2.
+"""From final lists to figures: per-user metrics, means over seeds, frontiers, hierarchical (seed x user) bootstrap
+intervals, Table 2, issue 25's targets.
 
 Everything here is a function of the written files (rankings, truth, meta), so :func:`recompute_from_files`
 reproduces ``results.json`` exactly (tested).

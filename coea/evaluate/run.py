@@ -1,4 +1,4 @@
-"""``coea evaluate``: Table 2 under evaluation v2, top to bottom (docs/evaluation.md).
+"""``coea evaluate``: Table 2 under evaluation v3, top to bottom (docs/evaluation.md).
 
     split        every event is train / valid / test (coea/evaluate/split.py; per user by default)
     phases       "valid" (state = train) chooses every hyper-parameter; "test" (state = train + valid) is reported
@@ -8,7 +8,8 @@
                  exploration   random, popular, UCB, HUCB, pHUCB, NLB, user-kNN, item-kNN, Google-v1, Google-v2,
                                LLM-KERec, CoEA
                  ablations     CoEA w/o Long / Short / R-LLM / KL (their own workdirs)
-    tuning       each method's grid value with the best validation frontier area (never the test part)
+    tuning       each method's grid value with the best validation frontier area, tau_align by eval.tau_objective
+                 (never the test part); CoEA at its operating points (production, tau tuned, matched NCP)
     files        rankings.jsonl, recommendations.jsonl, ground_truth.jsonl, meta.json -> results.json, results.md,
                  frontier.png (coea/evaluate/report.py; results.json is recomputed from the files alone);
                  cache/seed<S>/<method>.json lets an interrupted run resume
