@@ -213,7 +213,8 @@ def main() -> None:
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     md = (root / "eval" / "results.md").read_text()
     md += (f"\nCommand: `{command}` at commit {report['git']['commit'][:10]}"
-           f"{' (uncommitted changes)' if report['git']['dirty'] else ''}; {summary['users']} test users; {args.rounds} rounds after the bootstrap on the "
+           f"{' (uncommitted changes)' if report['git']['dirty'] else ''}; {summary['users']} test users; "
+           f"{args.rounds} rounds after the bootstrap on the "
            f"train view; skipped rows: {meta['skipped'] or 'none'}. Frontier plot: `{out.with_suffix('.png').name}`.\n")
     out.with_suffix(".md").write_text(md)
     print(md)

@@ -439,8 +439,8 @@ class EvalConfig:
     nlb_hidden: int = opt(32, "NLB: width of the representation network.", min=2)
     nlb_epochs: int = opt(3, "NLB: passes over the logged feedback.", min=1)
     nlb_ridge: float = opt(1.0, "NLB: ridge (prior precision) of the per-category linear posteriors.", min=1e-6)
-    user_knn_k: str = opt("5,10,20,50,100,200,400", "user-kNN: neighbours k tried on validation (cosine on category click "
-                          "vectors; coea/exploration/knn.py).")
+    user_knn_k: str = opt("5,10,20,50,100,200,400", "user-kNN: neighbours k tried on validation (cosine on "
+                          "category click vectors; coea/exploration/knn.py).")
     item_knn_k: str = opt("0,3,5", "item-kNN: co-occurring categories kept per category, tried on validation "
                           "(0 = all).")
     kerec_edges: int = opt(3, "LLM-KERec: complementary edges kept per category.", min=1)

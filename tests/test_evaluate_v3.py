@@ -57,7 +57,7 @@ def test_knn_rows_rank_unexplored_categories_from_the_phase_state(tmp_path):
     head is the user's unexplored categories (exactly the categories outside C_u^hist come first)."""
     from coea.config import load_config
     from coea.data.loaders import load_interactions
-    from coea.evaluate.run import Methods
+    from coea.evaluate.methods import Methods
     from coea.evaluate.split import build_phase
     from tests.conftest import REPO, TINY
 

@@ -21,7 +21,8 @@ from coea.metrics import hierarchical_bootstrap, hierarchical_indices, hierarchi
 LABELS = {
     "two_tower": "Two-Tower", "gru4rec": "GRU4Rec", "sasrec": "SASRec", "bert4rec": "BERT4Rec",
     "random": "Random", "popular": "Most popular", "ucb": "UCB", "hucb": "HUCB", "phucb": "pHUCB",
-    "nlb": "NLB", "user_knn": "user-kNN", "item_knn": "item-kNN", "google_v1": "Google-v1", "google_v2": "Google-v2", "llm_kerec": "LLM-KERec",
+    "nlb": "NLB", "user_knn": "user-kNN", "item_knn": "item-kNN", "google_v1": "Google-v1", "google_v2": "Google-v2",
+    "llm_kerec": "LLM-KERec",
     "coea": "CoEA", "wo_long": "CoEA w/o Long", "wo_short": "CoEA w/o Short", "wo_rllm": "CoEA w/o R-LLM",
     "wo_kl": "CoEA w/o KL", "coea@tuned": "CoEA (tau tuned)", "coea@matched_ncp": "CoEA (matched NCP)",
 }
