@@ -136,3 +136,16 @@ def test_markdown_prints_a_dash_for_a_metric_no_user_defines():
     md = table_markdown({"coea": {"NA@1": {"mean": None, "std": None, "seeds": 2}}}, {"coea": "exploration"}, [1],
                         families=("NA",), improv=False)
     assert "| exploration | **CoEA** | – |" in md
+
+
+def test_knn_grids_are_validated():
+    """k = 0 neighbours for user-kNN, or a fractional k, is a config error naming the field (the CLI exits 2)."""
+    import pytest
+
+    from coea.config import ConfigError, load_config
+    from tests.conftest import REPO
+
+    for bad in ("eval.user_knn_k=0,5", "eval.item_knn_k=2.5", "eval.user_knn_k=x"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            load_config(REPO / "configs" / "demo.yaml", [bad])
+    assert load_config(REPO / "configs" / "demo.yaml", ["eval.item_knn_k=0"]).eval.item_knn_k == "0"
