@@ -444,8 +444,11 @@ def results_markdown(results: Mapping[str, Any], meta: Mapping[str, Any]) -> str
     if chosen:
         out += ["### Settings chosen on the validation part (never on test)", "",
                 f"Rule: the value with the largest validation frontier area (mean C-N@{k} over budgets 0..{k}); "
-                "ties -> the first value of the grid. Item models: the epoch with the best validation next-item "
-                "hit@10.", "", "| Method | grid | chosen per seed |", "|---|---|---|"]
+                f"tau_align by its declared objective (in brackets; cn_na = C-N@{k} + NA@{k} of the own list); "
+                "ties -> the first value of the grid; CoEA's production row keeps the workdir's tau_align. Item "
+                "models: the epoch with the best validation next-item hit@10, early stopping with patience "
+                f"{meta.get('eval_config', {}).get('patience', '–')}.", "", "| Method | grid | chosen per seed |",
+                "|---|---|---|"]
         for m, per_seed in chosen.items():
             grid = meta.get("grids", {}).get(m, "")
             vals = "; ".join(f"seed {s}: {json.dumps(v, sort_keys=True)}" for s, v in per_seed.items())
