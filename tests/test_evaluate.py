@@ -316,6 +316,37 @@ def test_evaluate_round_scores_one_rounds_models(cfg, inter, root):
         assert 0 <= r["NCP@5"] <= 5 / 8 and 0 <= r["C-H@1"] <= 1 and r["keys"] >= 1
 
 
+def test_coea_scores_are_the_served_calibrated_probabilities(cfg, inter, root):
+    """The evaluation loads the round's Platt calibration exactly as serving does (coea.inference.load_models) and
+    every score it ranks by is that calibrated probability: the candidates' scores equal propose_and_score's with
+    the serving models, and every category's score is calibration.probability(reward logit)."""
+    from coea.evaluate.split import workdir_config
+    from coea.exploration.llm import _portrait, dual_scores, keys_for, load_round
+    from coea.inference import load_models, propose_and_score
+    from coea.prompts import relevance_prompt
+    from coea.relevance import Calibration, reward_logits
+
+    wd = root / "seed0" / "coea"
+    k = 1
+    wcfg = workdir_config(wd, k)
+    llm = load_round(wcfg, wd, k, "cpu")
+    served = load_models(wcfg, wd, k, k, "cpu")
+    assert llm.calibration == served.calibration  # loaded from the same calibration.json
+    # a tiny round may carry the identity; a fitted one must reach every score the same way
+    llm.calibration = served.calibration = Calibration(a=2.5, b=-1.0, source="test")
+    phase = build_phase(cfg, inter, make_split(cfg, inter), "test")
+    _, unique = keys_for(llm, phase.state, phase.users[:5])
+    ds = dual_scores(llm, unique, phase.categories)
+    rows = propose_and_score(wcfg, served, list(unique), llm.portraits, list(phase.categories))
+    for i, r in enumerate(rows):
+        assert ds.candidates[i] == list(r["candidates"])
+        assert ds.scores[i] == pytest.approx(list(r["scores"]), abs=1e-6)
+    key = unique[0]
+    texts = [relevance_prompt(wcfg.prompts, _portrait(llm, key.csid), key.recent, c) for c in phase.categories]
+    expect = served.calibration.probability(reward_logits(served.relevance, served.tokenizer, texts))
+    assert ds.all_scores[0] == pytest.approx(expect, abs=1e-5)
+
+
 def test_frontier_area_and_matched_ncp():
     """Frontier (NCP, C-N): (0, 0.6), (0.1, 0.5), (0.2, 0.2).
 
