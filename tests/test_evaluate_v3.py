@@ -5,6 +5,7 @@ item_data), and the kNN rows ranked from the phase's state with the shared imple
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 import coea.data.schema as schema
 from coea.data.schema import Interactions
@@ -140,8 +141,6 @@ def test_markdown_prints_a_dash_for_a_metric_no_user_defines():
 
 def test_knn_grids_are_validated():
     """k = 0 neighbours for user-kNN, or a fractional k, is a config error naming the field (the CLI exits 2)."""
-    import pytest
-
     from coea.config import ConfigError, load_config
     from tests.conftest import REPO
 
@@ -149,3 +148,20 @@ def test_knn_grids_are_validated():
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             load_config(REPO / "configs" / "demo.yaml", [bad])
     assert load_config(REPO / "configs" / "demo.yaml", ["eval.item_knn_k=0"]).eval.item_knn_k == "0"
+
+
+def test_matched_cn_target_interpolates_coeas_frontier_at_the_baselines_cn():
+    """hist {A, B} for both users; user 0 clicks A and X, user 1 clicks A. CoEA ranks X, A, B, Y: its budget
+    frontier at K = 1 is b = 0 -> [A ...]: C-N@1 (1 + 1) / 2 = 1.0, NCP@1 0; b = 1 -> [X ...]: C-N@1 (1 + 0) / 2 =
+    0.5, NCP@1 1/4. Popular lists A for user 0 and B for user 1: C-N@1 0.5, NCP@1 0. CoEA's NCP@1 at C-N@1 = 0.5
+    is 0.25, so the delta is +0.25."""
+    from coea.evaluate.report import compute_results
+
+    truth = [{"pref": {"A"}, "hist": {"A", "B"}, "clicked": {"A", "X"}, "recent": set()},
+             {"pref": {"A"}, "hist": {"A", "B"}, "clicked": {"A"}, "recent": set()}]
+    rankings = {("coea", 0): [["X", "A", "B", "Y"]] * 2,
+                ("popular", 0): [["A", "B", "X", "Y"], ["B", "A", "X", "Y"]]}
+    meta = {**_meta([0], {"popular": "exploration", "coea": "exploration"}), "ks": [1], "budget_k": 1, "kept": {}}
+    got = compute_results(rankings, truth, meta)["targets_v3"]["matched_cn"]["NCP@1"]
+    assert got["baseline"] == "popular" and got["matched_cn"] == 0.5 and got["baseline_value"] == 0.0
+    assert got["coea"] == pytest.approx(0.25) and got["delta"] == pytest.approx(0.25)
