@@ -51,3 +51,11 @@ def test_knn_ranking_recommends_what_similar_users_explored():
         assert got[0].tolist()[:2] == [2, 3] and set(got[0, 2:]) == {0, 1}, method
     with pytest.raises(ValueError):
         knn_ranking("nope", pool, pool, 1, prior)
+
+
+def test_user_knn_in_chunks_equals_one_block():
+    rng = np.random.default_rng(0)
+    pool = rng.integers(0, 3, size=(40, 6))
+    rows = np.arange(0, 40, 3)
+    whole = user_knn_scores(pool[rows], pool, 5, rows)
+    assert user_knn_scores(pool[rows], pool, 5, rows, chunk=4) == pytest.approx(whole)

@@ -27,7 +27,8 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
 
 
-def user_knn_scores(targets: np.ndarray, pool: np.ndarray, k: int, self_rows: np.ndarray | None = None) -> np.ndarray:
+def user_knn_scores(targets: np.ndarray, pool: np.ndarray, k: int, self_rows: np.ndarray | None = None, *,
+                    chunk: int = 1024) -> np.ndarray:
     """(U, C) user-kNN scores (module docstring).
 
     Args:
@@ -35,6 +36,7 @@ def user_knn_scores(targets: np.ndarray, pool: np.ndarray, k: int, self_rows: np
         pool: (N, C) click counts of the users to learn from.
         k: neighbours per user (>= 1).
         self_rows: (U,) row of each target in ``pool`` (-1: not in the pool), excluded from its neighbours.
+        chunk: targets scored at a time (bounds the (chunk, N) similarity block).
 
     Example: targets [[1, 0, 0]], pool [[1, 0, 0], [2, 1, 0], [0, 0, 3]], self_rows [0], k = 1: sims to the pool
     are (self), 2/sqrt(5), 0 -> the one neighbour is row 1, which clicked categories 0 and 1 -> [0.894, 0.894, 0].
@@ -42,18 +44,20 @@ def user_knn_scores(targets: np.ndarray, pool: np.ndarray, k: int, self_rows: np
     if k < 1:
         raise ValueError(f"user_knn: k must be >= 1, got {k}")
     t, p = _unit_rows(np.asarray(targets, float)), _unit_rows(np.asarray(pool, float))
-    sim = t @ p.T  # (U, N)
-    if self_rows is not None:
-        rows = np.asarray(self_rows)
-        has = rows >= 0
-        sim[np.flatnonzero(has), rows[has]] = -np.inf
-    k = min(k, sim.shape[1])
-    top = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < sim.shape[1] else np.tile(np.arange(sim.shape[1]),
-                                                                                        (len(sim), 1))
-    weight = np.take_along_axis(sim, top, axis=1)  # (U, k)
-    weight = np.where(weight > 0, weight, 0.0)  # unrelated users (and the user itself) carry no vote
     clicked = (np.asarray(pool) > 0).astype(float)  # (N, C)
-    return np.einsum("uk,ukc->uc", weight, clicked[top])
+    rows = np.full(len(t), -1) if self_rows is None else np.asarray(self_rows)
+    k = min(k, len(p))
+    out = np.zeros((len(t), clicked.shape[1]))
+    for s in range(0, len(t), chunk):  # (chunk, N) similarities at a time: memory stays O(chunk * N)
+        sim = t[s:s + chunk] @ p.T  # (B, N)
+        has = rows[s:s + chunk] >= 0
+        sim[np.flatnonzero(has), rows[s:s + chunk][has]] = -np.inf
+        top = (np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < sim.shape[1]
+               else np.tile(np.arange(sim.shape[1]), (len(sim), 1)))  # (B, k)
+        weight = np.take_along_axis(sim, top, axis=1)
+        weight = np.where(weight > 0, weight, 0.0)  # unrelated users (and the user itself) carry no vote
+        out[s:s + chunk] = np.einsum("uk,ukc->uc", weight, clicked[top])
+    return out
 
 
 def cooccurrence(pool: np.ndarray, k: int = 0) -> np.ndarray:
