@@ -417,9 +417,9 @@ class EvalConfig:
     dropout: float = opt(0.2, "Item models: dropout.", min=0.0, max=0.9)
     epochs: int = opt(200, "Item models: most training epochs (early stopping on the validation part, "
                       "eval.patience; the best epoch is kept).", min=1)
-    patience: int = opt(30, "Item models: stop after this many epochs without a better validation hit@10 "
-                        "(0 = run every epoch). Long: on ml-100k GRU4Rec plateaus near popularity's hit@10 for 10+ "
-                        "epochs before it rises.", min=0)
+    patience: int = opt(50, "Item models: stop after this many epochs without a better validation hit@10 "
+                        "(0 = run every epoch). Long: on ml-100k GRU4Rec sits on a plateau near popularity's hit@10 "
+                        "for 25 epochs before it rises (docs/evaluation.md).", min=0)
     popularity_floor: Literal["error", "warn", "off"] = opt(
         "error", "Item models: a model whose best validation hit@10 is below plain item popularity's fails the "
         "evaluation (error), is logged and flagged in meta.json (warn), or is not checked (off).")
