@@ -162,6 +162,8 @@ def test_matched_cn_target_interpolates_coeas_frontier_at_the_baselines_cn():
     rankings = {("coea", 0): [["X", "A", "B", "Y"]] * 2,
                 ("popular", 0): [["A", "B", "X", "Y"], ["B", "A", "X", "Y"]]}
     meta = {**_meta([0], {"popular": "exploration", "coea": "exploration"}), "ks": [1], "budget_k": 1, "kept": {}}
-    got = compute_results(rankings, truth, meta)["targets_v3"]["matched_cn"]["NCP@1"]
+    v3 = compute_results(rankings, truth, meta)["targets_v3"]
+    got = v3["matched_cn"]["NCP@1"]
+    assert v3["matched_cn_each"]["popular"]["NCP@1"] == got
     assert got["baseline"] == "popular" and got["matched_cn"] == 0.5 and got["baseline_value"] == 0.0
     assert got["coea"] == pytest.approx(0.25) and got["delta"] == pytest.approx(0.25)
