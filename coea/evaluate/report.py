@@ -137,9 +137,9 @@ def frontier_summary(frontier_users: dict[str, dict[int, dict[str, np.ndarray]]]
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for method, by_budget in frontier_users.items():
         budgets = sorted(by_budget)
-        points = [{"budget": b, **{name: _nanmean(by_budget[b][name])
-                                   for name in (ncp_name, cn_name, tail_name, "C-H@1", f"C-H@{k}")}}
-                  for b in budgets]
+        names = [n for n in (ncp_name, cn_name, tail_name, "C-H@1", f"C-H@{k}", f"C-H-test@{k}", f"C-N-new@{k}",
+                             f"NA@{k}") if n in by_budget[budgets[0]]]
+        points = [{"budget": b, **{name: _nanmean(by_budget[b][name]) for name in names}} for b in budgets]
         ncp = np.array([p[ncp_name] for p in points])
         cn = np.array([p[cn_name] for p in points])
         out["methods"][method] = {"frontier": points, "area": frontier_area(ncp, cn),
@@ -398,6 +398,15 @@ def results_markdown(results: Mapping[str, Any], meta: Mapping[str, Any]) -> str
         iv = s["intervals"].get(m, {})
         out.append(f"| {_label(m)} | {_num(v['cn_at_matched_ncp'])} | {_iv(iv.get('cn_at_matched_ncp'))} | "
                    f"{_num(v['area'])} | {_iv(iv.get('area'))} |")
+    fr = {m: v["frontier"] for m, v in s["methods"].items() if v["frontier"] and f"NA@{k}" in v["frontier"][0]}
+    if fr:
+        budgets = [p["budget"] for p in next(iter(fr.values()))]
+        out += ["", f"### Test-based metrics at equal novelty: NA@{k} / C-N-new@{k} along each frontier (b new "
+                f"categories in the top {k})", "",
+                "| Method | " + " | ".join(f"b = {b}" for b in budgets) + " |", "|---|" + "---:|" * len(budgets)]
+        for m, pts in fr.items():
+            out.append(f"| {_label(m)} | " + " | ".join(f"{_num(p[f'NA@{k}'])} / {_num(p[f'C-N-new@{k}'])}"
+                                                        for p in pts) + " |")
     out.append("")
     out.append(table_markdown(results["table"], groups, ks, families=TEST_FAMILIES, improv=False, title=(
         "Test-based metrics (own names, docs/metrics.md): C-H-test@K = |top-K ∩ categories clicked in the test "
