@@ -91,7 +91,8 @@ def test_results_carry_test_based_metrics_hierarchical_intervals_and_v3_targets(
     for user 0 and A for user 1 on both seeds; popular lists A, B, X, Y for both. NA@1: CoEA 1.0 (user 0 adopts Y
     and it is CoEA's first item), popular 0.0 (A is not new); C-H-test@1: CoEA (1 + 1) / 2 = 1, popular 1/2. The
     intervals have the seeds' spread (identical seeds -> a point interval) and kept candidates pool seeds."""
-    from coea.evaluate.report import compute_results, results_markdown
+    from coea.evaluate.markdown import results_markdown
+    from coea.evaluate.report import compute_results
 
     truth = [{"pref": {"A"}, "hist": {"A", "B"}, "clicked": {"Y"}, "recent": {"A"}},
              {"pref": {"A"}, "hist": {"A", "B"}, "clicked": {"A"}, "recent": {"A"}}]
@@ -132,7 +133,7 @@ def test_hierarchical_intervals_widen_with_seed_disagreement():
 def test_markdown_prints_a_dash_for_a_metric_no_user_defines():
     """NA@K is undefined when no test user adopts a new category: its mean is None after clean(), and the table
     prints '–' instead of failing."""
-    from coea.evaluate.report import table_markdown
+    from coea.evaluate.markdown import table_markdown
 
     md = table_markdown({"coea": {"NA@1": {"mean": None, "std": None, "seeds": 2}}}, {"coea": "exploration"}, [1],
                         families=("NA",), improv=False)

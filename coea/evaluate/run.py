@@ -39,7 +39,8 @@ from coea.evaluate.methods import (
     ks_of,
     seeds_of,
 )
-from coea.evaluate.report import compute_results, plot_frontiers, results_markdown, table_lists
+from coea.evaluate.markdown import plot_frontiers, results_markdown
+from coea.evaluate.report import compute_results, table_lists
 from coea.evaluate.split import (
     TEST,
     TRAIN,
