@@ -111,6 +111,9 @@ def test_results_carry_test_based_metrics_hierarchical_intervals_and_v3_targets(
     assert prod["best"] == "popular" and prod["met"] is True and prod["lo"] == 1.0  # Y in CoEA's top 2 only
     assert "matched_cn" in res["targets_v3"]
     assert "coea@tuned" not in res["summary"]["methods"]  # operating points are rows, not frontiers
+    # equal novelty (budget 1 of 2): CoEA's top 2 = Y (new), A; popular's = A, X: only CoEA's new one is adopted
+    eq = res["summary"]["at_matched_budget"]
+    assert eq["budget"] == 1 and eq["intervals"]["popular"]["NA@2"]["delta"] == 1.0
     md = results_markdown(res, {**meta, "split": {"kind": "user", "test_clicks": 1}, "users": 2, "chosen": {}})
     assert "Test-based metrics" in md and "CoEA (tau tuned)" in md and "issue 25" in md
 

@@ -97,6 +97,14 @@ def results_markdown(results: Mapping[str, Any], meta: Mapping[str, Any]) -> str
         for m, pts in fr.items():
             out.append(f"| {_label(m)} | " + " | ".join(f"{_num(p[f'NA@{k}'])} / {_num(p[f'C-N-new@{k}'])}"
                                                         for p in pts) + " |")
+    eq = s.get("at_matched_budget", {})
+    if eq.get("intervals"):
+        names = [f"NA@{k}", f"C-N-new@{k}", f"C-H-test@{k}", f"C-N@{k}"]
+        out += ["", f"CoEA minus each method at equal novelty (budget {eq['budget']}: {eq['budget']} new categories "
+                f"in every top {k}), {conf}% hierarchical intervals:", "",
+                "| Method | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        for m, ivs in eq["intervals"].items():
+            out.append(f"| {_label(m)} | " + " | ".join(_iv(ivs.get(n)) for n in names) + " |")
     out.append("")
     out.append(table_markdown(results["table"], groups, ks, families=TEST_FAMILIES, improv=False, title=(
         "Test-based metrics (own names, docs/metrics.md): C-H-test@K = |top-K ∩ categories clicked in the test "

@@ -168,6 +168,14 @@ def frontier_summary(frontier_users: dict[str, dict[int, dict[str, np.ndarray]]]
                              "lo": float(np.quantile(d, tail)) if d.size else math.nan,
                              "hi": float(np.quantile(d, 1.0 - tail)) if d.size else math.nan}
             out["intervals"][method] = res
+        # equal novelty: at budget matched_budget every list holds the same number of new categories, so the
+        # test-based metrics compare which new categories each method picks (CoEA minus each method, paired)
+        b = meta["matched_budget"]
+        ref = frontier_users["coea"].get(b, {})
+        out["at_matched_budget"] = {"budget": b, "intervals": {
+            m: {name: hierarchical_bootstrap(ref[name], by_budget[b][name], *idx, meta["confidence"])
+                for name in (f"NA@{k}", f"C-N-new@{k}", f"C-H-test@{k}", cn_name) if name in ref}
+            for m, by_budget in frontier_users.items() if m != "coea" and b in by_budget}}
     return out
 
 
