@@ -117,8 +117,16 @@ def test_v3_coea_tables_match_their_json():
     results = json.loads((REPO / "benchmarks" / "results" / "table2_v3_coea_seed0_ml100k.json").read_text())["results"]
     tables = [[ln for ln in block.splitlines() if ln.startswith("|") and not ln.startswith("|---")]
               for block in sec.split("\n\n") if block.startswith("|")]
-    assert len(tables) == 2
-    means, ivs = tables
+    assert len(tables) == 3
+    means, ivs, equal = tables
+    eq = results["summary"]["at_matched_budget"]["intervals"]
+    head = [c.strip() for c in equal[0].strip("|").split("|")][1:]
+    for line in equal[1:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        for col, cell in zip(head, cells[1:]):
+            got = re.fullmatch(rf"\**({NUM}) \[({NUM}), ({NUM})\]\**", cell)
+            iv = eq[_method(cells[0])][col]
+            assert [round(iv[x], 4) for x in ("delta", "lo", "hi")] == [_value(g) for g in got.groups()]
     head = [c.strip() for c in means[0].strip("|").split("|")][1:]
     for line in means[1:]:
         cells = [c.strip() for c in line.strip("|").split("|")]
