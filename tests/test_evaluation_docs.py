@@ -139,3 +139,13 @@ def test_v3_coea_tables_match_their_json():
             got = re.fullmatch(rf"\**({NUM}) \[({NUM}), ({NUM})\]\**", cell)
             iv = results["intervals"][_method(cells[0])][col]
             assert [round(iv[x], 4) for x in ("delta", "lo", "hi")] == [_value(g) for g in got.groups()]
+
+
+def test_item_data_figures_match_the_benchmark_json():
+    doc = (REPO / "docs" / "evaluation.md").read_text()
+    got = json.loads((REPO / "benchmarks" / "results" / "item_data.json").read_text())
+    s = got["summary"]
+    assert got["git"]["dirty"] is False and s["met"] and s["items_in_catalogue"] == 30_000
+    assert f"in {s['item_data_s']:.2f} s" in doc and f"{s['users']:,} users" in doc
+    assert f"{round(s['events'] / 1000)}k" in doc and f"{round(s['old_per_item_rebuild_ms'])} ms per item" in doc
+    assert f"about {round(s['old_item_data_estimate_s'] / 60)} minutes" in doc
