@@ -149,3 +149,21 @@ def test_item_data_figures_match_the_benchmark_json():
     assert f"in {s['item_data_s']:.2f} s" in doc and f"{s['users']:,} users" in doc
     assert f"{round(s['events'] / 1000)}k" in doc and f"{round(s['old_per_item_rebuild_ms'])} ms per item" in doc
     assert f"about {round(s['old_item_data_estimate_s'] / 60)} minutes" in doc
+
+
+def test_v3_coea_three_rounds_table_matches_its_json():
+    doc = (REPO / "docs" / "evaluation.md").read_text()
+    sec = _section(doc, "### Measured under v3: CoEA after three rounds", "### Table 2 v3: not yet run")
+    results = json.loads((REPO / "benchmarks" / "results" / "table2_v3_coea3_seed0_ml100k.json").read_text())["results"]
+    for name in ("C-H-test@1", "C-N@5", "C-N-new@5", "NA@5", "NCP@5"):
+        assert f"{name} {results['table']['coea'][name]['mean']:.4f}" in sec
+    lines = [ln for ln in sec.splitlines() if ln.startswith("|") and not ln.startswith("|---")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")][1:]
+    eq = results["summary"]["at_matched_budget"]["intervals"]
+    for line in lines[1:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        method = _method(cells[0])
+        for col, cell in zip(head, cells[1:]):
+            iv = eq[method][col.split(" at ")[0]] if " at budget" in col else results["intervals"][method][col]
+            got = re.fullmatch(rf"\**({NUM}) \[({NUM}), ({NUM})\]\**", cell)
+            assert [round(iv[x], 4) for x in ("delta", "lo", "hi")] == [_value(g) for g in got.groups()]
