@@ -1,4 +1,5 @@
-"""Table 2 on MovieLens-100K under evaluation v2: every baseline, CoEA and its ablations, 3 seeds (docs/evaluation.md).
+"""Table 2 on MovieLens-100K under evaluation v3: every baseline (kNN rows included), CoEA at its operating points
+and its ablations, 5 seeds, test-based metrics with hierarchical intervals (docs/evaluation.md).
 
     nice python benchmarks/table2.py --set run.num_threads=1             # train what is missing, evaluate
     python benchmarks/table2.py --seeds 0 --variants coea,wo_long --rounds 1      # a quicker, partial table
@@ -140,11 +141,20 @@ def train(config: str, workdir: Path, overrides: list[str], rounds: int) -> None
             raise SystemExit(f"cycle failed in {workdir} (exit {proc.returncode}); rerun to resume")
 
 
+def git_state() -> dict:
+    """The commit this ran on and whether the code had uncommitted changes (results must come from a commit)."""
+    def git(*a: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True).stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", "coea", "loops",
+                                                                  "storage", "quantizer", "benchmarks/table2.py"))}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/ml-100k.yaml")
     ap.add_argument("--root", default="workdirs/table2-ml100k")
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--rounds", type=int, default=3, help="co-evolution rounds after the bootstrap")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra overrides, every run")
@@ -165,6 +175,7 @@ def main() -> None:
     cfg = load_config(REPO / args.config, [*args.overrides, f"eval.seeds={args.seeds}"])
     cfg.data.path = str(Path(cfg.data.path).resolve()) if cfg.data.path else cfg.data.path
     t0 = time.perf_counter()
+    git = git_state()  # at the start: the code that runs, even if the tree moves on meanwhile
     if not args.evaluate_only:
         root.mkdir(parents=True, exist_ok=True)
         view = ensure_view(cfg, root)
@@ -195,13 +206,15 @@ def main() -> None:
         load = os.getloadavg()
     except OSError:  # pragma: no cover
         load = None
-    report = {"command": command, "users": summary["users"], "seeds": seeds, "rounds": args.rounds,
-              "split": meta["split"], "skipped": meta["skipped"], "chosen": meta["chosen"],
-              "sources": meta["sources"], "wall_s": round(time.perf_counter() - t0, 1),
-              "load_average": load, "results": results}
+    report = {"command": command, "git": git, "users": summary["users"], "seeds": seeds,
+              "rounds": args.rounds, "split": meta["split"], "skipped": meta["skipped"], "chosen": meta["chosen"],
+              "sources": meta["sources"], "fits": meta.get("fits", {}), "wall_s": round(time.perf_counter() - t0, 1),
+              "load_average": load, "threads": cfg.eval.num_threads or cfg.run.num_threads, "results": results}
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     md = (root / "eval" / "results.md").read_text()
-    md += (f"\nCommand: `{command}`; {summary['users']} test users; {args.rounds} rounds after the bootstrap on the "
+    md += (f"\nCommand: `{command}` at commit {report['git']['commit'][:10]}"
+           f"{' (uncommitted changes)' if report['git']['dirty'] else ''}; {summary['users']} test users; "
+           f"{args.rounds} rounds after the bootstrap on the "
            f"train view; skipped rows: {meta['skipped'] or 'none'}. Frontier plot: `{out.with_suffix('.png').name}`.\n")
     out.with_suffix(".md").write_text(md)
     print(md)

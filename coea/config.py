@@ -409,12 +409,12 @@ class EvalConfig:
                         "budget_k (the frontiers plot C-N@budget_k against NCP@budget_k and CLTP@budget_k).", min=1)
     matched_budget: int = opt(2, "Summary figure: C-N@budget_k at matched NCP@budget_k = matched_budget / |C| "
                               "(linear interpolation on each method's frontier).", min=0)
-    bootstrap: int = opt(1000, "Paired bootstrap resamples of the users for the CoEA-minus-baseline intervals.",
-                         min=1)
+    bootstrap: int = opt(1000, "Hierarchical bootstrap resamples (seeds, then users within them) for the "
+                         "CoEA-minus-baseline intervals.", min=1)
     bootstrap_seed: int = opt(0, "Seed of the bootstrap resamples.", min=0)
     confidence: float = opt(0.95, "Coverage of the bootstrap intervals.", min=0.5, max=0.999)
     exploitation: str = opt("two_tower,gru4rec,sasrec,bert4rec", "Exploitation rows (comma-separated).")
-    exploration: str = opt("random,popular,ucb,hucb,phucb,nlb,google_v1,google_v2,llm_kerec,coea",
+    exploration: str = opt("random,popular,ucb,hucb,phucb,nlb,user_knn,item_knn,google_v1,google_v2,llm_kerec,coea",
                            "Exploration rows (comma-separated).")
     ablations: str = opt("wo_long,wo_short,wo_rllm,wo_kl", "Ablation rows (comma-separated); each reads its own "
                          "workdir (docs/evaluation.md); wo_rllm is the CoEA workdir's round-0 Novelty LLM.")
@@ -430,8 +430,17 @@ class EvalConfig:
     n_layers: int = opt(2, "SASRec / BERT4Rec: transformer layers.", min=1)
     n_heads: int = opt(2, "SASRec / BERT4Rec: attention heads (must divide d_model).", min=1)
     dropout: float = opt(0.2, "Item models: dropout.", min=0.0, max=0.9)
-    epochs: int = opt(10, "Item models: training epochs (the best epoch on the validation part is kept).",
-                      min=1)
+    epochs: int = opt(200, "Item models: most training epochs (early stopping on the validation part, "
+                      "eval.patience; the best epoch is kept).", min=1)
+    patience: int = opt(50, "Item models: stop after this many epochs without a better validation hit@10 "
+                        "(0 = run every epoch). Long: on ml-100k GRU4Rec sits on a plateau near popularity's hit@10 "
+                        "for 25 epochs before it rises (docs/evaluation.md).", min=0)
+    popularity_floor: Literal["error", "warn", "off"] = opt(
+        "error", "Item models: a model whose best validation hit@10 is below plain item popularity's fails the "
+        "evaluation (error), is logged and flagged in meta.json (warn), or is not checked (off).")
+    category_score: Literal["mass", "best"] = opt(
+        "mass", "Item models' category ranking: mass = the summed next-click probability of the category's unseen "
+        "items; best = its best unseen item's score (evaluation v2).")
     batch_size: int = opt(128, "Item models: sequences per batch.", min=1)
     lr: float = opt(1e-3, "Item models: Adam learning rate.", min=0.0)
     mask_prob: float = opt(0.2, "BERT4Rec: share of positions masked (Cloze objective).", min=0.01, max=1.0)
@@ -445,14 +454,23 @@ class EvalConfig:
     nlb_hidden: int = opt(32, "NLB: width of the representation network.", min=2)
     nlb_epochs: int = opt(3, "NLB: passes over the logged feedback.", min=1)
     nlb_ridge: float = opt(1.0, "NLB: ridge (prior precision) of the per-category linear posteriors.", min=1e-6)
+    user_knn_k: str = opt("5,10,20,50,100,200,400", "user-kNN: neighbours k tried on validation (cosine on "
+                          "category click vectors; coea/exploration/knn.py).")
+    item_knn_k: str = opt("0,3,5", "item-kNN: co-occurring categories kept per category, tried on validation "
+                          "(0 = all).")
     kerec_edges: int = opt(3, "LLM-KERec: complementary edges kept per category.", min=1)
     kerec_beta: str = opt("0.1,0.25,0.5,0.75,1", "LLM-KERec: weights of the complementary view tried on validation.")
     tau_align: str = opt("0.3,0.5,0.7,0.9", "CoEA, its ablations and Google-v1: tau_align values tried on "
                          "validation (comma-separated); '' = each workdir's relevance.tau_align only.")
+    tau_objective: Literal["cn_na", "area"] = opt(
+        "cn_na", "How tau_align is chosen on validation: cn_na = the largest C-N@budget_k + NA@budget_k of the "
+        "method's own list (accuracy on the window plus adoption of new categories, docs/evaluation.md); area = "
+        "the validation frontier area, as every other grid.")
     num_threads: int = opt(0, "torch threads while evaluating (restored afterwards); 0 = keep.", min=0)
 
 
-SIM_ARMS = ("exploitation", "random", "popular", "ucb", "google_v1", "coea", "wo_kl", "wo_rllm")
+SIM_ARMS = ("exploitation", "random", "popular", "ucb", "user_knn", "item_knn", "google_v1", "coea", "wo_kl",
+            "wo_rllm")
 SIM_LLM_ARMS = ("google_v1", "coea", "wo_kl", "wo_rllm")
 
 
@@ -468,9 +486,9 @@ class SimConfig:
                     "plays the sessions, the arm's log grows by one day partition and the arm updates.", min=1)
     warmup_days: int = opt(14, "Organic-only days before the A/B (identical for every arm); round 0 of the LLM "
                            "arms bootstraps on them once per world seed.", min=1)
-    arms: str = opt("exploitation,random,popular,ucb,google_v1,coea,wo_kl,wo_rllm",
-                    "Arms to run (comma-separated): exploitation, random, popular, ucb (non-LLM, "
-                    "coea/simulate/policies.py) and google_v1, coea, wo_kl, wo_rllm (LLM arms, "
+    arms: str = opt("exploitation,random,popular,ucb,user_knn,item_knn,google_v1,coea,wo_kl,wo_rllm",
+                    "Arms to run (comma-separated): exploitation, random, popular, ucb, user_knn, item_knn "
+                    "(non-LLM, coea/simulate/policies.py) and google_v1, coea, wo_kl, wo_rllm (LLM arms, "
                     "coea/simulate/coea_arm.py).")
     coea_config: str = opt("configs/sim-coea.yaml", "coea YAML of the LLM arms (tiny embedded backbones); "
                            "data.source / data.path are set per arm to its own log. Relative paths resolve "
@@ -526,6 +544,9 @@ class SimConfig:
                              "probability 0.8.", min=0)
     ucb_c: float = opt(0.5, "UCB arm: exploration weight c of UCB1 (clicks / pulls + c sqrt(ln N / pulls)).",
                        min=0.0)
+    user_knn_k: int = opt(10, "user_knn arm: neighbours k (cosine on the users' category click vectors in the "
+                          "arm's log; coea/exploration/knn.py).", min=1)
+    item_knn_k: int = opt(0, "item_knn arm: co-occurring categories kept per category (0 = all).", min=0)
     tail_fraction: float = opt(0.2, "Long tail = this bottom share of categories by the popularity prior.",
                                min=0.0, max=1.0)
     niep_window: int = opt(7, "Days of the NIEP window (7 = 7D-NIEP, Eq. 23).", min=1)
@@ -678,7 +699,8 @@ def _check_cross_fields(cfg: Config) -> None:
         raise ConfigError(f"sim.start_date: expected YYYY-MM-DD; got {sim.start_date!r}") from None
     if cfg.synthetic.categories_per_group > cfg.synthetic.n_categories:
         raise ConfigError("synthetic.categories_per_group: must be <= synthetic.n_categories")
-    for name in ("ucb_c", "hucb_c", "phucb_c", "phucb_prior", "nlb_alpha", "kerec_beta", "tau_align", "ks", "seeds"):
+    for name in ("ucb_c", "hucb_c", "phucb_c", "phucb_prior", "nlb_alpha", "kerec_beta", "tau_align", "ks", "seeds",
+                 "user_knn_k", "item_knn_k"):
         text = getattr(cfg.eval, name)
         try:
             values = [float(t) for t in str(text).split(",") if t.strip()]
@@ -686,6 +708,10 @@ def _check_cross_fields(cfg: Config) -> None:
             raise ConfigError(f"eval.{name}: expected comma-separated numbers; got {text!r}") from None
         if (not values and name != "tau_align") or any(v < 0 for v in values):
             raise ConfigError(f"eval.{name}: expected non-negative comma-separated numbers; got {text!r}")
+    for name, least in (("user_knn_k", 1), ("item_knn_k", 0)):
+        if any(float(t) < least or float(t) != int(float(t)) for t in str(getattr(cfg.eval, name)).split(",")
+               if t.strip()):
+            raise ConfigError(f"eval.{name}: expected integers >= {least}; got {getattr(cfg.eval, name)!r}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

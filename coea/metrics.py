@@ -16,6 +16,12 @@ Variants under their own names (not the paper's definitions):
     C-H-any@K        1[ top-K ∩ pref ≠ ∅ ] (the "any hit" indicator of evaluation v1)
     NCP-recent@K     NCP against ``recent`` instead of the whole history (v1's "hist")
     NCP-norm@K, NCP-recent-norm@K, CLTP-norm@K: the same counts divided by K instead of |C|
+Test-based metrics under their own names (``per_user(..., test_based=True)``; they look at the held-out window,
+which A.4's C-H never does):
+    C-H-test@K  = |top-K ∩ clicked| / K                      (C-H against the window's clicked categories)
+    C-N-new@K   = C-N with rel(c) = 1[c ∈ clicked \ hist]     (NDCG on the categories that are new to the user)
+    NA@K        = 1[ (top-K \ hist) ∩ (clicked \ hist) ≠ ∅ ]  (novelty adoption; NaN -- left out of the mean --
+                                                              for a user who clicks no new category)
 
 Conventions (each tested in tests/test_metrics.py):
 - The list order is the ranking; ties were broken by whoever made the list.
@@ -176,6 +182,59 @@ def long_tail_categories(click_counts: Mapping[str, int], fraction: float = 0.2)
     return set(order[:n])
 
 
+def test_category_hit(ranked: Sequence[str], clicked: Iterable[str], ks: Sequence[int]) -> dict[str, float]:
+    """C-H-test@K (test-based, not Eq. 18): |top-K ∩ clicked| / K, clicked = categories clicked in the window.
+
+    Eq. 18 with C_u^pref replaced by the held-out window's categories; K is the divisor, as in Eq. 18.
+    E.g. [B, A, C] with clicked {A, C}: C-H-test@1 = 0, @2 = 1/2, @3 = 2/3.
+    """
+    _check_ks(ks)
+    r, clicked = _dedupe(ranked), set(clicked)
+    return {f"C-H-test@{k}": sum(1 for c in r[:k] if c in clicked) / k for k in ks}
+
+
+def new_category_ndcg(ranked: Sequence[str], clicked: Iterable[str], hist: Iterable[str],
+                      ks: Sequence[int]) -> dict[str, float]:
+    """C-N-new@K: C-N (Eq. 19's NDCG) with relevance 1[c ∈ clicked \ hist], the new categories the user clicks.
+
+    A known category earns nothing here even when clicked. E.g. [A, X, Y] with hist {A}, clicked {A, Y}: the only
+    relevant category is Y at rank 3, so C-N-new@3 = (1 / log2 4) / (1 / log2 2) = 0.5; empty clicked \ hist -> 0.
+    """
+    new = set(clicked) - set(hist)
+    return {name.replace("C-N@", "C-N-new@"): v for name, v in category_ndcg(ranked, new, ks).items()}
+
+
+def novelty_adoption(ranked: Sequence[str], clicked: Iterable[str], hist: Iterable[str],
+                     ks: Sequence[int]) -> dict[str, float]:
+    """NA@K, novelty adoption: 1 if a new category in the top K (not in hist) is one the user newly clicks in the
+    window (in clicked \ hist), else 0; NaN when the user clicks no new category (the metric is the hit rate
+    among users who adopt a new category, so the others are left out of its mean).
+
+    E.g. [A, X, Y] with hist {A}: clicked {Y} -> NA@2 = 0, NA@3 = 1; clicked {A} -> NaN at every K.
+    """
+    _check_ks(ks)
+    hist = set(hist)
+    new = set(clicked) - hist
+    r = _dedupe(ranked)
+    if not new:
+        return {f"NA@{k}": math.nan for k in ks}
+    return {f"NA@{k}": float(any(c in new for c in r[:k])) for k in ks}  # c in new implies c not in hist
+
+
+def kept_candidates(scores: Sequence[float], tau: float) -> int:
+    """How many candidates a Relevance filter keeps: |{s_i > tau}| (Eq. 14's C_align), e.g. ([0.9, 0.4, 0.6],
+    0.5) -> 2. Reported per user beside the lists: a threshold that keeps nothing serves no exploration."""
+    return int(sum(1 for s in scores if s > tau))
+
+
+def test_based_metrics(ranked: Sequence[str], truth: Mapping[str, Iterable[str]],
+                       ks: Sequence[int]) -> dict[str, float]:
+    """C-H-test@k, C-N-new@k and NA@k for one user (``truth`` needs ``hist`` and ``clicked``)."""
+    return {**test_category_hit(ranked, truth["clicked"], ks),
+            **new_category_ndcg(ranked, truth["clicked"], truth["hist"], ks),
+            **novelty_adoption(ranked, truth["clicked"], truth["hist"], ks)}
+
+
 def user_metrics(ranked: Sequence[str], truth: Mapping[str, Iterable[str]], *, n_categories: int,
                  tail: Iterable[str], ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
     """Every metric for one user.
@@ -206,7 +265,7 @@ def user_metrics(ranked: Sequence[str], truth: Mapping[str, Iterable[str]], *, n
 
 def per_user(recs: Sequence[Sequence[str]], truth: Sequence[Mapping[str, Iterable[str]]], *, n_categories: int,
              tail: Iterable[str], ks: Sequence[int] = (1, 5, 10),
-             exclude_no_clicks: bool = False) -> dict[str, np.ndarray]:
+             exclude_no_clicks: bool = False, test_based: bool = False) -> dict[str, np.ndarray]:
     """Per-user metric arrays, aligned with ``recs`` (for std over seeds or paired tests).
 
     Args:
@@ -216,6 +275,8 @@ def per_user(recs: Sequence[Sequence[str]], truth: Sequence[Mapping[str, Iterabl
         tail: the long-tail set.
         ks: cut-offs.
         exclude_no_clicks: C-N@k is NaN (not 0) for users with an empty ``clicked`` set.
+        test_based: add :func:`test_based_metrics` (C-H-test, C-N-new, NA; NA is NaN for users without a new
+            clicked category).
 
     Returns:
         metric name -> (U,) float array; ``{}`` when there are no users.
@@ -226,6 +287,8 @@ def per_user(recs: Sequence[Sequence[str]], truth: Sequence[Mapping[str, Iterabl
     rows = []
     for r, t in zip(recs, truth):
         row = user_metrics(r, t, n_categories=n_categories, tail=tail, ks=ks)
+        if test_based:
+            row.update(test_based_metrics(r, t, ks))
         if exclude_no_clicks and not set(t["clicked"]):
             row.update({f"C-N@{k}": math.nan for k in ks})
         rows.append(row)
@@ -284,3 +347,55 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, idx: np.ndarray, confidence: 
     tail = (1.0 - confidence) / 2.0
     lo, hi = np.quantile(samples, [tail, 1.0 - tail])
     return {"delta": float(d[ok].mean()), "lo": float(lo), "hi": float(hi)}
+
+
+def hierarchical_indices(n_seeds: int, n_users: int, n_boot: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two-level resamples: (n_boot, n_seeds) seed indices and (n_boot, n_users) user indices, each drawn with
+    replacement. Resample b takes the seeds ``seeds[b]`` and, inside every one of them, the users ``users[b]``:
+    seeds (training randomness) and users (the sample of people) both vary, as a replication would vary them."""
+    if n_seeds < 1 or n_users < 1 or n_boot < 1:
+        raise ValueError(f"need n_seeds, n_users, n_boot >= 1, got {n_seeds}, {n_users}, {n_boot}")
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, n_seeds, size=(n_boot, n_seeds)), rng.integers(0, n_users, size=(n_boot, n_users))
+
+
+def hierarchical_bootstrap(a: np.ndarray, b: np.ndarray, seeds: np.ndarray, users: np.ndarray,
+                           confidence: float = 0.95) -> dict[str, float]:
+    """Mean of ``a - b`` over seeds and users with a percentile interval from resampling both (paired: the same
+    resampled seeds and users on both sides).
+
+    Args:
+        a, b: (S, U) per-seed, per-user values of two methods (row s = seed s, the same users in the same order;
+            NaN = undefined for that user, dropped from both sides, as in :func:`paired_bootstrap`).
+        seeds, users: (B, S) and (B, U) indices from :func:`hierarchical_indices`.
+        confidence: coverage of the interval.
+
+    Returns:
+        ``{"delta", "lo", "hi"}``. With one seed it is :func:`paired_bootstrap` on that seed. E.g. a = [[1, 1],
+        [0, 0]], b = 0 (two seeds that disagree completely): delta = 0.5, and resamples that draw seed 0 twice
+        give 1, so the interval spans the seed variance that a users-only bootstrap of the seed mean ([0.5, 0.5]
+        per user) would hide.
+    """
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)  # (S, U)
+    if d.ndim != 2 or d.shape != (seeds.shape[1], users.shape[1]):
+        raise ValueError(f"per-seed per-user arrays of shape {d.shape} for resamples over "
+                         f"{seeds.shape[1]} seeds x {users.shape[1]} users")
+    ok = ~np.isnan(d)
+    if not ok.any():
+        return {"delta": math.nan, "lo": math.nan, "hi": math.nan}
+    samples = hierarchical_means(d, seeds, users)  # (B,)
+    samples = samples[~np.isnan(samples)]
+    tail = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(samples, [tail, 1.0 - tail])
+    return {"delta": float(d[ok].mean()), "lo": float(lo), "hi": float(hi)}
+
+
+def hierarchical_means(x: np.ndarray, seeds: np.ndarray, users: np.ndarray) -> np.ndarray:
+    """(B,) the mean of ``x`` (S, U) over each resample's seeds and users (NaN entries left out; NaN when a
+    resample holds no defined entry). E.g. x = [[1, 3]], seeds [[0]], users [[1, 1]] -> [3.0]."""
+    x = np.asarray(x, dtype=float)
+    picked = x[seeds[:, :, None], users[:, None, :]]  # (B, S, U)
+    ok = ~np.isnan(picked)
+    n = ok.sum((1, 2))
+    total = np.where(ok, picked, 0.0).sum((1, 2))
+    return np.where(n > 0, total / np.maximum(n, 1), math.nan)

@@ -21,13 +21,15 @@ from coea.evaluate import (
     variant_workdir,
     write_train_view,
 )
-from coea.evaluate.report import at_matched, frontier_area, results_markdown, table_lists
+from coea.evaluate.markdown import results_markdown
+from coea.evaluate.report import at_matched, frontier_area, table_lists
 from coea.evaluate.split import TEST, TRAIN, VALID, build_phase, global_split, user_split
 from coea.exploration import own_list
 
 FAST = ["eval.epochs=2", "eval.d_model=16", "eval.n_layers=1", "eval.max_seq_len=20", "eval.test_clicks=2",
         "eval.valid_clicks=2", "eval.bootstrap=200", "eval.ucb_c=0.5,2", "eval.phucb_c=0.5", "eval.phucb_prior=1",
-        "eval.nlb_alpha=0,1", "eval.nlb_epochs=1", "eval.tau_align=0.3,0.5", "eval.kerec_beta=0.5,1"]
+        "eval.nlb_alpha=0,1", "eval.nlb_epochs=1", "eval.tau_align=0.3,0.5", "eval.kerec_beta=0.5,1",
+        "eval.popularity_floor=warn", "eval.user_knn_k=5", "eval.item_knn_k=0"]
 
 
 @pytest.fixture(scope="module")
@@ -244,10 +246,14 @@ def test_settings_are_chosen_on_validation(evaluated):
     _, out = evaluated
     meta = json.loads((out / "meta.json").read_text())
     assert meta["chosen"]["ucb"]["0"]["c"] in (0.5, 2.0)
-    assert meta["chosen"]["coea"]["0"]["tau_align"] in (0.3, 0.5)
+    assert meta["chosen"]["coea@tuned"]["0"]["tau_align"] in (0.3, 0.5)
+    assert meta["chosen"]["coea"]["0"]["point"] == "production"  # the workdir's own tau_align, as served
     for method, per_seed in meta["validation_area"].items():
+        if method in ("coea", "coea@matched_ncp"):  # operating points not chosen by the objective's argmax
+            continue
         areas = per_seed["0"]
-        assert json.loads(max(areas, key=areas.get)) == meta["chosen"][method]["0"]
+        chosen = {k: v for k, v in meta["chosen"][method]["0"].items() if k != "point"}
+        assert json.loads(max(areas, key=areas.get)) == chosen
     coea = meta["sources"]["coea/seed0"]
     assert set(coea["checks"]) == {"valid", "test"} and coea["checks"]["test"]["held_out_seen"] == 0
     assert meta["sources"]["google_v1/seed0"]["round"] == 0
@@ -263,7 +269,9 @@ def test_results_md_layout_and_one_seed(evaluated):
             assert f"| {fam}@{k} " in header
     for m in ("two_tower", "sasrec", "random", "hucb", "nlb", "google_v1", "google_v2", "llm_kerec", "wo_rllm"):
         assert f"| {LABELS[m]} |" in md
-    assert "| **CoEA** |" in md and "| Improv. |" in md and "paired bootstrap" in md and "Frontier summary" in md
+    assert "| **CoEA** |" in md and "| Improv. |" in md and "Frontier summary" in md
+    assert "paired hierarchical bootstrap" in md
+    assert "Test-based metrics" in md and "| user-kNN |" in md and "| CoEA (tau tuned) |" in md
     assert "Targets" in md
     assert "± 0.0000" not in md and "1 seed" in md
     table = md.split("\n\n")[1]
@@ -308,6 +316,37 @@ def test_evaluate_round_scores_one_rounds_models(cfg, inter, root):
     assert r0["round"] == 0 and r1["round"] == 1 and r1["users"] == len(phase.users)
     for r in (r0, r1):
         assert 0 <= r["NCP@5"] <= 5 / 8 and 0 <= r["C-H@1"] <= 1 and r["keys"] >= 1
+
+
+def test_coea_scores_are_the_served_calibrated_probabilities(cfg, inter, root):
+    """The evaluation loads the round's Platt calibration exactly as serving does (coea.inference.load_models) and
+    every score it ranks by is that calibrated probability: the candidates' scores equal propose_and_score's with
+    the serving models, and every category's score is calibration.probability(reward logit)."""
+    from coea.evaluate.split import workdir_config
+    from coea.exploration.llm import _portrait, dual_scores, keys_for, load_round
+    from coea.inference import load_models, propose_and_score
+    from coea.prompts import relevance_prompt
+    from coea.relevance import Calibration, reward_logits
+
+    wd = root / "seed0" / "coea"
+    k = 1
+    wcfg = workdir_config(wd, k)
+    llm = load_round(wcfg, wd, k, "cpu")
+    served = load_models(wcfg, wd, k, k, "cpu")
+    assert llm.calibration == served.calibration  # loaded from the same calibration.json
+    # a tiny round may carry the identity; a fitted one must reach every score the same way
+    llm.calibration = served.calibration = Calibration(a=2.5, b=-1.0, source="test")
+    phase = build_phase(cfg, inter, make_split(cfg, inter), "test")
+    _, unique = keys_for(llm, phase.state, phase.users[:5])
+    ds = dual_scores(llm, unique, phase.categories)
+    rows = propose_and_score(wcfg, served, list(unique), llm.portraits, list(phase.categories))
+    for i, r in enumerate(rows):
+        assert ds.candidates[i] == list(r["candidates"])
+        assert ds.scores[i] == pytest.approx(list(r["scores"]), abs=1e-6)
+    key = unique[0]
+    texts = [relevance_prompt(wcfg.prompts, _portrait(llm, key.csid), key.recent, c) for c in phase.categories]
+    expect = served.calibration.probability(reward_logits(served.relevance, served.tokenizer, texts))
+    assert ds.all_scores[0] == pytest.approx(expect, abs=1e-5)
 
 
 def test_frontier_area_and_matched_ncp():

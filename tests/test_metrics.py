@@ -240,3 +240,75 @@ def test_paired_bootstrap_hand_checked():
     assert paired_bootstrap(np.array([1.0, np.nan]), np.zeros(2), bootstrap_indices(2, 100))["delta"] == 1.0
     with pytest.raises(ValueError):
         paired_bootstrap(np.zeros(3), np.zeros(3), idx)
+
+
+# ------------------------------------------------------------------------------------------ test-based metrics
+
+
+def test_test_category_hit_counts_the_windows_categories():
+    """[B, A, C] with clicked {A, C}: @1 = 0/1, @2 = 1/2 (A), @3 = 2/3 (A, C), @5 = 2/5 (K divides)."""
+    from coea.metrics import test_category_hit
+
+    got = test_category_hit(["B", "A", "C"], {"A", "C"}, (1, 2, 3, 5))
+    assert got == {"C-H-test@1": 0.0, "C-H-test@2": 0.5, "C-H-test@3": pytest.approx(2 / 3), "C-H-test@5": 0.4}
+    assert test_category_hit(["A", "A"], {"A"}, (2,)) == {"C-H-test@2": 0.5}  # a repeat is not a second hit
+
+
+def test_new_category_ndcg_counts_only_new_clicked_categories():
+    """[A, X, Y], hist {A}, clicked {A, Y}: relevant = {Y} at rank 3 -> (1/log2 4) / (1/log2 2) = 0.5 at K = 3;
+    at K = 2 nothing relevant is listed -> 0. Clicked only known categories -> 0."""
+    from coea.metrics import new_category_ndcg
+
+    assert new_category_ndcg(["A", "X", "Y"], {"A", "Y"}, {"A"}, (2, 3)) == {"C-N-new@2": 0.0, "C-N-new@3": 0.5}
+    assert new_category_ndcg(["A", "X"], {"A"}, {"A"}, (2,)) == {"C-N-new@2": 0.0}
+
+
+def test_novelty_adoption_is_a_hit_rate_among_adopters():
+    """[A, X, Y], hist {A}: clicked {Y} -> NA@2 = 0, NA@3 = 1; clicked {A} (nothing new) -> NaN; a known clicked
+    category in the list is not an adoption."""
+    from coea.metrics import novelty_adoption
+
+    assert novelty_adoption(["A", "X", "Y"], {"Y"}, {"A"}, (2, 3)) == {"NA@2": 0.0, "NA@3": 1.0}
+    assert all(np.isnan(v) for v in novelty_adoption(["A", "X"], {"A"}, {"A"}, (1, 2)).values())
+    assert novelty_adoption(["A", "X"], {"A", "Z"}, {"A"}, (2,)) == {"NA@2": 0.0}
+
+
+def test_per_user_test_based_means_skip_users_without_a_new_category():
+    """Two users, hist {A}: user 1 clicks Y (new) and is listed [Y] -> NA@1 1; user 2 clicks A only -> NaN. The mean
+    NA@1 is 1.0 (over the one adopter), C-H-test@1 is (1 + 0) / 2 with user 2 listed [B]."""
+    from coea.metrics import evaluate_users
+
+    truth = [{"pref": [], "hist": ["A"], "clicked": ["Y"]}, {"pref": [], "hist": ["A"], "clicked": ["A"]}]
+    arrays = per_user([["Y"], ["B"]], truth, n_categories=4, tail=[], ks=(1,), test_based=True)
+    assert arrays["NA@1"][0] == 1.0 and np.isnan(arrays["NA@1"][1])
+    assert list(arrays["C-H-test@1"]) == [1.0, 0.0]
+    assert "NA@1" not in per_user([["Y"]], truth[:1], n_categories=4, tail=[], ks=(1,))  # opt-in
+    assert evaluate_users([["Y"], ["B"]], truth, n_categories=4, tail=[], ks=(1,))["C-N@1"] == 0.5
+
+
+def test_kept_candidates_counts_scores_above_tau():
+    from coea.metrics import kept_candidates
+
+    assert kept_candidates([0.9, 0.4, 0.6], 0.5) == 2
+    assert kept_candidates([0.5], 0.5) == 0  # strictly above, as Eq. 14's filter
+    assert kept_candidates([], 0.1) == 0
+
+
+def test_hierarchical_bootstrap_spans_seed_variance():
+    """a = [[1, 1], [0, 0]] (seed 0 all hits, seed 1 none), b = 0: delta 0.5. Each resample's mean is the share of
+    seed-0 draws among its two seeds: 0, 0.5 or 1 -- the interval reaches 0 and 1 with enough resamples, where a
+    users-only bootstrap of the per-user seed mean (every user 0.5) is the point [0.5, 0.5]."""
+    from coea.metrics import hierarchical_bootstrap, hierarchical_indices
+
+    a, b = np.array([[1.0, 1.0], [0.0, 0.0]]), np.zeros((2, 2))
+    seeds, users = hierarchical_indices(2, 2, 400, seed=0)
+    got = hierarchical_bootstrap(a, b, seeds, users, confidence=0.9)
+    assert got["delta"] == 0.5 and got["lo"] == 0.0 and got["hi"] == 1.0
+    flat = paired_bootstrap(a.mean(0), b.mean(0), bootstrap_indices(2, 400), confidence=0.9)
+    assert flat["lo"] == flat["hi"] == 0.5
+    one = hierarchical_bootstrap(a[:1], b[:1], *hierarchical_indices(1, 2, 50))
+    assert one == {"delta": 1.0, "lo": 1.0, "hi": 1.0}
+    nan = np.array([[np.nan, 1.0]])  # an undefined user is dropped from both sides
+    assert hierarchical_bootstrap(nan, np.zeros((1, 2)), *hierarchical_indices(1, 2, 50))["delta"] == 1.0
+    with pytest.raises(ValueError):
+        hierarchical_bootstrap(a, b, *hierarchical_indices(3, 2, 10))

@@ -106,7 +106,14 @@ class Interactions:
 
     @property
     def item_category(self) -> dict[str, str]:
-        return dict(zip(self.items["item_id"], self.items["category"]))
+        """item_id -> category, built once per ``items`` table (O(items)) and cached, so callers may read it per
+        item. Assigning a new ``items`` frame rebuilds it on the next read; edit a copy of ``items`` rather than
+        the frame in place, and treat the returned dict as read-only (it is shared)."""
+        cached = self.__dict__.get("_item_category")
+        if cached is None or cached[0] is not self.items:
+            cached = (self.items, dict(zip(self.items["item_id"], self.items["category"])))
+            self.__dict__["_item_category"] = cached
+        return cached[1]
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""From final lists to figures: per-user metrics, means over seeds, frontiers, paired bootstrap intervals, Table 2.
+"""From final lists to figures: per-user metrics, means over seeds, frontiers, hierarchical (seed x user) bootstrap
+intervals, issue 25's targets (results.json; coea/evaluate/markdown.py renders them).
 
 Everything here is a function of the written files (rankings, truth, meta), so :func:`recompute_from_files`
 reproduces ``results.json`` exactly (tested).
@@ -15,18 +16,20 @@ from typing import Any
 import numpy as np
 
 from coea.exploration import budget_list, own_list, slot_list
-from coea.metrics import bootstrap_indices, paired_bootstrap, per_user
+from coea.metrics import hierarchical_bootstrap, hierarchical_indices, hierarchical_means, per_user
 
 LABELS = {
     "two_tower": "Two-Tower", "gru4rec": "GRU4Rec", "sasrec": "SASRec", "bert4rec": "BERT4Rec",
     "random": "Random", "popular": "Most popular", "ucb": "UCB", "hucb": "HUCB", "phucb": "pHUCB",
-    "nlb": "NLB", "google_v1": "Google-v1", "google_v2": "Google-v2", "llm_kerec": "LLM-KERec",
+    "nlb": "NLB", "user_knn": "user-kNN", "item_knn": "item-kNN", "google_v1": "Google-v1", "google_v2": "Google-v2",
+    "llm_kerec": "LLM-KERec",
     "coea": "CoEA", "wo_long": "CoEA w/o Long", "wo_short": "CoEA w/o Short", "wo_rllm": "CoEA w/o R-LLM",
-    "wo_kl": "CoEA w/o KL",
+    "wo_kl": "CoEA w/o KL", "coea@tuned": "CoEA (tau tuned)", "coea@matched_ncp": "CoEA (matched NCP)",
 }
-GROUPS = ("exploitation", "exploration", "ablation")
+GROUPS = ("exploitation", "exploration", "operating_point", "ablation")
 METRIC_FAMILIES = ("C-H", "C-N", "NCP", "CLTP")
 VARIANT_FAMILIES = ("C-H-any", "NCP-recent")
+TEST_FAMILIES = ("C-H-test", "C-N-new", "NA")  # test-based metrics (coea/metrics.py), where claims rest
 
 Lists = dict[tuple[str, int], list[list[str]]]  # (method, seed) -> one list per user
 
@@ -59,33 +62,41 @@ def budget_lists(rankings: Lists, hist: Sequence[set[str]], budget: int, meta: M
 
 def user_arrays(lists: Lists, truth: Sequence[Mapping], meta: Mapping[str, Any]) -> dict[tuple[str, int], dict]:
     """(method, seed) -> metric -> (U,) per-user values."""
-    return {key: per_user(ls, truth, n_categories=meta["n_categories"], tail=set(meta["tail"]), ks=meta["ks"])
+    return {key: per_user(ls, truth, n_categories=meta["n_categories"], tail=set(meta["tail"]), ks=meta["ks"],
+                          test_based=True)
             for key, ls in lists.items()}
 
 
 def over_seeds(arrays: dict[tuple[str, int], dict]) -> dict[str, dict[str, dict[str, float]]]:
-    """method -> metric -> {mean, std, seeds}: mean and population std over seeds of the per-seed user means."""
+    """method -> metric -> {mean, std, seeds}: mean and population std over seeds of the per-seed user means
+    (users with an undefined value -- NA for a user who adopts no new category -- are left out of that mean)."""
     by_method: dict[str, list[dict]] = {}
     for (method, _), a in sorted(arrays.items()):
-        by_method.setdefault(method, []).append({m: float(np.mean(v)) for m, v in a.items()})
+        by_method.setdefault(method, []).append({m: _nanmean(v) for m, v in a.items()})
     return {method: {m: {"mean": float(np.mean([r[m] for r in runs])), "std": float(np.std([r[m] for r in runs])),
                          "seeds": len(runs)} for m in runs[0]} for method, runs in by_method.items()}
 
 
-def seed_mean_users(arrays: dict[tuple[str, int], dict]) -> dict[str, dict[str, np.ndarray]]:
-    """method -> metric -> (U,) each user's value averaged over seeds (the paired bootstrap's unit is the user)."""
+def _nanmean(v: np.ndarray) -> float:
+    v = np.asarray(v, float)
+    return float(v[~np.isnan(v)].mean()) if (~np.isnan(v)).any() else math.nan
+
+
+def seed_user_arrays(arrays: dict[tuple[str, int], dict]) -> dict[str, dict[str, np.ndarray]]:
+    """method -> metric -> (S, U): row s = the s-th seed in sorted order (the hierarchical bootstrap's input)."""
     by_method: dict[str, list[dict]] = {}
     for (method, _), a in sorted(arrays.items()):
         by_method.setdefault(method, []).append(a)
-    return {method: {m: np.mean([r[m] for r in runs], axis=0) for m in runs[0]} for method, runs in by_method.items()}
+    return {method: {m: np.stack([r[m] for r in runs]) for m in runs[0]} for method, runs in by_method.items()}
 
 
-def intervals(users: dict[str, dict[str, np.ndarray]], reference: str, idx: np.ndarray, confidence: float,
-              metrics: Sequence[str]) -> dict[str, dict[str, dict[str, float]]]:
-    """baseline -> metric -> paired bootstrap {delta, lo, hi} of ``reference`` minus the baseline."""
+def intervals(users: dict[str, dict[str, np.ndarray]], reference: str, idx: tuple[np.ndarray, np.ndarray],
+              confidence: float, metrics: Sequence[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """baseline -> metric -> hierarchical bootstrap {delta, lo, hi} of ``reference`` minus the baseline
+    (``users``: method -> metric -> (S, U); ``idx``: the shared (seed, user) resamples)."""
     if reference not in users:
         return {}
-    return {m: {name: paired_bootstrap(users[reference][name], users[m][name], idx, confidence)
+    return {m: {name: hierarchical_bootstrap(users[reference][name], users[m][name], *idx, confidence)
                 for name in metrics if name in users[m]} for m in users if m != reference}
 
 
@@ -113,11 +124,11 @@ def at_matched(ncp: np.ndarray, cn: np.ndarray, target: float) -> float:
 
 
 def frontier_summary(frontier_users: dict[str, dict[int, dict[str, np.ndarray]]], meta: Mapping[str, Any],
-                     idx: np.ndarray | None = None) -> dict[str, Any]:
-    """Per method: the frontier (budget -> mean metrics), its area and C-N at matched NCP; with ``idx`` also the
-    paired bootstrap of CoEA minus each method on both summary figures.
+                     idx: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    """Per method: the frontier (budget -> mean metrics), its area and C-N at matched NCP; with ``idx`` (the
+    shared (seed, user) resamples) also the hierarchical bootstrap of CoEA minus each method on both figures.
 
-    ``frontier_users``: method -> budget -> metric -> (U,) per-user values (averaged over seeds).
+    ``frontier_users``: method -> budget -> metric -> (S, U) per-seed, per-user values.
     """
     k = meta["budget_k"]
     ncp_name, cn_name, tail_name = f"NCP@{k}", f"C-N@{k}", f"CLTP@{k}"
@@ -126,16 +137,16 @@ def frontier_summary(frontier_users: dict[str, dict[int, dict[str, np.ndarray]]]
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for method, by_budget in frontier_users.items():
         budgets = sorted(by_budget)
-        points = [{"budget": b, **{name: float(np.mean(by_budget[b][name]))
-                                   for name in (ncp_name, cn_name, tail_name, "C-H@1", f"C-H@{k}")}}
-                  for b in budgets]
+        names = [n for n in (ncp_name, cn_name, tail_name, "C-H@1", f"C-H@{k}", f"C-H-test@{k}", f"C-N-new@{k}",
+                             f"NA@{k}") if n in by_budget[budgets[0]]]
+        points = [{"budget": b, **{name: _nanmean(by_budget[b][name]) for name in names}} for b in budgets]
         ncp = np.array([p[ncp_name] for p in points])
         cn = np.array([p[cn_name] for p in points])
         out["methods"][method] = {"frontier": points, "area": frontier_area(ncp, cn),
                                   "cn_at_matched_ncp": at_matched(ncp, cn, target)}
         if idx is not None:  # (B, nb) resampled means
-            curves[method] = (np.stack([by_budget[b][ncp_name][idx].mean(1) for b in budgets], 1),
-                              np.stack([by_budget[b][cn_name][idx].mean(1) for b in budgets], 1))
+            curves[method] = (np.stack([hierarchical_means(by_budget[b][ncp_name], *idx) for b in budgets], 1),
+                              np.stack([hierarchical_means(by_budget[b][cn_name], *idx) for b in budgets], 1))
     if idx is not None and "coea" in curves:
         tail = (1.0 - meta["confidence"]) / 2.0
 
@@ -157,6 +168,14 @@ def frontier_summary(frontier_users: dict[str, dict[int, dict[str, np.ndarray]]]
                              "lo": float(np.quantile(d, tail)) if d.size else math.nan,
                              "hi": float(np.quantile(d, 1.0 - tail)) if d.size else math.nan}
             out["intervals"][method] = res
+        # equal novelty: at budget matched_budget every list holds the same number of new categories, so the
+        # test-based metrics compare which new categories each method picks (CoEA minus each method, paired)
+        b = meta["matched_budget"]
+        ref = frontier_users["coea"].get(b, {})
+        out["at_matched_budget"] = {"budget": b, "intervals": {
+            m: {name: hierarchical_bootstrap(ref[name], by_budget[b][name], *idx, meta["confidence"])
+                for name in (f"NA@{k}", f"C-N-new@{k}", f"C-H-test@{k}", cn_name) if name in ref}
+            for m, by_budget in frontier_users.items() if m != "coea" and b in by_budget}}
     return out
 
 
@@ -167,22 +186,25 @@ def compute_results(rankings: Lists, truth: Sequence[Mapping], meta: Mapping[str
     """Every figure of results.json from the test rankings, the truth rows and meta (see module docstring)."""
     hist = [set(t["hist"]) for t in truth]
     ks, k = meta["ks"], meta["budget_k"]
-    idx = bootstrap_indices(len(truth), meta["bootstrap"], meta["bootstrap_seed"])
-    names = [f"{fam}@{x}" for fam in (*METRIC_FAMILIES, *VARIANT_FAMILIES) for x in ks]
+    idx = hierarchical_indices(len(meta["seeds"]), len(truth), meta["bootstrap"], meta["bootstrap_seed"])
+    names = [f"{fam}@{x}" for fam in (*METRIC_FAMILIES, *TEST_FAMILIES, *VARIANT_FAMILIES) for x in ks]
 
     table = user_arrays(table_lists(rankings, hist, meta), truth, meta)
     result: dict[str, Any] = {"table": over_seeds(table)}
-    result["intervals"] = intervals(seed_mean_users(table), "coea", idx, meta["confidence"], names)
+    stacked = seed_user_arrays(table)
+    result["intervals"] = intervals(stacked, "coea", idx, meta["confidence"], names)
 
     frontier_users: dict[str, dict[int, dict[str, np.ndarray]]] = {}
     for b in range(k + 1):
-        for method, arrays in seed_mean_users(user_arrays(budget_lists(rankings, hist, b, meta), truth,
-                                                          meta)).items():
+        for method, arrays in seed_user_arrays(user_arrays(budget_lists(rankings, hist, b, meta), truth,
+                                                           meta)).items():
             if meta["groups"].get(method) in ("exploration", "ablation"):
                 frontier_users.setdefault(method, {})[b] = arrays
     result["summary"] = frontier_summary(frontier_users, meta, idx)
     result["improvement_percent"] = improvement(result["table"], meta["groups"])
     result["targets"] = targets(result, meta)
+    result["kept_candidates"] = kept_summary(meta.get("kept", {}))
+    result["targets_v3"] = targets_v3(result, stacked, frontier_users, meta, idx)
     return clean(result)
 
 
@@ -245,154 +267,66 @@ def targets(result: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
-# ------------------------------------------------------------------------------------------------ markdown
+def kept_summary(kept: Mapping[str, Mapping[str, Sequence[int]]]) -> dict[str, dict[str, float]]:
+    """row -> {"mean", "median", "zero_share"} of the candidates the Relevance filter kept per test user, pooled
+    over seeds (``meta["kept"]``: row -> seed -> one count per user)."""
+    out = {}
+    for row, per_seed in kept.items():
+        v = np.concatenate([np.asarray(x, float) for x in per_seed.values()]) if per_seed else np.zeros(0)
+        if v.size:
+            out[row] = {"mean": float(v.mean()), "median": float(np.median(v)), "zero_share": float((v == 0).mean())}
+    return out
 
 
-def _cell(v: Mapping[str, float]) -> str:
-    """``mean ± std`` over seeds; the mean alone with one seed (a std over one seed is not a spread)."""
-    return f"{v['mean']:.4f}" if v.get("seeds", 2) < 2 else f"{v['mean']:.4f} ± {v['std']:.4f}"
+def targets_v3(result: Mapping[str, Any], stacked: Mapping[str, Mapping[str, np.ndarray]],
+               frontier_users: Mapping[str, Mapping[int, Mapping[str, np.ndarray]]], meta: Mapping[str, Any],
+               idx: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+    """Issue 25's targets, on the test-based metrics, each with its hierarchical interval; reported either way.
 
+    - ``production``: CoEA's own list (the served operating point) minus the best exploration baseline on NA@k,
+      C-N@k, C-N-new@k and C-H-test@k (k = budget_k; best = the baseline with the highest mean of that metric);
+    - ``matched_cn``: CoEA's NCP@k and CLTP@k on its novelty-budget frontier, interpolated at the C-N@k of the
+      exploration baseline with the best C-N@k, minus that baseline's own NCP@k and CLTP@k (NaN outside CoEA's
+      frontier: CoEA never reaches that accuracy); ``matched_cn_each``: the same against every exploration
+      baseline. The interval resamples seeds and users together on both sides.
+    """
+    k, conf = meta["budget_k"], meta["confidence"]
+    table = result["table"]
+    explo = [m for m, g in meta["groups"].items() if g == "exploration" and m != "coea" and m in table]
+    if "coea" not in table or not explo:
+        return {}
+    out: dict[str, Any] = {"production": {}, "matched_cn": {}}
+    for name in (f"NA@{k}", f"C-N@{k}", f"C-N-new@{k}", f"C-H-test@{k}"):
+        best = max(explo, key=lambda m: -math.inf if table[m][name]["mean"] is None or
+                   math.isnan(table[m][name]["mean"]) else table[m][name]["mean"])
+        iv = result["intervals"].get(best, {}).get(name, {})
+        out["production"][name] = {"coea": table["coea"][name]["mean"], "best": best,
+                                   "best_value": table[best][name]["mean"], **iv,
+                                   "met": bool(iv.get("lo") is not None and iv["lo"] > 0)}
+    if "coea" not in frontier_users:
+        return out
+    cn, tail = f"C-N@{k}", (1.0 - conf) / 2.0
+    fr = frontier_users["coea"]
+    budgets = sorted(fr)
+    bx = np.stack([hierarchical_means(fr[b][cn], *idx) for b in budgets], 1)  # (B, nb) resampled frontier C-N
+    curve_x = np.array([_nanmean(fr[b][cn]) for b in budgets])
 
-def _num(v: float | None) -> str:
-    return "–" if v is None else f"{v:.4f}"
+    def matched(ref: str, name: str) -> dict[str, Any]:
+        curve_y = np.array([_nanmean(fr[b][name]) for b in budgets])
+        at = at_matched(curve_x, curve_y, table[ref][cn]["mean"])
+        by = np.stack([hierarchical_means(fr[b][name], *idx) for b in budgets], 1)
+        rx, ry = hierarchical_means(stacked[ref][cn], *idx), hierarchical_means(stacked[ref][name], *idx)
+        d = np.array([at_matched(bx[i], by[i], rx[i]) - ry[i] for i in range(len(rx))])
+        d = d[~np.isnan(d)]
+        lo, hi = (float(np.quantile(d, tail)), float(np.quantile(d, 1 - tail))) if d.size else (math.nan, math.nan)
+        return {"baseline": ref, "matched_cn": table[ref][cn]["mean"], "coea": at,
+                "baseline_value": table[ref][name]["mean"], "delta": at - table[ref][name]["mean"], "lo": lo, "hi": hi,
+                "resamples_in_range": int(d.size), "met": bool(math.isfinite(at) and d.size and lo > 0)}
 
-
-def _iv(d: Mapping[str, float] | None) -> str:
-    if not d or any(d.get(x) is None for x in ("delta", "lo", "hi")):
-        return "–"
-    star = "**" if d["lo"] > 0 or d["hi"] < 0 else ""
-    return f"{star}{d['delta']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]{star}"
-
-
-def _label(method: str) -> str:
-    return f"**{LABELS.get(method, method)}**" if method == "coea" else LABELS.get(method, method)
-
-
-def table_markdown(results: Mapping[str, Mapping[str, Mapping[str, float]]], groups: Mapping[str, str],
-                   ks: Sequence[int], *, title: str = "", families: Sequence[str] = METRIC_FAMILIES,
-                   improv: bool = True) -> str:
-    """Table 2's layout: one row per method in groups, metric families x K as columns, then Improv."""
-    cols = [f"{fam}@{k}" for fam in families for k in ks]
-    lines = [f"### {title}", ""] if title else []
-    lines += ["| Group | Method | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]
-    for group in GROUPS:
-        for method, g in groups.items():
-            if g != group or method not in results:
-                continue
-            r = results[method]
-            cells = [_cell(r[c]) if c in r else "–" for c in cols]
-            lines.append(f"| {group} | {_label(method)} | " + " | ".join(cells) + " |")
-    imp = improvement(results, groups) if improv else {}
-    if imp:
-        lines.append("| | Improv. | " + " | ".join("–" if imp.get(c) is None else f"{imp[c]:+.2f}%" for c in cols)
-                     + " |")
-    return "\n".join(lines) + "\n"
-
-
-def results_markdown(results: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
-    """results.md: Table 2, the intervals, the frontier summary, the targets, variants, chosen settings."""
-    ks, k, groups = meta["ks"], meta["budget_k"], meta["groups"]
-    seeds = len(meta["seeds"])
-    spread = "mean ± std over seeds" if seeds > 1 else "1 seed: means only, no spread"
-    split = meta["split"]
-    how = (f"per-user split, each user's last {split['test_clicks']} clicks" if split["kind"] == "user"
-           else "global temporal split")
-    lists = "each method's own ranking" if meta["policy"] == "own" else f"slots {meta['slots']} of {meta['base_model']}"
-    out = [table_markdown(results["table"], groups, ks, title=(
-        f"Table 2 ({meta['users']} test users, {seeds} seed(s), {spread}; {how}; lists: {lists})"))]
-    out.append("Metrics as App. A.4 (docs/metrics.md): C-H@K = hits / K, NCP against every category the user "
-               "clicked before the test part, NCP and CLTP divided by |C| = "
-               f"{meta['n_categories']}.\n")
-    ref = [m for m in groups if m != "coea" and m in results["intervals"]]
-    cols = [f"{fam}@{x}" for fam in METRIC_FAMILIES for x in ks]
-    conf = int(round(100 * meta["confidence"]))
-    out += [f"### CoEA minus each row: paired bootstrap {conf}% intervals over users ({meta['bootstrap']} "
-            "resamples; bold = the interval excludes 0)", "",
-            "| Method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-    for m in ref:
-        out.append(f"| {_label(m)} | " + " | ".join(_iv(results["intervals"][m].get(c)) for c in cols) + " |")
-    s = results["summary"]
-    out += ["", f"### Frontier summary (budgets 0..{k}; matched NCP@{k} = {meta['matched_budget']}/|C| = "
-            f"{s['target_ncp']:.4f})", "",
-            f"| Method | C-N@{k} at matched NCP@{k} | CoEA minus it | frontier area (mean C-N@{k}) | CoEA minus it |",
-            "|---|---:|---:|---:|---:|"]
-    for m, v in s["methods"].items():
-        iv = s["intervals"].get(m, {})
-        out.append(f"| {_label(m)} | {_num(v['cn_at_matched_ncp'])} | {_iv(iv.get('cn_at_matched_ncp'))} | "
-                   f"{_num(v['area'])} | {_iv(iv.get('area'))} |")
-    t = results.get("targets", {})
-    if t:
-        out += ["", "### Targets (issue 13), as measured", ""]
-        out.append(f"- C-N@{k} at matched NCP@{k} above every exploration baseline beyond the interval: "
-                   f"**{'yes' if t.get('matched_ncp_beats_every_exploration_baseline') else 'no'}**; frontier "
-                   f"area: **{'yes' if t.get('area_beats_every_exploration_baseline') else 'no'}**.")
-        for name, goal in ((f"NCP@{k}", "target >= +10%"), (f"CLTP@{k}", "target >= +10%"),
-                           ("C-H@1", "target >= -1%")):
-            v = t.get(f"{name}_vs_best_{'exploitation' if name == 'C-H@1' else 'exploration'}")
-            if v and v["gain_percent"] is not None:
-                kind = "exploitation row" if name == "C-H@1" else "exploration baseline"
-                out.append(f"- Table 2 {name}: CoEA {v['gain_percent']:+.1f}% vs the best {kind} "
-                           f"({LABELS.get(v['best'], v['best'])}); {goal}.")
-    out += ["", table_markdown(results["table"], groups, ks, families=VARIANT_FAMILIES, improv=False,
-                               title="Variants (not the paper's definitions): C-H-any@K = 1[any hit in the top K] "
-                                     "(v1's C-H), NCP-recent@K = NCP against the last "
-                                     f"{meta.get('hist_k')} clicks' categories (v1's NCP)")]
-    chosen = meta.get("chosen", {})
-    if chosen:
-        out += ["### Settings chosen on the validation part (never on test)", "",
-                f"Rule: the value with the largest validation frontier area (mean C-N@{k} over budgets 0..{k}); "
-                "ties -> the first value of the grid. Item models: the epoch with the best validation next-item "
-                "hit@10.", "", "| Method | grid | chosen per seed |", "|---|---|---|"]
-        for m, per_seed in chosen.items():
-            grid = meta.get("grids", {}).get(m, "")
-            vals = "; ".join(f"seed {s}: {json.dumps(v, sort_keys=True)}" for s, v in per_seed.items())
-            out.append(f"| {_label(m)} | {grid} | {vals} |")
-    return "\n".join(out) + "\n"
-
-
-# --------------------------------------------------------------------------------------------------- plot
-
-
-def plot_frontiers(results: Mapping[str, Any], meta: Mapping[str, Any], out_png: Path) -> Path:
-    """Two panels: C-N@k against NCP@k and against CLTP@k, one curve (budgets 0..k) per exploration method and
-    ablation; the exploitation rows' own lists as points."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    k = meta["budget_k"]
-    fig = Figure(figsize=(12, 5))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2)
-    from matplotlib import colormaps
-
-    palette = colormaps["tab20"].colors
-    for i, (method, v) in enumerate(results["summary"]["methods"].items()):
-        pts = v["frontier"]
-        style = {"linewidth": 2.5, "color": "black", "zorder": 5} if method == "coea" else (
-            {"linestyle": "--", "linewidth": 1, "color": palette[i % 20]} if meta["groups"].get(method) == "ablation"
-            else {"linewidth": 1.2, "color": palette[i % 20]})
-        for ax, x in zip(axes, (f"NCP@{k}", f"CLTP@{k}")):
-            ax.plot([p[x] for p in pts], [p[f"C-N@{k}"] for p in pts], marker="o", markersize=3,
-                    label=LABELS.get(method, method), **style)
-    for method, g in meta["groups"].items():
-        if g == "exploitation" and method in results["table"]:
-            r = results["table"][method]
-            for ax, x in zip(axes, (f"NCP@{k}", f"CLTP@{k}")):
-                ax.scatter([r[x]["mean"]], [r[f"C-N@{k}"]["mean"]], marker="*", s=60)
-                ax.annotate(LABELS.get(method, method), (r[x]["mean"], r[f"C-N@{k}"]["mean"]), fontsize=6)
-    for ax, x in zip(axes, (f"NCP@{k}", f"CLTP@{k}")):
-        ax.set_xlabel(x)
-        ax.set_ylabel(f"C-N@{k}")
-        ax.grid(alpha=0.3)
-    axes[0].axvline(results["summary"]["target_ncp"], color="grey", linewidth=0.8, linestyle=":")
-    axes[0].legend(fontsize=7, ncol=2)
-    fig.suptitle(f"Novelty-budget frontiers ({meta['users']} test users, {len(meta['seeds'])} seed(s); points = "
-                 f"0..{k} novel categories in the top {k}; stars = exploitation rows)", fontsize=9)
-    fig.tight_layout()
-    tmp = Path(out_png).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(out_png)
-    return Path(out_png)
+    best = max(explo, key=lambda m: table[m][cn]["mean"])
+    out["matched_cn"] = {name: matched(best, name) for name in (f"NCP@{k}", f"CLTP@{k}")}
+    out["matched_cn_each"] = {m: {name: matched(m, name) for name in (f"NCP@{k}", f"CLTP@{k}")} for m in explo}
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------- files

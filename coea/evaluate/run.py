@@ -1,13 +1,15 @@
-"""``coea evaluate``: Table 2 under evaluation v2, top to bottom (docs/evaluation.md).
+"""``coea evaluate``: Table 2 under evaluation v3, top to bottom (docs/evaluation.md).
 
     split        every event is train / valid / test (coea/evaluate/split.py; per user by default)
     phases       "valid" (state = train) chooses every hyper-parameter; "test" (state = train + valid) is reported
     leak check   a workdir whose models trained on a held-out event of a phase is refused (LeakError)
-    rankings     every method ranks the whole catalogue for every user at each phase:
+    rankings     every method ranks the whole catalogue for every user at each phase (coea/evaluate/methods.py):
                  exploitation  item models trained on the train part (coea/exploitation.py)
-                 exploration   random, popular, UCB, HUCB, pHUCB, NLB, Google-v1, Google-v2, LLM-KERec, CoEA
+                 exploration   random, popular, UCB, HUCB, pHUCB, NLB, user-kNN, item-kNN, Google-v1, Google-v2,
+                               LLM-KERec, CoEA
                  ablations     CoEA w/o Long / Short / R-LLM / KL (their own workdirs)
-    tuning       each method's grid value with the best validation frontier area (never the test part)
+    tuning       each method's grid value with the best validation frontier area, tau_align by eval.tau_objective
+                 (never the test part); CoEA at its operating points (production, tau tuned, matched NCP)
     files        rankings.jsonl, recommendations.jsonl, ground_truth.jsonl, meta.json -> results.json, results.md,
                  frontier.png (coea/evaluate/report.py; results.json is recomputed from the files alone);
                  cache/seed<S>/<method>.json lets an interrupted run resume
@@ -19,20 +21,26 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from coea.config import Config
-from coea.evaluate.report import (
-    compute_results,
-    frontier_area,
-    plot_frontiers,
-    results_markdown,
-    table_lists,
+from coea.evaluate.methods import (
+    DUAL,
+    GRIDS,
+    KNOWN,
+    POINTS,
+    Methods,
+    csv_list,
+    lists_metrics,
+    evaluate_method,
+    ks_of,
+    seeds_of,
 )
+from coea.evaluate.markdown import plot_frontiers, results_markdown
+from coea.evaluate.report import compute_results, table_lists
 from coea.evaluate.split import (
     TEST,
     TRAIN,
@@ -45,58 +53,8 @@ from coea.evaluate.split import (
     subset,
     workdir_config,
 )
-from coea.exploration import budget_list, popular_ranking, random_ranking, ucb_ranking
-from coea.metrics import per_user
 
 log = logging.getLogger("coea.evaluate")
-
-DUAL = ("coea", "wo_long", "wo_short", "wo_kl", "google_v1")  # propose + score with a Relevance filter
-GRIDS = {"ucb": ("ucb_c",), "hucb": ("hucb_c",), "phucb": ("phucb_c", "phucb_prior"), "nlb": ("nlb_alpha",),
-         "llm_kerec": ("kerec_beta",)}
-KNOWN = ("random", "popular", "ucb", "hucb", "phucb", "nlb", "google_v1", "google_v2", "llm_kerec", "coea",
-         "wo_long", "wo_short", "wo_rllm", "wo_kl")
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in str(text).split(",") if t.strip()]
-
-
-def ks_of(cfg: Config) -> list[int]:
-    return sorted({int(float(k)) for k in _csv(cfg.eval.ks)})
-
-
-def seeds_of(cfg: Config) -> list[int]:
-    return [int(float(s)) for s in _csv(cfg.eval.seeds)]
-
-
-def grid(text: str) -> list[float]:
-    return [float(t) for t in _csv(text)]
-
-
-# ---------------------------------------------------------------------------------------------------- workdirs
-
-
-def variant_workdir(cfg: Config, workdir: Path, seed: int, variant: str) -> Path | None:
-    """Where the CoEA (``variant='coea'``) or a variant workdir of ``seed`` lives; None when absent.
-
-    Layouts: a benchmark root ``W/seed<S>/<variant>``; or a single CoEA workdir W (used for every seed) with
-    variants at ``eval.variants_dir/<variant>`` or, by default, its siblings ``W-<variant>``.
-    """
-    from coea.exploration.llm import promoted_round
-
-    workdir = Path(workdir)
-    candidates = [workdir / f"seed{seed}" / variant]
-    if variant == "coea":
-        candidates.append(workdir)
-    elif cfg.eval.variants_dir:
-        candidates += [Path(cfg.eval.variants_dir) / f"seed{seed}" / variant, Path(cfg.eval.variants_dir) / variant]
-    else:
-        candidates.append(workdir.parent / f"{workdir.name}-{variant}")
-    for c in candidates:
-        if (c / "state.json").exists() and promoted_round(c) is not None:
-            return c
-    return None
-
 
 # -------------------------------------------------------------------------------------------------- item data
 
@@ -112,7 +70,8 @@ def item_data(cfg: Config, inter, split: Split):
     test = build_sequences(subset(inter, split.part < TEST), data_cfg)
     code = {v: i + 1 for i, v in enumerate(test.item_vocab)}
     cat_index = {c: i for i, c in enumerate(inter.categories)}
-    item_category = [0] + [cat_index.get(inter.item_category.get(v), 0) for v in test.item_vocab]
+    category_of = inter.item_category  # read once: O(items) for the whole catalogue
+    item_category = [0] + [cat_index.get(category_of.get(v), 0) for v in test.item_vocab]
     ev = inter.events
     clicks = ev[(split.part == VALID) & (ev["event"] == "click").to_numpy()]
     first = clicks.drop_duplicates("user_id")  # events are in time order
@@ -124,160 +83,6 @@ def item_data(cfg: Config, inter, split: Split):
         feature_cardinalities=list(test.feature_cardinalities), item_category=item_category,
         n_categories=len(inter.categories))
     return data, {u: i for i, u in enumerate(test.user_ids)}
-
-
-# -------------------------------------------------------------------------------------------------- scoring
-
-
-def _lists_metrics(lists: list[list[str]], phase: Phase, ks: Sequence[int]) -> dict[str, np.ndarray]:
-    return per_user(lists, phase.rows(), n_categories=len(phase.categories), tail=phase.tail, ks=ks)
-
-
-def validation_area(rankings: list[list[str]], phase: Phase, k: int, length: int) -> float:
-    """The tuning objective: the validation frontier's area (mean C-N@k over budgets 0..k along NCP@k)."""
-    ncp, cn = [], []
-    for b in range(k + 1):
-        m = _lists_metrics([budget_list(r, h, b, k, length) for r, h in zip(rankings, phase.hist)], phase, (k,))
-        ncp.append(m[f"NCP@{k}"].mean())
-        cn.append(m[f"C-N@{k}"].mean())
-    return frontier_area(np.array(ncp), np.array(cn))
-
-
-class Methods:
-    """Rankings of the non-item-model methods for one seed at both phases, with their tuning."""
-
-    def __init__(self, cfg: Config, workdir: Path, seed: int, inter, split: Split, phases: dict[str, Phase],
-                 device: str, leak_cache: dict):
-        self.cfg, self.workdir, self.seed, self.inter, self.split = cfg, Path(workdir), seed, inter, split
-        self.phases, self.device, self.leak_cache = phases, device, leak_cache
-        self.k, self.length = cfg.eval.budget_k, max(cfg.eval.list_length, max(ks_of(cfg)))
-        self.sources: dict[str, Any] = {}
-        self._llm: dict[tuple[str, int, bool], Any] = {}
-        self._cluster: dict[str, np.ndarray] = {}
-        self._nlb: dict[str, Any] = {}
-
-    # -- the dispatch: method -> {grid point (json) -> rankings} at a phase
-    def candidates(self, method: str, phase: str) -> dict[str, list[list[str]]]:
-        p = self.phases[phase]
-        n, ev = len(p.users), self.cfg.eval
-        if method == "random":
-            return {"{}": random_ranking(n, p.categories, self.seed)}
-        if method == "popular":
-            return {"{}": popular_ranking(n, p.clicks, p.categories)}
-        if method == "ucb":
-            return {_j(c=c): ucb_ranking(n, p.clicks, p.shows, p.categories, c) for c in grid(ev.ucb_c)}
-        if method in ("hucb", "phucb"):
-            from coea.exploration.bandits import hucb_ranking, phucb_ranking
-
-            cluster = self._tree(phase)
-            if method == "hucb":
-                return {_j(c=c): hucb_ranking(n, p.clicks, p.shows, p.categories, cluster, c) for c in grid(ev.hucb_c)}
-            return {_j(c=c, prior=m): phucb_ranking(p.user_clicks, p.user_shows, p.clicks, p.shows, p.categories,
-                                                   cluster, c, m)
-                    for c in grid(ev.phucb_c) for m in grid(ev.phucb_prior)}
-        if method == "nlb":
-            from coea.exploration.bandits import nlb_ranking
-
-            model = self._neural_linear(phase)
-            return {_j(alpha=a): nlb_ranking(model, p.user_clicks, p.user_shows, p.categories, a)
-                    for a in grid(ev.nlb_alpha)}
-        if method in DUAL:
-            return self._dual(method, phase)
-        if method in ("google_v2", "wo_rllm"):
-            return self._novelty_only(method, phase)
-        if method == "llm_kerec":
-            return self._kerec(phase)
-        raise ValueError(f"eval: unknown method {method!r} (known: {', '.join(KNOWN)})")
-
-    # -- bandit helpers
-    def _tree(self, phase: str) -> np.ndarray:
-        from coea.exploration.bandits import category_tree, logged_feedback
-
-        if phase not in self._cluster:
-            p = self.phases[phase]
-            logged = logged_feedback(p.state.events, p.categories, self.inter.item_category)
-            n = self.cfg.eval.hucb_clusters or max(1, round(len(p.categories) ** 0.5))
-            self._cluster[phase] = category_tree(logged.user_clicks, n, self.seed)
-        return self._cluster[phase]
-
-    def _neural_linear(self, phase: str):
-        from coea.exploration.bandits import fit_neural_linear, logged_feedback
-
-        if phase not in self._nlb:
-            p, ev = self.phases[phase], self.cfg.eval
-            logged = logged_feedback(p.state.events, p.categories, self.inter.item_category)
-            self._nlb[phase] = fit_neural_linear(logged, len(p.categories), hidden=ev.nlb_hidden,
-                                                 epochs=ev.nlb_epochs, ridge=ev.nlb_ridge, seed=self.seed)
-        return self._nlb[phase]
-
-    # -- LLM helpers
-    def _source(self, method: str) -> tuple[Path, int]:
-        """(workdir, round) whose models serve ``method`` for this seed; FileNotFoundError when absent."""
-        from coea.exploration.llm import promoted_round
-
-        variant = {"google_v1": self.cfg.eval.short_term_variant, "google_v2": self.cfg.eval.short_term_variant,
-                   "llm_kerec": self.cfg.eval.short_term_variant, "wo_rllm": "coea"}.get(method, method)
-        wd = variant_workdir(self.cfg, self.workdir, self.seed, variant)
-        if wd is None:
-            raise FileNotFoundError(f"no {variant} workdir for seed {self.seed} under {self.workdir} "
-                                    "(docs/evaluation.md, Workdirs)")
-        k = 0 if method in ("google_v1", "google_v2", "llm_kerec", "wo_rllm") else promoted_round(wd)
-        return wd, int(k)
-
-    def _load(self, method: str, phase: str, relevance: bool):
-        from coea.exploration.llm import load_round
-
-        wd, k = self._source(method)
-        check = assert_unseen(self.inter, self.split, phase, wd, k, self.leak_cache)
-        self.sources.setdefault(method, {"workdir": str(wd), "round": k, "checks": {}})["checks"][phase] = check
-        key = (str(wd), k, relevance)
-        if key not in self._llm:
-            self._llm[key] = load_round(workdir_config(wd, k), wd, k, self.device, relevance=relevance)
-        return self._llm[key]
-
-    def _dual(self, method: str, phase: str) -> dict[str, list[list[str]]]:
-        from coea.exploration.llm import dual_ranking, dual_scores, keys_for
-
-        p = self.phases[phase]
-        llm = self._load(method, phase, relevance=True)
-        keys, unique = keys_for(llm, p.state, p.users)
-        ds = dual_scores(llm, unique, p.categories)
-        row = {(k.csid, k.recent): i for i, k in enumerate(unique)}
-        taus = grid(self.cfg.eval.tau_align) or [llm.cfg.relevance.tau_align]
-        self.sources[method].setdefault("keys", {})[phase] = len(unique)
-        return {_j(tau_align=t): [dual_ranking(ds, row[(k.csid, k.recent)], p.categories, t) for k in keys]
-                for t in taus}
-
-    def _novelty_only(self, method: str, phase: str) -> dict[str, list[list[str]]]:
-        from coea.exploration.llm import keys_for, novelty_logprobs, novelty_ranking
-
-        p = self.phases[phase]
-        llm = self._load(method, phase, relevance=False)
-        keys, unique = keys_for(llm, p.state, p.users)
-        lp = novelty_logprobs(llm, unique, p.categories, portrait=method == "wo_rllm")
-        row = {(k.csid, k.recent): i for i, k in enumerate(unique)}
-        return {"{}": [novelty_ranking(lp, row[(k.csid, k.recent)], k.recent, p.categories) for k in keys]}
-
-    def _kerec(self, phase: str) -> dict[str, list[list[str]]]:
-        from coea.exploration.llm import kerec_graph, kerec_ranking
-
-        p = self.phases[phase]
-        llm = self._load("llm_kerec", phase, relevance=False)
-        graph = kerec_graph(llm, p.categories, self.cfg.eval.kerec_edges)
-        return {_j(beta=b): kerec_ranking(graph, p.user_clicks, p.categories, b)
-                for b in grid(self.cfg.eval.kerec_beta)}
-
-    def tuned(self, method: str) -> tuple[dict[str, Any], list[list[str]], dict[str, float]]:
-        """(chosen setting, test ranking, validation area per grid point)."""
-        valid = self.candidates(method, "valid")
-        areas = {g: validation_area(r, self.phases["valid"], self.k, self.length) for g, r in valid.items()}
-        best = max(areas, key=lambda g: (areas[g], -list(areas).index(g)))
-        test = self.candidates(method, "test")
-        return json.loads(best), test[best], areas
-
-
-def _j(**kw: float) -> str:
-    return json.dumps(kw, sort_keys=True)
 
 
 # ------------------------------------------------------------------------------------------------ entry point
@@ -312,7 +117,8 @@ def run_evaluate(cfg: Config, workdir: Path, out: Path) -> dict[str, Any]:
         ev = cfg.eval
         ks, seeds = ks_of(cfg), seeds_of(cfg)
         k, length = ev.budget_k, max(ev.list_length, max(ks))
-        exploitation, exploration, ablations = _csv(ev.exploitation), _csv(ev.exploration), _csv(ev.ablations)
+        exploitation, exploration = csv_list(ev.exploitation), csv_list(ev.exploration)
+        ablations = csv_list(ev.ablations)
         for m in exploitation:
             if m not in MODELS:
                 raise ValueError(f"eval.exploitation: unknown model {m!r} (known: {', '.join(MODELS)})")
@@ -338,6 +144,7 @@ def run_evaluate(cfg: Config, workdir: Path, out: Path) -> dict[str, Any]:
         areas: dict[str, dict[str, Any]] = {}
         fits: dict[str, Any] = {}
         skipped: dict[str, str] = {}
+        kept: dict[str, dict[str, list[int]]] = {}
         sources: dict[str, Any] = {}
         leak_cache: dict = {}
         cache = _Cache(out / "cache", cfg, workdir)
@@ -349,7 +156,13 @@ def run_evaluate(cfg: Config, workdir: Path, out: Path) -> dict[str, Any]:
                     model, fit = fit_model(name, data, ev, seed=seed)
                     got = {"ranking": rank_with(model, data, data.test, rows["test"], inter.categories, ev),
                            "fit": {"loss": [round(x, 4) for x in fit.losses], "valid_hit@10": fit.valid_hit,
-                                   "best_epoch": fit.best_epoch, "time_s": round(time.perf_counter() - t, 1)}}
+                                   "best_epoch": fit.best_epoch, "epochs_run": len(fit.losses),
+                                   "stopped_early": fit.stopped_early,
+                                   "popularity_valid_hit@10": fit.popularity_hit,
+                                   "below_popularity": bool(fit.popularity_hit is not None and fit.valid_hit and
+                                                            max(fit.valid_hit) < fit.popularity_hit),
+                                   "category_score": ev.category_score,
+                                   "time_s": round(time.perf_counter() - t, 1)}}
                     cache.put(name, seed, got)
                     log.info("seed %d %s: loss %.3f -> %.3f, valid hit@10 %.3f (epoch %d) in %.0fs", seed, name,
                              fit.losses[0], fit.losses[-1], max(fit.valid_hit or [0]), fit.best_epoch,
@@ -362,25 +175,31 @@ def run_evaluate(cfg: Config, workdir: Path, out: Path) -> dict[str, Any]:
                 task = bar.add_task(f"evaluate seed {seed}", total=len(todo))
                 for method in todo:
                     t = time.perf_counter()
-                    got = cache.get(method, seed)
-                    if got is None:
+                    rows_of = [method, *(f"{method}@{x}" for x in POINTS)] if method == "coea" else [method]
+                    gots = {row: cache.get(row, seed) for row in rows_of}
+                    if any(g is None for g in gots.values()):
                         try:
-                            setting, test_r, grid_areas = methods.tuned(method)
+                            gots = evaluate_method(methods, method)
                         except FileNotFoundError as exc:
                             skipped[method] = str(exc)
                             log.warning("evaluate: %s skipped (%s)", method, exc)
                             bar.advance(task)
                             continue
-                        got = {"ranking": test_r, "setting": setting, "areas": grid_areas,
-                               "source": methods.sources.get(method)}
-                        cache.put(method, seed, got)
-                        log.info("seed %d %s: %s (validation area %.4f) in %.0fs", seed, method,
-                                 setting or "no settings", max(grid_areas.values()), time.perf_counter() - t)
-                    rankings[(method, seed)] = got["ranking"]
-                    chosen.setdefault(method, {})[str(seed)] = got["setting"]
-                    areas.setdefault(method, {})[str(seed)] = got["areas"]
-                    if got.get("source"):
-                        sources[f"{method}/seed{seed}"] = got["source"]
+                        for row, got in gots.items():
+                            cache.put(row, seed, got)
+                        log.info("seed %d %s: %s (validation objective %.4f) in %.0fs", seed, method,
+                                 gots[method]["setting"] or "no settings", max(gots[method]["areas"].values()),
+                                 time.perf_counter() - t)
+                    for row, got in gots.items():
+                        rankings[(row, seed)] = got["ranking"]
+                        chosen.setdefault(row, {})[str(seed)] = got["setting"]
+                        areas.setdefault(row, {})[str(seed)] = got["areas"]
+                        if got.get("kept") is not None:
+                            kept.setdefault(row, {})[str(seed)] = got["kept"]
+                        if got.get("source"):
+                            sources[f"{row}/seed{seed}"] = got["source"]
+                        if row != method:
+                            groups[row] = "operating_point"
                     bar.advance(task)
         # a row is reported only when every seed produced it
         for method in {m for m, _ in rankings}:
@@ -394,14 +213,16 @@ def run_evaluate(cfg: Config, workdir: Path, out: Path) -> dict[str, Any]:
         meta = {"ks": ks, "seeds": seeds, "n_categories": len(test.categories), "categories": test.categories,
                 "tail": sorted(test.tail), "split": split.info, "users": len(test.users),
                 "valid_users": len(phases["valid"].users), "groups": groups, "policy": ev.policy,
-                "slots": [int(s) for s in _csv(ev.slots)], "list_length": length, "base_model": ev.base_model,
+                "slots": [int(s) for s in csv_list(ev.slots)], "list_length": length, "base_model": ev.base_model,
                 "budget_k": k, "matched_budget": ev.matched_budget,
                 "bootstrap": ev.bootstrap, "bootstrap_seed": ev.bootstrap_seed, "confidence": ev.confidence,
                 "hist_k": ev.hist_k or cfg.data.short_k, "chosen": chosen,
                 "grids": {m: ", ".join(f"{f}: {getattr(ev, f)}" for f in GRIDS.get(m, ())) or
-                          (f"tau_align: {ev.tau_align or 'the workdir value'}" if m in DUAL else "")
+                          (f"tau_align: {ev.tau_align or 'the workdir value'} ({ev.tau_objective})"
+                           if m.partition("@")[0] in DUAL else "")
                           for m in chosen}, "validation_area": areas,
-                "skipped": skipped, "sources": sources, "fits": fits, "eval_config": dataclasses.asdict(ev)}
+                "skipped": skipped, "sources": sources, "fits": fits, "eval_config": dataclasses.asdict(ev),
+                "kept": {m: v for m, v in kept.items() if m in groups}}
         if ev.policy == "slots":
             from coea.exploration import parse_slots
 
@@ -488,7 +309,7 @@ def evaluate_round(cfg: Config, inter, split: Split, phase: Phase, workdir: Path
     length = max(cfg.eval.list_length, max(ks_of(cfg)))
     lists = [own_list(dual_ranking(ds, row[(key.csid, key.recent)], phase.categories, llm.cfg.relevance.tau_align),
                       length) for key in keys]
-    means = {name: float(v.mean()) for name, v in _lists_metrics(lists, phase, ks_of(cfg)).items()}
+    means = {name: float(v.mean()) for name, v in lists_metrics(lists, phase, ks_of(cfg)).items()}
     aligned = [sum(s > llm.cfg.relevance.tau_align for s in scores) for scores in ds.scores]
     return {"round": k, "users": len(phase.users), "keys": len(unique), "aligned_per_key": float(np.mean(aligned)),
             "cutoff": check["cutoff"], **means}

@@ -2,6 +2,7 @@
 
     simple    random, popular, UCB1; the list policies (own ranking, novelty budget, v1's slots)
     bandits   HUCB, pHUCB (hierarchical / personalised UCB over categories), NLB (neural-linear bandit)
+    knn       user-kNN, item-kNN over unexplored categories (shared with the simulation's arms)
     llm       CoEA and its ablations, Google-v1 (dual LLM), Google-v2 (single LLM), LLM-KERec, w/o R-LLM
 """
 

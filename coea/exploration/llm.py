@@ -48,6 +48,7 @@ class LlmRound:
     tokenizer: Any
     relevance: Any = None
     portraits: dict[str, str] = field(default_factory=dict)
+    calibration: Any = None  # the Relevance round's Platt scaling (coea.relevance.Calibration), as serving loads it
 
 
 def promoted_round(workdir: Path) -> int | None:
@@ -67,7 +68,7 @@ def load_round(cfg, workdir: Path, k: int, device: str, *, relevance: bool = Tru
         from coea.inference import load_models
 
         m = load_models(cfg, workdir, k, k, device)
-        novelty, rel, tok = m.novelty, m.relevance, m.tokenizer
+        novelty, rel, tok, cal = m.novelty, m.relevance, m.tokenizer, m.calibration
     else:
         from peft import PeftModel
 
@@ -77,10 +78,10 @@ def load_round(cfg, workdir: Path, k: int, device: str, *, relevance: bool = Tru
         tok = load_tokenizer(tokenizer_path(workdir), cfg)
         base = load_causal_lm(base_model_path(cfg, workdir), cfg, pad_token_id=tok.pad_token_id)
         novelty = PeftModel.from_pretrained(base, str(novelty_adapter(workdir, k))).to(device).eval()
-        rel = None
+        rel, cal = None, None
     portraits = load_dsie(latest_dsie_dir(workdir, k)).portraits
     return LlmRound(cfg=cfg, workdir=Path(workdir), round=k, novelty=novelty, tokenizer=tok, relevance=rel,
-                    portraits=portraits)
+                    portraits=portraits, calibration=cal)
 
 
 def keys_for(llm: LlmRound, state, users: Sequence[str]):
@@ -118,14 +119,16 @@ class DualScores:
 
 def dual_scores(llm: LlmRound, keys: Sequence, categories: Sequence[str]) -> DualScores:
     """``propose_and_score`` for every key (the cycle's candidates stage) plus the Relevance score of every
-    category, which orders the categories that are not candidates."""
+    category, which orders the categories that are not candidates. Every score is the round's calibrated
+    probability (``llm.calibration``, exactly what the cycle serves and tau_align applies to)."""
     from coea.inference import propose_and_score
     from coea.prompts import relevance_prompt
     from coea.relevance import score
 
     rows = propose_and_score(llm.cfg, _models(llm), list(keys), llm.portraits, list(categories))
     texts = [relevance_prompt(llm.cfg.prompts, _portrait(llm, k.csid), k.recent, c) for k in keys for c in categories]
-    flat = score(llm.relevance, llm.tokenizer, texts, batch_size=max(128, llm.cfg.novelty.inference_batch_size))
+    flat = score(llm.relevance, llm.tokenizer, texts, batch_size=max(128, llm.cfg.novelty.inference_batch_size),
+                 calibration=llm.calibration)
     return DualScores(candidates=[list(r["candidates"]) for r in rows], scores=[list(r["scores"]) for r in rows],
                       all_scores=np.asarray(flat, dtype=np.float64).reshape(len(keys), len(categories)))
 
@@ -133,7 +136,7 @@ def dual_scores(llm: LlmRound, keys: Sequence, categories: Sequence[str]) -> Dua
 def _models(llm: LlmRound):
     from coea.inference import Models
 
-    return Models(novelty=llm.novelty, relevance=llm.relevance, tokenizer=llm.tokenizer)
+    return Models(novelty=llm.novelty, relevance=llm.relevance, tokenizer=llm.tokenizer, calibration=llm.calibration)
 
 
 def dual_ranking(ds: DualScores, i: int, categories: Sequence[str], tau: float) -> list[str]:

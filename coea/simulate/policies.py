@@ -13,6 +13,11 @@ world (core and latent interests, positions) is never visible to a policy.
     ucb           global UCB1 over categories on the arm's own served-slot feedback (a pull = a served slot of
                   the category, reward = its click), the best ones the user has never clicked; never-served
                   categories first
+    user_knn      the never-clicked categories the user's k most similar users clicked (cosine on category click
+                  vectors in the arm's log), weighted by similarity (coea/exploration/knn.py, as the evaluation's
+                  user-kNN row)
+    item_knn      the never-clicked categories that co-occur most with the user's clicked ones (category
+                  co-occurrence cosine over the arm's log; coea/exploration/knn.py, as the evaluation's row)
 
 The LLM arms (google_v1, coea, wo_kl, wo_rllm) live in :mod:`coea.simulate.coea_arm`.
 """
@@ -27,7 +32,9 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
-NON_LLM_ARMS = ("exploitation", "random", "popular", "ucb")
+from coea.exploration.knn import knn_ranking
+
+NON_LLM_ARMS = ("exploitation", "random", "popular", "ucb", "user_knn", "item_knn")
 STREAM_POLICY = 4  # RNG stream of the random arm: np.random.default_rng([seed, day, STREAM_POLICY])
 
 
@@ -245,8 +252,25 @@ class UCBUnexploredPolicy(_CountingPolicy):
         return self._names(self._unexplored(self._rows(users), order, slots))
 
 
+class KNNUnexploredPolicy(_CountingPolicy):
+    """user-kNN or item-kNN (coea/exploration/knn.py, the evaluation's implementation) on the arm's click
+    counts: the best-scoring categories the user never clicked; ties by the popularity prior."""
+
+    def __init__(self, catalogue: Catalogue, users: list[str], seed: int, warmup: pd.DataFrame | None = None,
+                 *, method: str = "user_knn", k: int = 10):
+        super().__init__(catalogue, users, seed, warmup)
+        self.name, self.k = method, int(k)
+
+    def fill(self, day: int, users: list[str], recent: list[list[str]], slots: int) -> list[list[str]]:
+        rank_prior = np.empty_like(self.prior_order)
+        rank_prior[self.prior_order] = np.arange(len(self.prior_order))
+        rows = self._rows(users)
+        order = knn_ranking(self.name, self.clicks[rows], self.clicks, self.k, rank_prior, rows)  # (U, C)
+        return self._names([_pad([int(c) for c in o[:slots]], o, slots) for o in order])
+
+
 def make_policy(name: str, catalogue: Catalogue, users: list[str], seed: int, warmup: pd.DataFrame | None,
-                *, ucb_c: float = 0.5) -> Policy:
+                *, ucb_c: float = 0.5, user_knn_k: int = 10, item_knn_k: int = 0) -> Policy:
     """A non-LLM arm by name (:data:`NON_LLM_ARMS`), primed with the warm-up events."""
     if name == "exploitation":
         return ExploitationPolicy(catalogue, users, seed, warmup)
@@ -256,4 +280,7 @@ def make_policy(name: str, catalogue: Catalogue, users: list[str], seed: int, wa
         return PopularUnexploredPolicy(catalogue, users, seed, warmup)
     if name == "ucb":
         return UCBUnexploredPolicy(catalogue, users, seed, warmup, c=ucb_c)
+    if name in ("user_knn", "item_knn"):
+        return KNNUnexploredPolicy(catalogue, users, seed, warmup, method=name,
+                                   k=user_knn_k if name == "user_knn" else item_knn_k)
     raise ValueError(f"not a non-LLM arm: {name!r} (known: {', '.join(NON_LLM_ARMS)})")

@@ -35,9 +35,10 @@ TABLE_METRICS = (  # (column, label, what it is)
 PLOT_METRICS = (("discovery_rate", "latent-interest discovery rate"), ("gtv", "GTV per day"),
                 ("niep_7d", "7D-NIEP"), ("slot_ctr", "slot CTR"))
 COEA, WO_KL, EXPLOIT = "coea", "wo_kl", "exploitation"
-NON_COEA = ("exploitation", "random", "popular", "ucb", "google_v1")  # "best non-CoEA arm" of the targets
+NON_COEA = ("exploitation", "random", "popular", "ucb", "user_knn", "item_knn", "google_v1")  # "best non-CoEA arm" of the targets
 COLORS = {"exploitation": "#4c4c4c", "random": "#bcbd22", "popular": "#17becf", "ucb": "#9467bd",
-          "google_v1": "#8c564b", "coea": "#d62728", "wo_kl": "#ff7f0e", "wo_rllm": "#2ca02c"}
+          "user_knn": "#e377c2", "item_knn": "#7f7f7f", "google_v1": "#8c564b", "coea": "#d62728", "wo_kl": "#ff7f0e",
+          "wo_rllm": "#2ca02c"}
 
 
 # ------------------------------------------------------------------------------------------------ statistics

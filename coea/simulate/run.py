@@ -374,7 +374,8 @@ def _served_ids(world: World, lists: list[list[str]], slots: int, arm: str) -> n
 def _policy_factory(name: str, cfg: Config, world: World, seed_dir: Path, round0: Path | None, coea_cfg):
     if name in NON_LLM_ARMS:
         return lambda arm_dir, warmup: make_policy(name, world.catalogue, list(world.user_ids), world.seed,
-                                                   warmup, ucb_c=cfg.sim.ucb_c)
+                                                   warmup, ucb_c=cfg.sim.ucb_c, user_knn_k=cfg.sim.user_knn_k,
+                                                   item_knn_k=cfg.sim.item_knn_k)
     from coea.simulate.coea_arm import make_coea_arm  # the LLM arms (sim-coea); only when one runs
 
     def factory(arm_dir: Path, warmup):

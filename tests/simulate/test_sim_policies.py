@@ -32,7 +32,7 @@ WARM = events([("u0", 0, 1, -1), ("u0", 0, 1, -1), ("u0", 3, 1, -1), ("u1", 4, 1
 
 
 def test_every_arm_is_a_policy_and_round_trips_its_state():
-    for name in ("exploitation", "random", "popular", "ucb"):
+    for name in ("exploitation", "random", "popular", "ucb", "user_knn", "item_knn"):
         p = make_policy(name, catalogue(), ["u0", "u1"], 0, WARM)
         assert isinstance(p, Policy) and p.name == name
         q = make_policy(name, catalogue(), ["u0", "u1"], 0, None)
@@ -81,3 +81,20 @@ def test_ucb_tries_unserved_first_then_follows_ucb1():
     assert np.isinf(s[0]) and np.isinf(s[3])
     # u1 clicked b and e now: untried a, d first (prior order d, a), then c
     assert p.fill(1, ["u1"], [[]], 3) == [["d", "a", "c"]]
+
+
+def test_knn_arms_serve_what_similar_users_clicked_with_the_evaluations_code():
+    """u0 clicked a (2) and d; u2 clicked a and c; u1 only e. user-kNN: u0's nearest user with a shared category is
+    u2 (cosine 2 / sqrt 10), which explored c -> c first, then the popularity prior among the rest (b). item-kNN: c
+    co-occurs with u0's a (cosine 1 / sqrt 2) -> c first too. Both never serve u0's own a or d; both call
+    coea.exploration.knn.knn_ranking, the function behind the evaluation's rows."""
+    import coea.simulate.policies as policies
+    from coea.exploration import knn
+
+    warm = pd.concat([WARM, events([("u2", 0, 1, -1), ("u2", 2, 1, -1)])], ignore_index=True)
+    assert policies.knn_ranking is knn.knn_ranking
+    for name, k in (("user_knn", 1), ("item_knn", 0)):
+        p = make_policy(name, catalogue(), ["u0", "u1", "u2"], 0, warm, user_knn_k=k, item_knn_k=k)
+        got = p.fill(0, ["u0"], [[]], 2)
+        assert got == [["c", "b"]], name
+        assert not {"a", "d"} & set(p.fill(0, ["u0"], [[]], 3)[0])
