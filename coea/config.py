@@ -245,6 +245,12 @@ class RelevanceConfig:
     tau_align: float = opt(0.5, "Keep candidates whose score s_i > tau_align; s_i is the calibrated probability "
                            "that the category is clicked (see relevance.calibration).", min=0.0, max=1.0)
     update_epochs: float = opt(1.0, "Epochs of the per-round update on new clicks.", min=0.0)
+    replay_pairs: int = opt(
+        1000, "Replay buffer of the per-round update: it trains on the window's new pairs plus the promoted round's "
+        "buffer, then keeps a uniform sample of this many from both (0 = no replay; docs/cycle.md).", min=0)
+    keep_tolerance: float = opt(
+        0.0, "A round keeps the promoted Relevance LLM when the updated one's held-out pairwise accuracy is lower "
+        "than the promoted one's on the same pairs by more than this (docs/cycle.md).", min=0.0, max=1.0)
     filter: bool = opt(
         True, "C_align = the Novelty candidates scoring > tau_align, by score (the Relevance filter). false = every "
         "Novelty candidate in the Novelty LLM's own order, scores still computed and stored (CoEA w/o R-LLM: the "
@@ -261,8 +267,13 @@ class RelevanceConfig:
 
 @dataclass
 class PcoConfig:
-    sample_fraction: float = opt(0.01, "Uniform sample of D_k used for DPO (N = floor(f * |D_k|), >= 1).",
-                                 min=0.0, max=1.0)
+    sample_fraction: float = opt(
+        0.01, "Eq. 15: N = floor(f * |D_k|) records of D_k (every click the cycle holds, history + window, "
+        "validation users excluded) drawn uniformly; one preference pair per record (docs/dpo.md).",
+        min=0.0, max=1.0)
+    steps_per_round: int = opt(
+        0, "DPO optimizer steps (batches of per_device_batch_size x gradient_accumulation_steps x processes) a "
+        "round; 0 = pco.epochs passes over the sample. The paper: 5 batches of 1,024.", min=0)
     loss_type: Literal["sigmoid", "ipo"] = opt("sigmoid", "sigmoid = DPO (Eq. 16); ipo = IPO + alpha * SFT (SERAL).")
     beta: float = opt(0.1, "DPO beta.", min=0.0)
     alpha: float = opt(0.4, "Weight of the KL term (Eq. 17); for ipo, of the SFT term.", min=0.0)
@@ -313,10 +324,14 @@ class CycleConfig:
     max_attempts: int = opt(
         3, "A round that fails this many times is not retried blindly: the cycle exits 5 until the cause is fixed "
         "and `coea cycle --retry` resets the count. Every attempt (also a killed one) counts.", min=1)
-    guardrail_margin: float = opt(0.05, "Do not promote when validation C-H@1 drops more than this (absolute).",
-                                  min=0.0)
-    guardrail_min_users: int = opt(20, "The guardrail judges only rounds validated on at least this many users; "
-                                       "smaller rounds are promoted with a warning.", min=0)
+    guardrail_margin: float = opt(
+        0.05, "Refuse promotion only when validation C-H@1 drops by more than this (absolute) against the promoted "
+        "round's models on the same users, and significantly (cycle.guardrail_z; docs/cycle.md).", min=0.0)
+    guardrail_z: float = opt(
+        1.645, "One-sided z of the guardrail's paired test: refuse only when mean drop + z * standard error < 0 "
+               "(1.645: 5% false refusals of an unchanged-quality round at most).", min=0.0)
+    guardrail_min_users: int = opt(5, "The guardrail judges only rounds validated on at least this many users; "
+                                      "smaller rounds are promoted with a warning.", min=0)
     deepspeed: str = opt("", "Path of a DeepSpeed config (e.g. configs/deepspeed/zero2.json) for GPU training.")
     num_processes: int = opt(
         1, "1 = every stage runs in this process. N > 1 = candidate scoring and the SFT / reward / DPO training run "

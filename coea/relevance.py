@@ -282,3 +282,46 @@ def calibrate(pairs: Sequence[dict], chosen: np.ndarray, rejected: np.ndarray, t
              "(uncalibrated %.3f)", cal.a, cal.b, len(y), metrics["ece"], metrics["ece_raw"], metrics["brier"],
              metrics["brier_raw"])
     return cal, metrics
+
+
+# ------------------------------------------------------------------------------------------- held-out report
+
+
+def _pair_accuracy(chosen: np.ndarray, rejected: np.ndarray) -> float:
+    """Share of pairs the chosen side wins; a tie counts one half (what a coin would get)."""
+    if not len(chosen):
+        return float("nan")
+    return float(np.mean((chosen > rejected) + 0.5 * (chosen == rejected)))
+
+
+def heldout_report(pairs: Sequence[dict], chosen: np.ndarray, rejected: np.ndarray,
+                   calibration: Calibration | None, popularity: dict[str, int]) -> dict[str, float]:
+    """The Relevance LLM on held-out pairs beside two trivial scorers on the same pairs, overall and new-to-user.
+
+    ``pairs`` are relevance_pairs records (loops/reward.py: ``pos`` / ``neg``, ``pos_new`` / ``neg_new``,
+    ``pos_share`` / ``neg_share``); ``chosen`` / ``rejected`` the model's reward logits on them. The scorers:
+    ``popularity`` (the category's clicks before the window, all users) and ``share`` (the category's share of
+    the user's own earlier clicks). "new" = pairs whose clicked and unclicked categories are both new to the user,
+    what the Relevance filter judges (the user's own share is 0 on both sides there, so it scores 0.5).
+    Accuracy counts ties as one half. ``ece_applied`` / ``ece_applied_new``: expected calibration error of
+    ``calibration`` (the applied one; identity when None) on the pairs' categories, each click once
+    (:func:`calibration_examples`); in sample when the calibration was fitted on the same held-out users.
+    """
+    chosen, rejected = np.asarray(chosen, dtype=np.float64), np.asarray(rejected, dtype=np.float64)
+    new = np.array([bool(p.get("pos_new")) and bool(p.get("neg_new")) for p in pairs], dtype=bool)
+    pop = np.array([[popularity.get(p.get("pos"), 0), popularity.get(p.get("neg"), 0)] for p in pairs],
+                   dtype=np.float64).reshape(-1, 2)
+    share = np.array([[p.get("pos_share", 0.0), p.get("neg_share", 0.0)] for p in pairs],
+                     dtype=np.float64).reshape(-1, 2)
+    cal = calibration or Calibration()
+    out: dict[str, float] = {"heldout_pairs": int(len(pairs)), "heldout_pairs_new": int(new.sum())}
+    for suffix, sel in (("", np.ones(len(pairs), dtype=bool)), ("_new", new)):
+        out[f"accuracy{suffix}"] = _pair_accuracy(chosen[sel], rejected[sel])
+        out[f"popularity_accuracy{suffix}"] = _pair_accuracy(pop[sel, 0], pop[sel, 1])
+        out[f"share_accuracy{suffix}"] = _pair_accuracy(share[sel, 0], share[sel, 1])
+        chosen_pairs = [p for p, s in zip(pairs, sel) if s]
+        z, y, _ = calibration_examples(chosen_pairs, chosen[sel], rejected[sel])
+        out[f"ece_applied{suffix}"] = expected_calibration_error(cal.probability(z), y) if len(y) else float("nan")
+    best = max(out["popularity_accuracy"], out["share_accuracy"])
+    out["beats_trivial"] = int(out["accuracy"] > best) if not math.isnan(out["accuracy"]) else 0
+    return out

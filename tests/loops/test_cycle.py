@@ -14,7 +14,7 @@ import pytest
 
 from coea.errors import LockHeldError
 from coea.rounds import cutoff, is_validation_user
-from loops.cycle import guardrail, lookup, rollback, run_cycle, sample_users
+from loops.cycle import guardrail, lookup, rollback, run_cycle
 from loops.state import read_state, workdir_lock
 
 REPO = Path(__file__).resolve().parents[2]
@@ -113,14 +113,6 @@ def test_guardrail_refuses_a_drop(cfg, tmp_path):
     assert not ok and "C-H@1" in reason
     assert guardrail(cfg, tmp_path, {"val/C-H@1": 0.59, "val/users": 100})[0]
     assert guardrail(cfg, tmp_path, {"val/C-H@1": drop, "val/users": 3})[0]  # too few users to judge
-
-
-def test_sample_is_one_percent_at_least_one():
-    users = [f"u{i}" for i in range(250)]
-    assert len(sample_users(users, 0.01, 0)) == 2
-    assert len(sample_users(users[:50], 0.01, 0)) == 1
-    assert sample_users(users, 0.01, 0) == sample_users(users, 0.01, 0)
-    assert sample_users([], 0.01, 0) == []
 
 
 def test_validation_split_is_stable_and_about_ten_percent():
