@@ -97,6 +97,7 @@ def preference_pairs(cfg, scored: dict[tuple[str, tuple[str, ...]], dict], recor
         pairs.append({"prompt": novelty_infer_prompt(cfg.prompts, portrait, r.key.recent),
                       "chosen": completion_text(row["candidates"][hi]),
                       "rejected": completion_text(row["candidates"][lo]), "user_id": r.user_id,
+                      "csid": r.key.csid, "recent": list(r.key.recent),
                       "timestamp": r.timestamp, "in_window": r.in_window,
                       "chosen_score": float(scores[hi]), "rejected_score": float(scores[lo])})
     return pairs
