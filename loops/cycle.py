@@ -308,8 +308,10 @@ def validation_metrics(cfg: Config, models: Models, inter, seqs_prev, csids_prev
     if base_models is not None:
         from loops.guardrail import hits_at_1, paired_stats
 
-        base_hits = hits_at_1(lists(base_models), truth)
-        metrics.update(paired_stats(hits_at_1(recs, truth), base_hits))
+        new_hits, base_hits = hits_at_1(recs, truth), hits_at_1(lists(base_models), truth)
+        metrics.update(paired_stats(new_hits, base_hits))
+        metrics["guardrail/hits"] = {"users": [seqs_prev.user_ids[i] for i in rows], "new": new_hits,
+                                     "base": base_hits}  # popped by the cycle into rounds/NNN/validation_hits.json
     return metrics
 
 
@@ -460,6 +462,9 @@ def _run_round(cfg: Config, workdir: Path, k: int, base: int, data: RoundData, d
     val = validation_metrics(cfg, new_models, inter, seqs_prev, csids_prev, portraits, start, end,
                              popularity=data.category_clicks, hist=data.hist_categories,
                              base_models=load_models(cfg, workdir, base, base, device))
+    hits = val.pop("guardrail/hits", None)
+    if hits:  # per-user C-H@1 of both rounds' models: what the guardrail judged, kept for audits
+        write_json(rp / "validation_hits.json", hits)
     lap("validation")
 
     metrics = {"round": k, **val, **_prefixed("pco", pco.get("summary", {})), **_prefixed("relevance", rel),

@@ -153,7 +153,7 @@ def _judge(cfg: Config, workdir: Path, trained: Path, promoted: Path, val_pairs:
     out: dict[str, Any] = {"judged": 1, "kept_promoted": int(worse), "trained_accuracy": new,
                            "promoted_accuracy": old, "trained_accuracy_new": reports["trained"]["accuracy_new"],
                            "promoted_accuracy_new": reports["promoted"]["accuracy_new"],
-                           **{f"heldout_{m}": v for m, v in kept.items()}}
+                           **{m if m.startswith("heldout_") else f"heldout_{m}": v for m, v in kept.items()}}
     if worse:
         log.warning("relevance: the updated model's held-out pairwise accuracy %.4f is below the promoted round's "
                     "%.4f (tolerance %g) on the same %d pairs; the round keeps the promoted Relevance LLM", new, old,
