@@ -266,7 +266,8 @@ def test_a_failing_round_logs_its_traceback_stops_at_the_limit_and_retries_on_re
     entry = round_entry(read_state(workdir), 1)
     assert entry["status"] in ("promoted", "refused") and entry["attempts"] == 1 and len(entry["failures"]) == 2
     skipped = [line for line in lines.lines if "finished in an earlier run; skipping it" in line]
-    assert skipped == [f"round 1: stage {s} finished in an earlier run; skipping it" for s in ("data", "candidates", "kv")]
+    assert skipped == [f"round 1: stage {s} finished in an earlier run; skipping it"
+                       for s in ("data", "relevance", "candidates", "kv")]
 
 
 def test_retry_fresh_redoes_the_finished_stages(fresh, monkeypatch, capsys):
