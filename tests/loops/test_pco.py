@@ -124,3 +124,13 @@ def test_paired_stats_by_hand():
     s = paired_stats([1, 1, 0, 0], [1, 1, 1, 1])
     assert s["guardrail/delta"] == -0.5 and s["guardrail/se"] == pytest.approx(math.sqrt(1 / 3) / 2)
     assert s["val/base_C-H@1"] == 1.0
+
+
+def test_steps_per_round_sets_the_dpo_steps(tmp_path):
+    from loops.dpo import _args_from_pco
+
+    cfg = load_config(None, ["pco.steps_per_round=5"]).pco
+    assert _args_from_pco(cfg, tmp_path, seed=0, deepspeed="", max_steps=-1).max_steps == 5
+    assert _args_from_pco(cfg, tmp_path, seed=0, deepspeed="", max_steps=7).max_steps == 7  # an explicit cap wins
+    every = load_config(None, []).pco
+    assert _args_from_pco(every, tmp_path, seed=0, deepspeed="", max_steps=-1).max_steps == -1  # epochs decide
