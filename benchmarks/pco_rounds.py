@@ -37,7 +37,8 @@ COLUMNS = ["pco/dk_records", "pco/sampled_records", "pco/pairs", "pco/dpo_loss",
            "relevance/heldout_accuracy_new", "relevance/heldout_popularity_accuracy",
            "relevance/heldout_share_accuracy", "relevance/heldout_popularity_accuracy_new",
            "relevance/heldout_pairs", "relevance/heldout_pairs_new", "val/users", "val/C-H@1", "val/base_C-H@1",
-           "val/C-N@5", "val/NCP@5", "guardrail/delta", "guardrail/upper", "guardrail/judged"]
+           "val/C-N@5", "val/NCP@5", "guardrail/delta", "guardrail/wins", "guardrail/losses", "guardrail/p_value",
+           "guardrail/judged"]
 
 
 def git(*args: str) -> str:
@@ -54,7 +55,7 @@ def false_refusals(hits: dict, cfg, flips: int, seed: int) -> tuple[int, int]:
         flipped = d * signs  # a user's discordant pair points either way with probability 1/2
         base = np.zeros(len(d))
         metrics = paired_stats(flipped, base)
-        ok, _ = judge(metrics, None, 0, margin=cfg.cycle.guardrail_margin, z=cfg.cycle.guardrail_z,
+        ok, _ = judge(metrics, None, 0, margin=cfg.cycle.guardrail_margin, alpha=cfg.cycle.guardrail_alpha,
                       min_users=cfg.cycle.guardrail_min_users)
         judged += int(metrics.get("guardrail/judged", 0))
         refused += int(not ok)

@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--out")
     args = ap.parse_args()
     trees = {"before": Path(args.before).resolve(), "after": REPO}
+    commits = {name: commit_of(tree) for name, tree in trees.items()}  # before anything runs: what was measured
     runs: dict[str, list[dict]] = {"before": [], "after": []}
     for _ in range(args.repeats):
         for name, tree in trees.items():
@@ -64,7 +65,7 @@ def main() -> None:
     print(json.dumps(summary))
     if args.out:
         result = {"command": " ".join(["benchmarks/round_speed.py", *sys.argv[1:]]), "config": args.config,
-                  "commit": commit_of(REPO), "baseline_commit": commit_of(trees["before"]), "cpus": os.cpu_count(),
+                  "commit": commits["after"], "baseline_commit": commits["before"], "cpus": os.cpu_count(),
                   "num_threads": "run.num_threads from each commit's config (1 in configs/demo.yaml)",
                   "summary": summary, "runs": runs}
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

@@ -326,10 +326,10 @@ class CycleConfig:
         "and `coea cycle --retry` resets the count. Every attempt (also a killed one) counts.", min=1)
     guardrail_margin: float = opt(
         0.05, "Refuse promotion only when validation C-H@1 drops by more than this (absolute) against the promoted "
-        "round's models on the same users, and significantly (cycle.guardrail_z; docs/cycle.md).", min=0.0)
-    guardrail_z: float = opt(
-        1.645, "One-sided z of the guardrail's paired test: refuse only when mean drop + z * standard error < 0 "
-               "(1.645: 5% false refusals of an unchanged-quality round at most).", min=0.0)
+        "round's models on the same users, and significantly (cycle.guardrail_alpha; docs/cycle.md).", min=0.0)
+    guardrail_alpha: float = opt(
+        0.05, "Level of the guardrail's exact one-sided sign test on the validation users whose C-H@1 changed: at "
+              "most this share of rounds as good as the promoted one are refused.", min=0.0, max=1.0)
     guardrail_min_users: int = opt(5, "The guardrail judges only rounds validated on at least this many users; "
                                       "smaller rounds are promoted with a warning.", min=0)
     deepspeed: str = opt("", "Path of a DeepSpeed config (e.g. configs/deepspeed/zero2.json) for GPU training.")

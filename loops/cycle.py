@@ -491,8 +491,8 @@ def guardrail(cfg: Config, workdir: Path, metrics: dict[str, Any]) -> tuple[bool
     """Promote round k unless validation shows a real C-H@1 regression against the promoted round (loops/guardrail.py).
 
     Paired (the default in the cycle): both rounds' models on this round's validation users; refused when the mean
-    per-user drop exceeds ``cycle.guardrail_margin`` *and* its one-sided upper confidence bound
-    (``cycle.guardrail_z``) is below 0. Without paired figures: the unpaired rule against the promoted round's
+    per-user drop exceeds ``cycle.guardrail_margin`` *and* the exact one-sided sign test on the users whose hit
+    changed is significant at ``cycle.guardrail_alpha``. Without paired figures: the unpaired rule against the promoted round's
     recorded C-H@1. Fewer than ``cycle.guardrail_min_users`` validation users: promoted with a warning.
     """
     from loops.guardrail import judge
@@ -501,7 +501,7 @@ def guardrail(cfg: Config, workdir: Path, metrics: dict[str, Any]) -> tuple[bool
     promoted = [r for r in state["rounds"] if r["round"] == state["promoted_round"]]
     old = promoted[0]["metrics"].get("val/C-H@1") if promoted else None
     return judge(metrics, old, state["promoted_round"] if promoted else 0, margin=cfg.cycle.guardrail_margin,
-                 z=cfg.cycle.guardrail_z, min_users=cfg.cycle.guardrail_min_users)
+                 alpha=cfg.cycle.guardrail_alpha, min_users=cfg.cycle.guardrail_min_users)
 
 
 def promote(workdir: Path, k: int) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from coea.config import load_config
 from coea.relevance import heldout_report
-from loops.guardrail import hits_at_1, judge, paired_stats
+from loops.guardrail import hits_at_1, judge, paired_stats, sign_test_p
 from loops.pco import dk_records, preference_pairs, sample_records, sample_size
 from loops.relevance_update import replay_buffer
 
@@ -102,28 +102,38 @@ def test_guardrail_passes_an_unchanged_model_and_refuses_a_planted_regression():
     truth = [{"pref": {"A"}} for _ in base]
     base_recs = [["A", "B"] if b else ["B", "A"] for b in base]
     same = paired_stats(hits_at_1(base_recs, truth), hits_at_1(base_recs, truth))
-    assert same["guardrail/delta"] == 0 and same["guardrail/se"] == 0
+    assert same["guardrail/delta"] == 0 and same["guardrail/wins"] == same["guardrail/losses"] == 0
     metrics = dict(same)
-    assert judge(metrics, None, 0, margin=0.05, z=1.645, min_users=5) == (True, "")
+    assert judge(metrics, None, 0, margin=0.05, alpha=0.05, min_users=5) == (True, "")
     assert metrics["guardrail/judged"] == 1
     # planted: half of the users the promoted model served a hit now get a miss
     worse = [["B"] if b and i % 2 == 0 else r for i, (b, r) in enumerate(zip(base, base_recs))]
     metrics = paired_stats(hits_at_1(worse, truth), hits_at_1(base_recs, truth))
-    ok, reason = judge(metrics, None, 3, margin=0.05, z=1.645, min_users=5)
-    assert not ok and "round 3" in reason and metrics["guardrail/upper"] < 0
+    ok, reason = judge(metrics, None, 3, margin=0.05, alpha=0.05, min_users=5)
+    assert not ok and "round 3" in reason and metrics["guardrail/p_value"] < 0.05
     # one lost hit in 40 users: a drop below the margin is not a regression
     one = [["B"] if i == int(np.argmax(base)) else r for i, r in enumerate(base_recs)]
     assert judge(paired_stats(hits_at_1(one, truth), hits_at_1(base_recs, truth)), None, 0, margin=0.05,
-                 z=1.645, min_users=5)[0]
+                 alpha=0.05, min_users=5)[0]
     # too few users to judge: promoted, and the metrics say it was not judged
     few = paired_stats([0, 0], [1, 1])
-    assert judge(few, None, 0, margin=0.05, z=1.645, min_users=5)[0] and few["guardrail/judged"] == 0
+    assert judge(few, None, 0, margin=0.05, alpha=0.05, min_users=5)[0] and few["guardrail/judged"] == 0
 
 
-def test_paired_stats_by_hand():
+def test_paired_stats_and_the_sign_test_by_hand():
     s = paired_stats([1, 1, 0, 0], [1, 1, 1, 1])
-    assert s["guardrail/delta"] == -0.5 and s["guardrail/se"] == pytest.approx(math.sqrt(1 / 3) / 2)
-    assert s["val/base_C-H@1"] == 1.0
+    assert s["guardrail/delta"] == -0.5 and (s["guardrail/wins"], s["guardrail/losses"]) == (0, 2)
+    assert s["guardrail/p_value"] == 0.25 and s["val/base_C-H@1"] == 1.0
+    assert sign_test_p(0, 3) == 0.125 and sign_test_p(1, 5) == 7 / 64 and sign_test_p(0, 0) == 1.0
+
+
+def test_guardrail_refuses_at_most_alpha_of_rounds_as_good_as_the_promoted_one():
+    """Exact: with every discordant user equally likely to win or lose, P(refuse) < alpha for any count."""
+    from math import comb
+
+    for n in range(1, 40):
+        refuse = sum(comb(n, w) for w in range(n + 1) if sign_test_p(w, n - w) < 0.05) / 2 ** n
+        assert refuse < 0.05
 
 
 def test_steps_per_round_sets_the_dpo_steps(tmp_path):
