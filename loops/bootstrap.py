@@ -156,7 +156,9 @@ def run_bootstrap(cfg: Config, workdir: Path, *, until: int | None = None) -> Bo
             # Held-out pairs beside the trivial scorers (popularity from the training users' round-0 clicks), the
             # figures later rounds are compared with (docs/cycle.md, "The Relevance update").
             popularity = dict(Counter(c for u in train_users for _, c in clicks.get(u, [])))
-            heldout = report_model(cfg, tmp / "model", tmp / "model", tok, base, val_pairs, popularity) \
+            val_new = _cap(relevance_pairs(cfg, clicks, exposures, portrait_of, inter.categories, val_users,
+                                           seed=cfg.run.seed + 2, new_only=True), 2000, cfg.run.seed)
+            heldout = report_model(cfg, tmp / "model", tmp / "model", tok, base, val_pairs, popularity, val_new) \
                 if val_pairs else {}
             write_replay(tmp, replay_buffer([], pairs, cfg.relevance.replay_pairs, cfg.run.seed))
             write_json(tmp / "metrics.json", {"loss_curve": rew.loss_curve, "train_pairs": rew.train_pairs,

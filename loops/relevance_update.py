@@ -5,7 +5,8 @@
               + every pair of the promoted round's replay buffer (bounded: ``relevance.replay_pairs``)
     train     ``relevance.update_epochs`` at ``relevance.lr`` (loops/reward.py train_reward)
     judge     the trained and the promoted model on the same held-out pairs (the window's validation users):
-              pairwise accuracy and calibration, overall and on categories new to the user, beside two trivial
+              pairwise accuracy and calibration, overall and on probes of categories new to the user (a clicked
+              new category against an unclicked new one, relevance_pairs ``new_only``), beside two trivial
               scorers (global category popularity, the user's own click share; coea.relevance.heldout_report)
     keep      the trained model, unless its held-out accuracy is below the promoted one's by more than
               ``relevance.keep_tolerance``: then the round keeps the promoted model and calibration
@@ -99,6 +100,8 @@ def stage_relevance(cfg: Config, workdir: Path, k: int, base: int, inter, seqs_p
                             seed=cfg.run.seed + k, known=known)
     val_pairs = relevance_pairs(cfg, clicks, exposures, portrait_of, inter.categories, val, history=held,
                                 seed=cfg.run.seed + k + 1, known=known)[:MAX_EVAL_PAIRS]
+    val_new = relevance_pairs(cfg, clicks, exposures, portrait_of, inter.categories, val, history=held,
+                              seed=cfg.run.seed + k + 2, known=known, new_only=True)[:MAX_EVAL_PAIRS]
     if cfg.relevance.max_train_pairs and len(pairs) > cfg.relevance.max_train_pairs:
         rng = np.random.default_rng(cfg.run.seed + k)
         pairs = [pairs[i] for i in sorted(rng.choice(len(pairs), cfg.relevance.max_train_pairs, replace=False))]
@@ -111,7 +114,7 @@ def stage_relevance(cfg: Config, workdir: Path, k: int, base: int, inter, seqs_p
             metrics.update({"accuracy": res.accuracy, "train_pairs": res.train_pairs,
                             "loss": res.loss_curve[-1] if res.loss_curve else float("nan"),
                             **{m: v for m, v in res.calibration.items() if m != "fitted"}})
-            judged = _judge(cfg, workdir, tmp / "model", previous, val_pairs, popularity)
+            judged = _judge(cfg, workdir, tmp / "model", previous, val_pairs, popularity, val_new)
             metrics.update(judged)
             if judged.get("kept_promoted"):
                 shutil.rmtree(tmp / "model")
@@ -129,7 +132,7 @@ def stage_relevance(cfg: Config, workdir: Path, k: int, base: int, inter, seqs_p
 
 
 def _judge(cfg: Config, workdir: Path, trained: Path, promoted: Path, val_pairs: list[dict],
-           popularity: dict[str, int]) -> dict[str, Any]:
+           popularity: dict[str, int], val_new: list[dict] | None = None) -> dict[str, Any]:
     """Held-out report of the trained model (``heldout_*``) and the promoted one (``promoted_*``); keep or not.
 
     No held-out pairs: nothing to judge on, the trained model is kept and ``judged`` = 0 says so.
@@ -144,7 +147,7 @@ def _judge(cfg: Config, workdir: Path, trained: Path, promoted: Path, val_pairs:
     base_model = base_model_path(cfg, workdir)
     # The trained model carries the promoted calibration when it fitted none (finish_calibration).
     trained_cal = trained if (trained.parent / CALIBRATION_FILE).exists() else promoted
-    reports = {name: report_model(cfg, model_dir, cal_dir, tok, base_model, val_pairs, popularity)
+    reports = {name: report_model(cfg, model_dir, cal_dir, tok, base_model, val_pairs, popularity, val_new)
                for name, model_dir, cal_dir in (("trained", trained, trained_cal),
                                                 ("promoted", promoted, promoted))}
     new, old = reports["trained"]["accuracy"], reports["promoted"]["accuracy"]
@@ -166,15 +169,18 @@ def _judge(cfg: Config, workdir: Path, trained: Path, promoted: Path, val_pairs:
 
 
 def report_model(cfg: Config, model_dir: Path, calibration_of: Path, tokenizer, base_model: str | Path,
-                 pairs: list[dict], popularity: dict[str, int]) -> dict[str, float]:
+                 pairs: list[dict], popularity: dict[str, int], new_pairs: list[dict] | None = None) -> dict[str, float]:
     """:func:`coea.relevance.heldout_report` of the Relevance LLM in ``model_dir`` with ``calibration_of``'s
-    calibration (a model directory; its ``../calibration.json``) on ``pairs``."""
+    calibration (a model directory; its ``../calibration.json``) on ``pairs``; the new-to-user figures on
+    ``new_pairs`` (relevance_pairs ``new_only``) when given."""
     from coea.backbones import load_relevance_model
     from coea.relevance import heldout_report, load_calibration, pair_logits
 
     model = load_relevance_model(cfg, model_dir, base_model=base_model, tokenizer=tokenizer).eval()
-    chosen, rejected = pair_logits(model, tokenizer, pairs, batch_size=cfg.relevance.per_device_batch_size * 4)
-    return heldout_report(pairs, chosen, rejected, load_calibration(calibration_of), popularity)
+    batch = cfg.relevance.per_device_batch_size * 4
+    chosen, rejected = pair_logits(model, tokenizer, pairs, batch_size=batch)
+    new = (new_pairs, *pair_logits(model, tokenizer, new_pairs, batch_size=batch)) if new_pairs else None
+    return heldout_report(pairs, chosen, rejected, load_calibration(calibration_of), popularity, new)
 
 
 def _update_relevance(cfg: Config, workdir: Path, previous: Path, pairs: list[dict[str, str]],

@@ -40,7 +40,7 @@ class RewardResult:
 def relevance_pairs(cfg: Any, clicks: dict[str, list[tuple[int, str]]], exposures: dict[str, list[tuple[int, str]]],
                     portraits_by_user: dict[str, str], categories: list[str], users: list[str], *,
                     history: dict[str, list[tuple[int, str]]] | None = None, seed: int = 0,
-                    known: dict[str, set[str]] | None = None) -> list[dict[str, Any]]:
+                    known: dict[str, set[str]] | None = None, new_only: bool = False) -> list[dict[str, Any]]:
     """Preference records for the reward model (prompt "" + whole relevance texts, see loops/pairs.py).
 
     ``clicks`` / ``exposures`` are the window's events per user; ``history`` (optional) holds earlier clicks that
@@ -55,6 +55,9 @@ def relevance_pairs(cfg: Any, clicks: dict[str, list[tuple[int, str]]], exposure
     ``pos`` / ``neg``; ``pos_new`` / ``neg_new`` (the category is new to the user: not among the categories they
     clicked before the click, ``known`` -- every category clicked before the window -- plus ``history`` and the
     window's earlier clicks); ``pos_share`` / ``neg_share`` (the category's share of those earlier clicks).
+
+    ``new_only`` (held-out probes of what the Relevance filter judges): only clicks on a category new to the user
+    give pairs, and their negatives are categories also new to the user that they did not click that day.
     """
     from coea.prompts import click_sequence_text, recent_at, relevance_prompt
 
@@ -85,8 +88,13 @@ def relevance_pairs(cfg: Any, clicks: dict[str, list[tuple[int, str]]], exposure
                 continue
             recent = recent_at(cats, t, short_k)
             day = ts // DAY
-            pool = sorted(by_day_exp.get(day, set()) - by_day_clicks[day])
-            if not pool:
+            if new_only:
+                if pos in seen:
+                    continue
+                pool = [c for c in categories if c not in by_day_clicks[day] and c not in seen]
+            else:
+                pool = sorted(by_day_exp.get(day, set()) - by_day_clicks[day])
+            if not pool and not new_only:
                 pool = [c for c in categories if c not in by_day_clicks[day]]
             if not pool:
                 continue

@@ -144,3 +144,18 @@ def test_steps_per_round_sets_the_dpo_steps(tmp_path):
     assert _args_from_pco(cfg, tmp_path, seed=0, deepspeed="", max_steps=7).max_steps == 7  # an explicit cap wins
     every = load_config(None, []).pco
     assert _args_from_pco(every, tmp_path, seed=0, deepspeed="", max_steps=-1).max_steps == -1  # epochs decide
+
+
+def test_new_to_user_probes_pair_a_clicked_new_category_with_an_unclicked_new_one():
+    from loops.reward import relevance_pairs
+
+    cfg = load_config(None, [])
+    cats = ["A", "B", "C", "D", "E", "F"]
+    clicks = {"u": [(1, "A"), (2, "B"), (3, "A"), (4, "C")]}  # only C (t=3) is new at a position t >= 2
+    probes = relevance_pairs(cfg, clicks, {}, {}, cats, ["u"], seed=0, known={"u": {"D"}}, new_only=True)
+    assert [p["pos"] for p in probes] == ["C"]
+    assert probes[0]["neg"] in {"E", "F"} and probes[0]["pos_new"] and probes[0]["neg_new"]
+    report = heldout_report([], np.zeros(0), np.zeros(0), None, {"C": 1, "E": 9, "F": 9},
+                            new=(probes, np.array([1.0]), np.array([0.0])))
+    assert report["heldout_pairs_new"] == 1 and report["accuracy_new"] == 1.0
+    assert report["popularity_accuracy_new"] == 0.0 and report["share_accuracy_new"] == 0.5
