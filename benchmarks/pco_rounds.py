@@ -2,8 +2,8 @@
 
     python benchmarks/pco_rounds.py --config configs/demo.yaml --n 10 --out benchmarks/results/pco_rounds_demo.json
 
-Runs ``coea rounds --config C --workdir W --n N`` on a fresh workdir (bootstrap + N rounds, one process) and reads
-every round's metrics.json back: promoted or not, D_k records and pairs, the DPO loss / KL / reward accuracy at the
+Runs ``coea rounds --config C --workdir W --n N`` on a fresh workdir (bootstrap + N rounds, one process, with
+``cycle.keep_rounds`` = N + 1 so no round expires) and reads every round's metrics back from state.json: promoted or not, D_k records and pairs, the DPO loss / KL / reward accuracy at the
 end of the round, the Relevance LLM's held-out pairwise accuracy (overall and new-to-user) beside the popularity and
 click-share scorers, whether the round kept the promoted Relevance LLM, validation C-H@1 / C-N@5 / NCP@5 and the
 guardrail's paired figures. The guardrail's false-refusal rate is measured on the rounds' own validation users
@@ -68,29 +68,33 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10)
     ap.add_argument("--workdir", help="default: a fresh temp dir")
     ap.add_argument("--flips", type=int, default=2000)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="config overrides, every round")
     ap.add_argument("--out")
     args = ap.parse_args()
-    cfg = load_config(REPO / args.config, [])
+    # Retention would expire the early rounds' folders (their validation hits) before the table is read.
+    args.overrides = [*args.overrides, f"cycle.keep_rounds={args.n + 1}"]
+    cfg = load_config(REPO / args.config, args.overrides)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="coea-pco-"))
     if workdir.exists() and any(workdir.iterdir()):
         sys.exit(f"{workdir} is not empty: the benchmark needs a fresh workdir")
     commit, dirty = git("rev-parse", "HEAD"), bool(git("status", "--porcelain"))
     load_before = os.getloadavg()
     cmd = [sys.executable, "-m", "coea.cli", "rounds", "--config", args.config, "--workdir", str(workdir),
-           "--n", str(args.n)]
+           "--n", str(args.n), *(x for o in args.overrides for x in ("--set", o))]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     wall = time.perf_counter() - t0
     state = json.loads((workdir / "state.json").read_text())
     status = {r["round"]: r["status"] for r in state["rounds"]}
+    recorded = {r["round"]: r.get("metrics") or {} for r in state["rounds"]}
     boot = json.loads((workdir / "rounds" / "000" / "relevance" / "metrics.json").read_text()).get("heldout", {})
     rows = [{"round": 0, "status": status.get(0), **{f"relevance/heldout_{m}": v for m, v in boot.items()}}]
     refused_null = judged_null = 0
     for k in range(1, args.n + 1):
         rp = workdir / "rounds" / f"{k:03d}"
-        if not (rp / "metrics.json").exists():
+        if k not in recorded or status.get(k) not in ("promoted", "refused"):
             continue
-        m = json.loads((rp / "metrics.json").read_text())
+        m = recorded[k]
         rows.append({"round": k, "status": status.get(k), **{c: m.get(c) for c in COLUMNS},
                      "time_s": round(sum(v for n, v in m.items() if n.startswith("time/")), 1)})
         if (rp / "validation_hits.json").exists():

@@ -223,6 +223,10 @@ class NoveltyConfig:
     )
     temperature: float = opt(1.0, "Sampling temperature (sample mode).", min=0.0)
     exclude_recent: bool = opt(True, "Never propose a category already in C'_short.")
+    exclude: Literal["short", "history"] = opt(
+        "short", "What a user's list leaves out (with exclude_recent). short = C'_short, the key's categories (the "
+        "paper's prompt; the KV list is the key's). history = also every category the user clicked in D_k, removed "
+        "per user where the user is known: validation, the DPO pairs and `coea lookup --user` (docs/candidates.md).")
     inference_batch_size: int = opt(32, "Keys per inference batch.", min=1)
     completion_eos: bool = opt(
         True, "SFT completions end with EOS: score mode counts its log-probability after each name "

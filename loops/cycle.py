@@ -166,7 +166,8 @@ def sample_pairs(cfg: Config, workdir: Path, k: int, base: int, data: RoundData,
     inter = data.inter
     clicks = click_categories_by_user(inter, end=data.end)
     users = sorted(u for u in set(clicks) | set(data.history) if not is_validation_user(u))
-    records = dk_records(clicks, data.history, csids, users, cfg.data.short_k, data.start)
+    records = dk_records(clicks, data.history, csids, users, cfg.data.short_k, data.start,
+                         known=data.hist_categories)
     sample = sample_records(records, cfg.pco.sample_fraction, cfg.run.seed + k)
     scored = {(r.csid, tuple(r.recent)): {"candidates": list(r.candidates), "scores": list(r.scores)}
               for r in table.itertuples()}
@@ -287,11 +288,18 @@ def validation_metrics(cfg: Config, models: Models, inter, seqs_prev, csids_prev
     banner("validation", plural(len(rows), "held-out user"), "round-k models, truth = their clicks in the window")
     keys = user_keys(seqs_prev, csids_prev)
     uniq = sorted({(keys[seqs_prev.user_ids[i]].csid, keys[seqs_prev.user_ids[i]].recent) for i in rows})
+    drop = {seqs_prev.user_ids[i]: set(hist.get(seqs_prev.user_ids[i], ())) for i in rows} \
+        if cfg.novelty.exclude == "history" else {}
+
     def lists(m: Models) -> list[list[str]]:
         table = propose_and_score(cfg, m, [Key(c, r) for c, r in uniq], portraits, inter.categories)
         by_key = {(r["csid"], tuple(r["recent"])): r for r in table}
-        return [(lambda row: row["aligned"] or row["candidates"])(by_key[(keys[u].csid, keys[u].recent)])
-                for u in (seqs_prev.user_ids[i] for i in rows)]
+        out = []
+        for u in (seqs_prev.user_ids[i] for i in rows):
+            row = by_key[(keys[u].csid, keys[u].recent)]
+            aligned = [c for c in row["aligned"] if c not in drop.get(u, ())]  # novelty.exclude: history
+            out.append(aligned or [c for c in row["candidates"] if c not in drop.get(u, ())])
+        return out
 
     recs, truth = lists(models), []
     for i in rows:
@@ -436,7 +444,8 @@ def _run_round(cfg: Config, workdir: Path, k: int, base: int, data: RoundData, d
 
     keys_by_user = user_keys(seqs, csids)
     keys = sorted({(kk.csid, kk.recent) for kk in keys_by_user.values()})
-    write_users_table(rp, keys_by_user, list(inter.categories))
+    write_users_table(rp, keys_by_user, list(inter.categories),
+                      history=_history_at_end(data) if cfg.novelty.exclude == "history" else None)
     from loops.bootstrap import grow_backbone
 
     vocab = grow_backbone(cfg, workdir, k, inter.categories)  # new category names become tokens, then candidates
@@ -564,7 +573,8 @@ def lookup(workdir: Path, *, user: str | None = None, csid: str | None = None,
     Returns:
         ``{"round", "status", "csid", "recent", "categories", "fallback"}`` (plus ``"user"`` for a user lookup
         and ``"unknown"``, the unknown names, for ``unknown_category``). ``categories`` is what serving returns
-        (``[{"category", "score"}]``, C_align order); ``status`` says what that answer means:
+        (``[{"category", "score"}]``, C_align order; for a user of a round run with ``novelty.exclude: history``,
+        without the categories the user clicked); ``status`` says what that answer means:
 
         - ``found``: the key is in the promoted KV table and has aligned categories.
         - ``empty``: the key is in the table and its C_align is empty -- a real answer: no candidate scored above
@@ -584,10 +594,11 @@ def lookup(workdir: Path, *, user: str | None = None, csid: str | None = None,
     current = Path(workdir) / "current"
     answer: dict[str, Any] = {}
     status = None
+    clicked: set[str] = set()
     if user is not None:
         answer["user"] = str(user)
         known = _user_state(workdir, user)
-        csid, recent = known if known is not None else (DEFAULT_CSID, [])
+        csid, recent, clicked = known if known is not None else (DEFAULT_CSID, [], set())
         status = None if known is not None else "unknown_user"
     assert csid is not None
     recent = list(canonical_recent(recent or []))
@@ -602,20 +613,38 @@ def lookup(workdir: Path, *, user: str | None = None, csid: str | None = None,
     with KVReader(workdir) as reader:
         value = reader.get_value(csid, recent)
         categories = [] if value is None else value.as_list()
+        if clicked:  # novelty.exclude: history: the user's clicked categories leave the key's list
+            categories = [e for e in categories if e["category"] not in clicked]
         if status is None:
             status = "unknown_key" if value is None else ("found" if categories else "empty")
         return {"round": reader.round, "status": status, **answer, "csid": csid, "recent": recent,
                 "fallback": csid == DEFAULT_CSID, "categories": categories}
 
 
-def write_users_table(rp: Path, keys_by_user: dict[str, Key], categories: list[str] | None = None) -> None:
+def _history_at_end(data: RoundData) -> dict[str, set[str]]:
+    """Every category each user clicked before the round's end: the carried state's plus the window's clicks."""
+    from coea.data.sequences import click_categories_by_user
+
+    out = {u: set(cs) for u, cs in data.hist_categories.items()}
+    for u, cl in click_categories_by_user(data.inter, start=data.start, end=data.end).items():
+        out.setdefault(u, set()).update(c for _, c in cl)
+    return out
+
+
+def write_users_table(rp: Path, keys_by_user: dict[str, Key], categories: list[str] | None = None,
+                      history: dict[str, set[str]] | None = None) -> None:
     """``rounds/NNN/users.parquet``: user_id, csid, recent (C'_short) -- what ``coea lookup --user`` reads.
+
+    With ``history`` (``novelty.exclude: history``) also each user's clicked categories, which ``coea lookup
+    --user`` then leaves out of the key's list.
 
     With ``categories`` also ``rounds/NNN/categories.json``, the round's catalogue, which ``coea lookup`` uses to
     tell a made-up category from a real one.
     """
     table = pd.DataFrame({"user_id": list(keys_by_user), "csid": [k.csid for k in keys_by_user.values()],
                           "recent": [list(k.recent) for k in keys_by_user.values()]})
+    if history is not None:
+        table["history"] = [sorted(history.get(u, ())) for u in keys_by_user]
     tmp = rp / ".users.parquet.tmp"
     table.to_parquet(tmp, index=False)
     tmp.replace(rp / "users.parquet")
@@ -623,14 +652,17 @@ def write_users_table(rp: Path, keys_by_user: dict[str, Key], categories: list[s
         write_json(rp / "categories.json", sorted(categories))
 
 
-def _user_state(workdir: Path, user: str) -> tuple[str, list[str]] | None:
-    """A user's CSID and C'_short at the promoted round; None for a user the round does not know."""
+def _user_state(workdir: Path, user: str) -> tuple[str, list[str], set[str]] | None:
+    """A user's CSID, C'_short and clicked categories (empty unless ``novelty.exclude: history`` wrote them) at the
+    promoted round; None for a user the round does not know."""
     path = Path(workdir) / "current" / "users.parquet"
     if path.exists():
         users = pd.read_parquet(path)
         hit = users[users["user_id"] == str(user)]
         if len(hit):
-            return str(hit.iloc[0]["csid"]), list(hit.iloc[0]["recent"])
+            row = hit.iloc[0]
+            history = set(row["history"]) if "history" in hit.columns else set()
+            return str(row["csid"]), list(row["recent"]), history
     return None
 
 

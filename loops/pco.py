@@ -33,10 +33,12 @@ class Record:
     timestamp: int
     key: Key
     in_window: bool  # True: one of the round's new clicks (the increment since cycle k-1)
+    seen: frozenset[str] = frozenset()  # categories the user clicked before this click (novelty.exclude: history)
 
 
 def dk_records(clicks: dict[str, list[tuple[int, str]]], history: dict[str, list[tuple[int, str]]] | None,
-               csids: dict[str, str], users: list[str], short_k: int, start: int | None) -> list[Record]:
+               csids: dict[str, str], users: list[str], short_k: int, start: int | None,
+               known: dict[str, set[str]] | None = None) -> list[Record]:
     """Every record of D_k for ``users`` (chronological per user, users in the given order).
 
     Args:
@@ -47,6 +49,7 @@ def dk_records(clicks: dict[str, list[tuple[int, str]]], history: dict[str, list
         users: the training users (validation users are never passed in).
         short_k: ``data.short_k``, the size of C'_short.
         start: the round's window start (None: every click is new).
+        known: every category each user clicked before ``start`` (the carried state's; merged into ``seen``).
     """
     out = []
     for u in users:
@@ -56,9 +59,12 @@ def dk_records(clicks: dict[str, list[tuple[int, str]]], history: dict[str, list
         seq = earlier + seq
         cats = [c for _, c in seq]
         csid = csids.get(u, DEFAULT_CSID)
+        seen = frozenset((known or {}).get(u, ()))
         for t, (ts, _) in enumerate(seq):
+            if t:
+                seen = seen | {cats[t - 1]} if cats[t - 1] not in seen else seen
             out.append(Record(u, int(ts), Key(csid, recent_at(cats, t, short_k)),
-                              in_window=start is None or ts >= start))
+                              in_window=start is None or ts >= start, seen=seen))
     return out
 
 
@@ -82,12 +88,19 @@ def preference_pairs(cfg, scored: dict[tuple[str, tuple[str, ...]], dict], recor
 
     ``scored`` maps ``(csid, recent)`` to a row of :func:`coea.inference.propose_and_score` (``candidates``,
     ``scores``) produced with the round's Relevance LLM. Chosen / rejected = the candidate with the highest /
-    lowest score; a key whose candidates all score alike (or that has fewer than two) gives no pair.
+    lowest score; a key whose candidates all score alike (or that has fewer than two) gives no pair. With
+    ``novelty.exclude: history`` the categories the user clicked before the record are left out first.
     """
+    history = cfg.novelty.exclude == "history"
     pairs = []
     for r in records:
         row = scored.get((r.key.csid, tuple(r.key.recent)))
-        if row is None or len(row["candidates"]) < 2:
+        if row is None:
+            continue
+        if history:
+            kept = [(c, s) for c, s in zip(row["candidates"], row["scores"]) if c not in r.seen]
+            row = {"candidates": [c for c, _ in kept], "scores": [s for _, s in kept]}
+        if len(row["candidates"]) < 2:
             continue
         scores = np.asarray(row["scores"], dtype=np.float64)
         hi, lo = int(np.argmax(scores)), int(np.argmin(scores))

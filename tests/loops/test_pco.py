@@ -159,3 +159,15 @@ def test_new_to_user_probes_pair_a_clicked_new_category_with_an_unclicked_new_on
                             new=(probes, np.array([1.0]), np.array([0.0])))
     assert report["heldout_pairs_new"] == 1 and report["accuracy_new"] == 1.0
     assert report["popularity_accuracy_new"] == 0.0 and report["share_accuracy_new"] == 0.5
+
+
+def test_exclude_history_drops_what_the_user_clicked_before_the_record():
+    records = dk_records({"u": [(1, "A"), (2, "D"), (3, "B"), (4, "C")]}, None, {"u": "g"}, ["u"], short_k=2,
+                         start=0, known={"u": {"E"}})
+    assert [sorted(r.seen) for r in records] == [["E"], ["A", "E"], ["A", "D", "E"], ["A", "B", "D", "E"]]
+    last = records[-1:]  # state (B, D), before the click on C
+    scored = {("g", ("B", "D")): {"candidates": ["A", "E", "F", "C"], "scores": [0.9, 0.8, 0.5, 0.1]}}
+    short = preference_pairs(load_config(None, []), scored, last, {})
+    assert (short[0]["chosen"], short[0]["rejected"]) == (" A", " C")
+    history = preference_pairs(load_config(None, ["novelty.exclude=history"]), scored, last, {})
+    assert (history[0]["chosen"], history[0]["rejected"]) == (" F", " C")  # A and E were clicked before
