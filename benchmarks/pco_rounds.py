@@ -88,7 +88,8 @@ def main() -> None:
     status = {r["round"]: r["status"] for r in state["rounds"]}
     recorded = {r["round"]: r.get("metrics") or {} for r in state["rounds"]}
     boot = json.loads((workdir / "rounds" / "000" / "relevance" / "metrics.json").read_text()).get("heldout", {})
-    rows = [{"round": 0, "status": status.get(0), **{f"relevance/heldout_{m}": v for m, v in boot.items()}}]
+    rows = [{"round": 0, "status": status.get(0),
+             **{f"relevance/{m}" if m.startswith("heldout_") else f"relevance/heldout_{m}": v for m, v in boot.items()}}]
     refused_null = judged_null = 0
     for k in range(1, args.n + 1):
         rp = workdir / "rounds" / f"{k:03d}"
@@ -103,7 +104,14 @@ def main() -> None:
     first = rows[0]
     drops = {m: max((first.get(m, float("nan")) - r[m] for r in rows[1:] if r.get(m) is not None), default=None)
              for m in ("relevance/heldout_accuracy", "relevance/heldout_accuracy_new")}
+    later = rows[1:]
+    n_new = sum(r.get("relevance/heldout_pairs_new") or 0 for r in later)
+    pooled_new = sum((r.get("relevance/heldout_accuracy_new") or 0) * (r.get("relevance/heldout_pairs_new") or 0)
+                     for r in later) / n_new if n_new else None
     summary = {
+        "heldout_accuracy_new_pooled_rounds_1_n": pooled_new, "heldout_pairs_new_rounds_1_n": n_new,
+        "heldout_accuracy_new_round0": first.get("relevance/heldout_accuracy_new"),
+        "heldout_pairs_new_round0": first.get("relevance/heldout_pairs_new"),
         "rounds": len(rows) - 1, "promoted": sum(r["status"] == "promoted" for r in rows[1:]),
         "exit_code": proc.returncode, "wall_s": round(wall, 1),
         "pairs_median": float(np.median([r["pco/pairs"] for r in rows[1:]])) if len(rows) > 1 else None,

@@ -27,11 +27,12 @@ def commit_of(tree: Path) -> str:
     return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=tree).stdout.strip()
 
 
-def run(tree: Path, config: str) -> dict:
+def run(tree: Path, config: str, overrides: list[str]) -> dict:
     out = Path(tempfile.mkdtemp(prefix="coea-speed-")) / "cycle.json"
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    subprocess.run([sys.executable, "benchmarks/cycle.py", "--config", config, "--cycles", "2", "--out", str(out)],
-                   cwd=tree, env=env, check=True, capture_output=True, text=True)
+    sets = [x for o in overrides for x in ("--set", o)]
+    subprocess.run([sys.executable, "benchmarks/cycle.py", "--config", config, "--cycles", "2", "--out", str(out),
+                    *sets], cwd=tree, env=env, check=True, capture_output=True, text=True)
     rows = json.loads(out.read_text())["rows"]
     return {"commit": commit_of(tree), "load_average_before": None,
             "rounds": [{"round": r["round"], "wall_s": r["wall_s"], "promoted": r["promoted"],
@@ -43,6 +44,8 @@ def main() -> None:
     ap.add_argument("--before", required=True, help="a checkout of the baseline commit (git worktree add ...)")
     ap.add_argument("--config", default="configs/demo.yaml")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="the same overrides in both checkouts (e.g. cycle.replay_days=4: the same windows)")
     ap.add_argument("--out")
     args = ap.parse_args()
     trees = {"before": Path(args.before).resolve(), "after": REPO}
@@ -51,7 +54,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, tree in trees.items():
             load = os.getloadavg()
-            r = run(tree, args.config)
+            r = run(tree, args.config, args.overrides)
             r["load_average_before"], r["load_average_after"] = load, os.getloadavg()
             runs[name].append(r)
             print(name, json.dumps(r))
@@ -65,6 +68,7 @@ def main() -> None:
     print(json.dumps(summary))
     if args.out:
         result = {"command": " ".join(["benchmarks/round_speed.py", *sys.argv[1:]]), "config": args.config,
+                  "overrides": args.overrides,
                   "commit": commits["after"], "baseline_commit": commits["before"], "cpus": os.cpu_count(),
                   "num_threads": "run.num_threads from each commit's config (1 in configs/demo.yaml)",
                   "summary": summary, "runs": runs}
