@@ -1,6 +1,8 @@
 """The paper's Figure 4 on MovieLens-100K: does novelty hold over 30 co-evolution rounds, with and without KL?
 
     nice python benchmarks/figure4.py --set run.num_threads=1         # train (resumable), evaluate, write
+    nice python benchmarks/figure4.py --rounds 60 --eval-every 5 --root workdirs/figure4-ml100k-60 \
+        --out benchmarks/results/figure4_ml100k_60 --set run.num_threads=1   # issue 23's 60-round run
     python benchmarks/figure4.py --evaluate-only                      # evaluate the rounds that exist so far
 
 Protocol (docs/evaluation.md, Figure 4):
@@ -36,7 +38,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 EVAL = ("NCP@5", "CLTP@5", "C-H@1", "C-N@5", "NCP-recent@5", "aligned_per_key")
-CYCLE = ("pco/kl", "pco/dpo_loss", "pco/pairs", "keys/aligned", "val/users")
+CYCLE = ("pco/kl", "pco/dpo_loss", "pco/pairs", "pco/rewards/accuracies", "relevance/heldout_accuracy",
+         "relevance/kept_promoted", "keys/aligned", "val/users")
 PLOTTED = ("NCP@5", "CLTP@5", "C-H@1", "C-N@5", "aligned_per_key", "pco/kl")
 RUNS = {"kl": "with KL (pco.alpha as configured)", "nokl": "without KL (pco.alpha = 0)"}
 
@@ -88,8 +91,9 @@ def train(config: str, root: Path, rounds: int, sets: list[str]) -> None:
                     return
 
 
-def evaluate(cfg, root: Path) -> dict[str, list[dict]]:
-    """Every finished round of both runs on the test phase (cached per round)."""
+def evaluate(cfg, root: Path, every: int = 1) -> dict[str, list[dict]]:
+    """Round 0, every ``every``-th finished round and the last of both runs on the test phase (cached per round);
+    the other rounds keep the cycle's own figures only."""
     from coea.data.loaders import load_interactions
     from coea.evaluate.run import evaluate_round
     from coea.evaluate.split import build_phase, make_split
@@ -105,6 +109,9 @@ def evaluate(cfg, root: Path) -> dict[str, list[dict]]:
         rows = []
         for k in [0, *sorted(cycle)]:
             path = wd / "figure4" / f"round_{k:03d}.json"
+            if k % every and k != max(cycle, default=0) and not path.exists():
+                rows.append({"round": k, "status": cycle[k]["status"], **{m: cycle[k].get(m) for m in CYCLE}})
+                continue
             if not path.exists():
                 t = time.perf_counter()
                 res = evaluate_round(cfg, inter, split, phase, wd, k, leak_cache=cache)
@@ -199,6 +206,7 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra overrides, every run")
     ap.add_argument("--evaluate-only", action="store_true", help="train nothing; evaluate the rounds that exist")
     ap.add_argument("--train-only", action="store_true")
+    ap.add_argument("--eval-every", type=int, default=1, help="evaluate round 0, every N-th round and the last")
     ap.add_argument("--out", default="benchmarks/results/figure4_ml100k")
     args = ap.parse_args()
 
@@ -218,7 +226,7 @@ def main() -> None:
         train(args.config, root, args.rounds, [x for o in sets for x in ("--set", o)])
     if args.train_only:
         return
-    runs = evaluate(cfg, root)
+    runs = evaluate(cfg, root, args.eval_every)
     result = {"protocol": {"config": args.config, "rounds": args.rounds, "overrides": args.overrides,
                            "users": None, "command": " ".join(["python", "benchmarks/figure4.py", *sys.argv[1:]])},
               **runs}

@@ -233,6 +233,10 @@ class NoveltyConfig:
     )
     temperature: float = opt(1.0, "Sampling temperature (sample mode).", min=0.0)
     exclude_recent: bool = opt(True, "Never propose a category already in C'_short.")
+    exclude: Literal["short", "history"] = opt(
+        "short", "What a user's list leaves out (with exclude_recent). short = C'_short, the key's categories (the "
+        "paper's prompt; the KV list is the key's). history = also every category the user clicked in D_k, removed "
+        "per user where the user is known: validation, the DPO pairs and `coea lookup --user` (docs/candidates.md).")
     inference_batch_size: int = opt(32, "Keys per inference batch.", min=1)
     completion_eos: bool = opt(
         True, "SFT completions end with EOS: score mode counts its log-probability after each name "
@@ -255,6 +259,12 @@ class RelevanceConfig:
     tau_align: float = opt(0.5, "Keep candidates whose score s_i > tau_align; s_i is the calibrated probability "
                            "that the category is clicked (see relevance.calibration).", min=0.0, max=1.0)
     update_epochs: float = opt(1.0, "Epochs of the per-round update on new clicks.", min=0.0)
+    replay_pairs: int = opt(
+        1000, "Replay buffer of the per-round update: it trains on the window's new pairs plus the promoted round's "
+        "buffer, then keeps a uniform sample of this many from both (0 = no replay; docs/cycle.md).", min=0)
+    keep_tolerance: float = opt(
+        0.0, "A round keeps the promoted Relevance LLM when the updated one's held-out pairwise accuracy is lower "
+        "than the promoted one's on the same pairs by more than this (docs/cycle.md).", min=0.0, max=1.0)
     filter: bool = opt(
         True, "C_align = the Novelty candidates scoring > tau_align, by score (the Relevance filter). false = every "
         "Novelty candidate in the Novelty LLM's own order, scores still computed and stored (CoEA w/o R-LLM: the "
@@ -271,8 +281,13 @@ class RelevanceConfig:
 
 @dataclass
 class PcoConfig:
-    sample_fraction: float = opt(0.01, "Uniform sample of D_k used for DPO (N = floor(f * |D_k|), >= 1).",
-                                 min=0.0, max=1.0)
+    sample_fraction: float = opt(
+        0.01, "Eq. 15: N = floor(f * |D_k|) records of D_k (every click the cycle holds, history + window, "
+        "validation users excluded) drawn uniformly; one preference pair per record (docs/dpo.md).",
+        min=0.0, max=1.0)
+    steps_per_round: int = opt(
+        0, "DPO optimizer steps (batches of per_device_batch_size x gradient_accumulation_steps x processes) a "
+        "round; 0 = pco.epochs passes over the sample. The paper: 5 batches of 1,024.", min=0)
     loss_type: Literal["sigmoid", "ipo"] = opt("sigmoid", "sigmoid = DPO (Eq. 16); ipo = IPO + alpha * SFT (SERAL).")
     beta: float = opt(0.1, "DPO beta.", min=0.0)
     alpha: float = opt(0.4, "Weight of the KL term (Eq. 17); for ipo, of the SFT term.", min=0.0)
@@ -328,10 +343,14 @@ class CycleConfig:
         "event) and the newest complete day after it is more than this many days later: training has stalled and "
         "serving goes stale. Write the day (a marker-only partition for a day without events) or declare it empty "
         "with `coea cycle --skip-day YYYY-MM-DD` (docs/cycle.md).", min=0)
-    guardrail_margin: float = opt(0.05, "Do not promote when validation C-H@1 drops more than this (absolute).",
-                                  min=0.0)
-    guardrail_min_users: int = opt(20, "The guardrail judges only rounds validated on at least this many users; "
-                                       "smaller rounds are promoted with a warning.", min=0)
+    guardrail_margin: float = opt(
+        0.05, "Refuse promotion only when validation C-H@1 drops by more than this (absolute) against the promoted "
+        "round's models on the same users, and significantly (cycle.guardrail_alpha; docs/cycle.md).", min=0.0)
+    guardrail_alpha: float = opt(
+        0.05, "Level of the guardrail's exact one-sided sign test on the validation users whose C-H@1 changed: at "
+              "most this share of rounds as good as the promoted one are refused.", min=0.0, max=1.0)
+    guardrail_min_users: int = opt(5, "The guardrail judges only rounds validated on at least this many users; "
+                                      "smaller rounds are promoted with a warning.", min=0)
     deepspeed: str = opt("", "Path of a DeepSpeed config (e.g. configs/deepspeed/zero2.json) for GPU training.")
     num_processes: int = opt(
         1, "1 = every stage runs in this process. N > 1 = candidate scoring and the SFT / reward / DPO training run "

@@ -282,3 +282,63 @@ def calibrate(pairs: Sequence[dict], chosen: np.ndarray, rejected: np.ndarray, t
              "(uncalibrated %.3f)", cal.a, cal.b, len(y), metrics["ece"], metrics["ece_raw"], metrics["brier"],
              metrics["brier_raw"])
     return cal, metrics
+
+
+# ------------------------------------------------------------------------------------------- held-out report
+
+
+def _pair_accuracy(chosen: np.ndarray, rejected: np.ndarray) -> float:
+    """Share of pairs the chosen side wins; a tie counts one half (what a coin would get)."""
+    if not len(chosen):
+        return float("nan")
+    return float(np.mean((chosen > rejected) + 0.5 * (chosen == rejected)))
+
+
+def _side_scores(pairs: Sequence[dict], popularity: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 2) popularity and (N, 2) user click share of each pair's (clicked, unclicked) category."""
+    pop = np.array([[popularity.get(p.get("pos"), 0), popularity.get(p.get("neg"), 0)] for p in pairs],
+                   dtype=np.float64).reshape(-1, 2)
+    share = np.array([[p.get("pos_share", 0.0), p.get("neg_share", 0.0)] for p in pairs],
+                     dtype=np.float64).reshape(-1, 2)
+    return pop, share
+
+
+def heldout_report(pairs: Sequence[dict], chosen: np.ndarray, rejected: np.ndarray,
+                   calibration: Calibration | None, popularity: dict[str, int],
+                   new: tuple[Sequence[dict], np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+    """The Relevance LLM on held-out pairs beside two trivial scorers on the same pairs, overall and new-to-user.
+
+    ``pairs`` are relevance_pairs records (loops/reward.py: ``pos`` / ``neg``, ``pos_new`` / ``neg_new``,
+    ``pos_share`` / ``neg_share``); ``chosen`` / ``rejected`` the model's reward logits on them. The scorers:
+    ``popularity`` (the category's clicks before the window, all users) and ``share`` (the category's share of
+    the user's own earlier clicks). "new" = pairs whose clicked and unclicked categories are both new to the user,
+    what the Relevance filter judges (the user's own share is 0 on both sides there, so it scores 0.5).
+    Accuracy counts ties as one half. ``ece_applied`` / ``ece_applied_new``: expected calibration error of
+    ``calibration`` (the applied one; identity when None) on the pairs' categories, each click once
+    (:func:`calibration_examples`); in sample when the calibration was fitted on the same held-out users.
+    ``new`` = (pairs, chosen, rejected) of dedicated new-to-user probes (loops/reward.py ``new_only``): the
+    ``*_new`` figures then come from them instead of the few ``pairs`` whose negative happened to be new.
+    """
+    chosen, rejected = np.asarray(chosen, dtype=np.float64), np.asarray(rejected, dtype=np.float64)
+    is_new = np.array([bool(p.get("pos_new")) and bool(p.get("neg_new")) for p in pairs], dtype=bool)
+    pop, share = _side_scores(pairs, popularity)
+    cal = calibration or Calibration()
+    out: dict[str, float] = {"heldout_pairs": int(len(pairs))}
+    groups = [("", pairs, chosen, rejected, pop, share)]
+    if new is None:
+        groups.append(("_new", [p for p, s in zip(pairs, is_new) if s], chosen[is_new], rejected[is_new],
+                       pop[is_new], share[is_new]))
+    else:
+        new_pairs, new_chosen, new_rejected = new
+        groups.append(("_new", list(new_pairs), np.asarray(new_chosen, dtype=np.float64),
+                       np.asarray(new_rejected, dtype=np.float64), *_side_scores(new_pairs, popularity)))
+    for suffix, group, c, r, pp, sh in groups:
+        out[f"heldout_pairs{suffix}"] = int(len(group))
+        out[f"accuracy{suffix}"] = _pair_accuracy(c, r)
+        out[f"popularity_accuracy{suffix}"] = _pair_accuracy(pp[:, 0], pp[:, 1])
+        out[f"share_accuracy{suffix}"] = _pair_accuracy(sh[:, 0], sh[:, 1])
+        z, y, _ = calibration_examples(group, c, r)
+        out[f"ece_applied{suffix}"] = expected_calibration_error(cal.probability(z), y) if len(y) else float("nan")
+    best = max(out["popularity_accuracy"], out["share_accuracy"])
+    out["beats_trivial"] = int(out["accuracy"] > best) if not math.isnan(out["accuracy"]) else 0
+    return out

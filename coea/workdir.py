@@ -68,7 +68,7 @@ def stage(round_path: str | Path, name: str) -> Iterator[Path]:
 
 
 #: Stage order in a round's folder, for :func:`log_finished_stages` (other stage folders follow by name).
-STAGE_ORDER = ("data", "dsie", "backbone", "novelty", "candidates", "kv", "pco", "relevance")
+STAGE_ORDER = ("data", "dsie", "backbone", "novelty", "relevance", "candidates", "kv", "pco")
 
 
 def log_finished_stages(round_path: str | Path, label: str, extra: dict[str, bool] | None = None, *,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,10 +150,21 @@ def run_bootstrap(cfg: Config, workdir: Path, *, until: int | None = None) -> Bo
                           eval_pairs=val_pairs)
             from loops.reward import finish_calibration
 
+            from loops.relevance_update import replay_buffer, report_model, write_replay
+
             source = finish_calibration(tmp, None, None)
+            # Held-out pairs beside the trivial scorers (popularity from the training users' round-0 clicks), the
+            # figures later rounds are compared with (docs/cycle.md, "The Relevance update").
+            popularity = dict(Counter(c for u in train_users for _, c in clicks.get(u, [])))
+            val_new = _cap(relevance_pairs(cfg, clicks, exposures, portrait_of, inter.categories, val_users,
+                                           seed=cfg.run.seed + 2, new_only=True), 2000, cfg.run.seed)
+            heldout = report_model(cfg, tmp / "model", tmp / "model", tok, base, val_pairs, popularity, val_new) \
+                if val_pairs else {}
+            write_replay(tmp, replay_buffer([], pairs, cfg.relevance.replay_pairs, cfg.run.seed))
             write_json(tmp / "metrics.json", {"loss_curve": rew.loss_curve, "train_pairs": rew.train_pairs,
                                               "accuracy": rew.accuracy, "eval_pairs": len(val_pairs),
-                                              "calibration": {**rew.calibration, "source": source}})
+                                              "calibration": {**rew.calibration, "source": source},
+                                              "heldout": heldout})
             write_manifest(tmp, cfg)
     times["relevance_s"] = round(time.perf_counter() - t, 2)
 
@@ -367,6 +379,7 @@ def _report(cfg: Config, workdir: Path, inter, seqs, csid_of: dict[str, str], po
                                                                                       produced])) if produced else 1.0,
                     "sft_loss_curve": sft["loss_curve"], "train_examples": sft["train_examples"]},
         "relevance": {"pairwise_accuracy": rel["accuracy"], "eval_pairs": rel["eval_pairs"],
+                      "heldout": rel.get("heldout", {}),
                       "train_pairs": rel["train_pairs"], "loss_curve": rel["loss_curve"],
                       "calibration": rel.get("calibration", {})},
         "keys": len(keys), "users": len(seqs.user_ids),

@@ -27,7 +27,6 @@ stages and promotion.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +48,7 @@ from coea.rounds import (
     tokenizer_path,
 )
 from loops.launch import scores_in_workers, trains_in_workers
+from loops.relevance_update import stage_relevance
 from loops.state import (
     FINISHED, check_attempts, last_finished_round, promote_link, read_state, record_round, round_attempt,
     workdir_lock,
@@ -98,24 +98,26 @@ def run_dsie_stage(cfg: Config, workdir: Path, *, until: int | None = None) -> d
 
 
 def stage_candidates(cfg: Config, workdir: Path, k: int, base: int, keys: list[Key], portraits: dict[str, str],
-                     categories: list[str], device: str) -> pd.DataFrame:
+                     categories: list[str], device: str, *, relevance_round: int | None = None) -> pd.DataFrame:
     """``rounds/NNN/candidates``: one row per unique key with candidates, Relevance scores and C_align.
 
-    Scored by round ``base``'s models, in this process or, with ``cycle.num_processes > 1``, sharded over that many
+    Proposed by round ``base``'s Novelty LLM and scored by round ``relevance_round``'s Relevance LLM (the cycle
+    passes k: the model its relevance stage kept; default ``base``), in this process or, with ``cycle.num_processes > 1``, sharded over that many
     workers (loops/workers.py): the same rows either way (scores to float32 rounding, docs/cycle.md).
     """
     rp = round_dir(workdir, k)
     if not stage_done(rp, "candidates"):
         with stage(rp, "candidates") as tmp:
             t0 = time.perf_counter()
-            banner("candidates", plural(len(keys), "key"), f"Novelty top-{cfg.novelty.num_candidates} and "
-                   f"Relevance scores from round {base}'s models")
+            rel = base if relevance_round is None else relevance_round
+            banner("candidates", plural(len(keys), "key"), f"Novelty top-{cfg.novelty.num_candidates} from round "
+                   f"{base}'s model, Relevance scores from round {rel}'s")
             if scores_in_workers(cfg):
                 from loops.workers import launch_candidates
 
-                rows = launch_candidates(cfg, workdir, base, base, keys, portraits, categories, tmp)
+                rows = launch_candidates(cfg, workdir, base, rel, keys, portraits, categories, tmp)
             else:
-                rows = propose_and_score(cfg, load_models(cfg, workdir, base, base, device), keys, portraits,
+                rows = propose_and_score(cfg, load_models(cfg, workdir, base, rel, device), keys, portraits,
                                          categories)
             table = pd.DataFrame(rows)
             table.to_parquet(tmp / "candidates.parquet", index=False)
@@ -150,37 +152,44 @@ def stage_kv(workdir: Path, k: int, table: pd.DataFrame) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------- PCO
 
 
-def sample_users(active: list[str], fraction: float, seed: int) -> list[str]:
-    """Uniform sample of D_k without replacement: N = floor(fraction * |D_k|), at least 1 (when D_k is not empty)."""
-    if not active:
-        return []
-    n = max(1, math.floor(fraction * len(active)))
-    rng = np.random.default_rng(seed)
-    return sorted(rng.choice(sorted(active), size=min(n, len(active)), replace=False).tolist())
+def sample_pairs(cfg: Config, workdir: Path, k: int, base: int, data: RoundData, csids: dict[str, str],
+                 portraits: dict[str, str], table: pd.DataFrame, device: str) -> tuple[list[dict], dict[str, Any]]:
+    """Eq. 15's sample of D_k and its preference pairs (loops/pco.py), scored by round k's own Relevance LLM.
 
+    Keys of sampled records that the candidates table (the users' states at the cut-off) already holds reuse its
+    rows, which round k's models scored; the others are proposed and scored here with the same models. Returns the
+    pairs and the ``pco/*`` sample metrics.
+    """
+    from coea.data.sequences import click_categories_by_user
+    from loops.pco import dk_records, preference_pairs, sample_records
 
-def preference_pairs(cfg: Config, table: pd.DataFrame, user_key: dict[str, Key], users: list[str],
-                     portraits: dict[str, str]) -> list[dict[str, str]]:
-    """Eq. 15: chosen / rejected = the highest / lowest Relevance score among the Novelty LLM's candidates."""
-    from coea.prompts import completion_text, novelty_infer_prompt
-    from storage.keys import DEFAULT_CSID
+    inter = data.inter
+    clicks = click_categories_by_user(inter, end=data.end)
+    users = sorted(u for u in set(clicks) | set(data.history) if not is_validation_user(u))
+    records = dk_records(clicks, data.history, csids, users, cfg.data.short_k, data.start,
+                         known=data.hist_categories)
+    sample = sample_records(records, cfg.pco.sample_fraction, cfg.run.seed + k)
+    scored = {(r.csid, tuple(r.recent)): {"candidates": list(r.candidates), "scores": list(r.scores)}
+              for r in table.itertuples()}
+    missing = sorted({(r.key.csid, tuple(r.key.recent)) for r in sample} - set(scored))
+    if missing:
+        keys = [Key(c, r) for c, r in missing]
+        if scores_in_workers(cfg):
+            from loops.workers import launch_candidates
 
-    by_key = {(r.csid, tuple(r.recent)): r for r in table.itertuples()}
-    pairs = []
-    for u in users:
-        key = user_key[u]
-        row = by_key.get((key.csid, key.recent))
-        if row is None or len(row.candidates) < 2:
-            continue
-        scores = np.asarray(row.scores)
-        hi, lo = int(np.argmax(scores)), int(np.argmin(scores))
-        if scores[hi] == scores[lo]:
-            continue  # no preference to learn from
-        portrait = portraits.get(key.csid) or portraits.get(DEFAULT_CSID, "")
-        pairs.append({"prompt": novelty_infer_prompt(cfg.prompts, portrait, key.recent),
-                      "chosen": completion_text(row.candidates[hi]),
-                      "rejected": completion_text(row.candidates[lo]), "user_id": u})
-    return pairs
+            rows = launch_candidates(cfg, workdir, base, k, keys, portraits, inter.categories,
+                                     round_dir(workdir, k) / "pco-keys")
+        else:
+            rows = propose_and_score(cfg, load_models(cfg, workdir, base, k, device), keys, portraits,
+                                     inter.categories)
+        scored.update({(r["csid"], tuple(r["recent"])): r for r in rows})
+    pairs = preference_pairs(cfg, scored, sample, portraits)
+    info = {"pco/dk_records": len(records), "pco/sampled_records": len(sample),
+            "pco/sampled_window_share": float(np.mean([r.in_window for r in sample])) if sample else float("nan"),
+            "pco/keys_scored": len(missing)}
+    log.info("pco: D_k holds %d records; a uniform %.4g gives %d, %d pairs (%d keys scored for the sample)",
+             len(records), cfg.pco.sample_fraction, len(sample), len(pairs), len(missing))
+    return pairs, info
 
 
 def _carry_adapter(cfg: Config, tmp: Path, previous: Path, base: int, summary: dict[str, float],
@@ -196,7 +205,8 @@ def _carry_adapter(cfg: Config, tmp: Path, previous: Path, base: int, summary: d
     return read_json(tmp / "metrics.json")  # the stage commits on leaving the block
 
 
-def stage_pco(cfg: Config, workdir: Path, k: int, pairs: list[dict[str, str]], base: int) -> dict[str, Any]:
+def stage_pco(cfg: Config, workdir: Path, k: int, pairs: list[dict[str, str]], base: int,
+              sample: dict[str, Any] | None = None) -> dict[str, Any]:
     """``rounds/NNN/pco``: DPO + alpha * KL of the Novelty LLM, starting from the promoted round ``base``.
 
     The policy starts from round ``base``'s adapter; the reference is the same adapter (``pco.anchor: previous``:
@@ -208,6 +218,7 @@ def stage_pco(cfg: Config, workdir: Path, k: int, pairs: list[dict[str, str]], b
     would repeat on every retry of the same window and stop the daily cycle at ``cycle.max_attempts``.
 
     ``pco.epochs: 0`` trains nothing: the stage holds a copy of the base's adapter (a frozen Novelty LLM).
+    ``sample`` (the ``pco/*`` figures of Eq. 15's sample, :func:`sample_pairs`) is kept in metrics.json.
     """
     from loops.dpo import run_dpo
     from loops.pairs import preference_dataset
@@ -221,13 +232,13 @@ def stage_pco(cfg: Config, workdir: Path, k: int, pairs: list[dict[str, str]], b
         anchor = novelty_adapter(workdir, 0) if cfg.pco.anchor == "round0" else None
         if cfg.pco.epochs == 0:  # no DPO: a frozen Novelty LLM, the base's adapter carried forward byte for byte
             return _carry_adapter(cfg, tmp, previous, base, {"steps": 0.0, "n_pairs": float(len(pairs))},
-                                  {"frozen": True}, pairs=len(pairs), reference=None)
+                                  {"frozen": True, "sample": sample or {}}, pairs=len(pairs), reference=None)
         if not pairs:
             why = "no preference pairs in the sample (every sampled key's candidates scored alike, or no key)"
             log.warning("pco: round %d: %s; the Novelty adapter of round %d is carried forward unchanged", k, why,
                         base)
-            return _carry_adapter(cfg, tmp, previous, base, {"n_pairs": 0, "skipped": 1}, {"skipped": why},
-                                  pairs=0, reference=str(anchor or previous))
+            return _carry_adapter(cfg, tmp, previous, base, {"n_pairs": 0, "skipped": 1},
+                                  {"skipped": why, "sample": sample or {}}, pairs=0, reference=str(anchor or previous))
         if trains_in_workers(cfg):
             from loops.workers import launch_dpo
 
@@ -237,6 +248,8 @@ def stage_pco(cfg: Config, workdir: Path, k: int, pairs: list[dict[str, str]], b
             result = run_dpo(cfg.pco, cfg.lora, base_model_path(cfg, workdir), previous, anchor,
                              str(tokenizer_path(workdir)), preference_dataset(pairs), tmp, seed=cfg.run.seed + k,
                              dtype=cfg.backbone.dtype, deepspeed=cfg.cycle.deepspeed)
+        written = read_json(tmp / "metrics.json")
+        write_json(tmp / "metrics.json", {**written, "sample": sample or {}})
         # DpoResult.alerts are "[kind] step N: message" lines, kept whole.
         write_manifest(tmp, cfg, {"pairs": len(pairs), "alerts": list(result.alerts), "base_round": base,
                                   "policy_start": str(previous), "reference": str(anchor or previous)})
@@ -249,7 +262,8 @@ def stage_pco(cfg: Config, workdir: Path, k: int, pairs: list[dict[str, str]], b
 def validation_metrics(cfg: Config, models: Models, inter, seqs_prev, csids_prev: dict[str, str],
                        portraits: dict[str, str], start: int, end: int,
                        popularity: dict[str, int] | None = None,
-                       hist: dict[str, set[str]] | None = None) -> dict[str, float]:
+                       hist: dict[str, set[str]] | None = None,
+                       base_models: Models | None = None) -> dict[str, float]:
     """Held-out users: lists from their state at the previous cut-off with the round-k models; truth = D_k clicks.
 
     C_u^pref = categories of I_long at the previous cut-off; C_u^hist = every category the user clicked before it
@@ -257,7 +271,8 @@ def validation_metrics(cfg: Config, models: Models, inter, seqs_prev, csids_prev
     [start, end). Validation users never contribute training signal to the cycle. ``hist`` (user -> categories
     clicked before ``start``; the round's sequence state has them, coea/round_data.py) defaults to ``inter``'s
     clicks before ``start``. The long tail comes from ``popularity`` (clicks per category before ``start``;
-    ``None``: the clicks in ``inter``).
+    ``None``: the clicks in ``inter``). With ``base_models`` (the promoted round's) the same users' lists from
+    those models too, and the paired C-H@1 figures the guardrail judges (``guardrail/*``, loops/guardrail.py).
     """
     from coea.data.sequences import click_categories_by_user
     from coea.metrics import evaluate_users, long_tail_categories
@@ -273,13 +288,22 @@ def validation_metrics(cfg: Config, models: Models, inter, seqs_prev, csids_prev
     banner("validation", plural(len(rows), "held-out user"), "round-k models, truth = their clicks in the window")
     keys = user_keys(seqs_prev, csids_prev)
     uniq = sorted({(keys[seqs_prev.user_ids[i]].csid, keys[seqs_prev.user_ids[i]].recent) for i in rows})
-    table = propose_and_score(cfg, models, [Key(c, r) for c, r in uniq], portraits, inter.categories)
-    by_key = {(r["csid"], tuple(r["recent"])): r for r in table}
-    recs, truth = [], []
+    drop = {seqs_prev.user_ids[i]: set(hist.get(seqs_prev.user_ids[i], ())) for i in rows} \
+        if cfg.novelty.exclude == "history" else {}
+
+    def lists(m: Models) -> list[list[str]]:
+        table = propose_and_score(cfg, m, [Key(c, r) for c, r in uniq], portraits, inter.categories)
+        by_key = {(r["csid"], tuple(r["recent"])): r for r in table}
+        out = []
+        for u in (seqs_prev.user_ids[i] for i in rows):
+            row = by_key[(keys[u].csid, keys[u].recent)]
+            aligned = [c for c in row["aligned"] if c not in drop.get(u, ())]  # novelty.exclude: history
+            out.append(aligned or [c for c in row["candidates"] if c not in drop.get(u, ())])
+        return out
+
+    recs, truth = lists(models), []
     for i in rows:
         u = seqs_prev.user_ids[i]
-        row = by_key[(keys[u].csid, keys[u].recent)]
-        recs.append(row["aligned"] or row["candidates"])
         truth.append({"pref": {item_cat[j] for j in seqs_prev.long_items[i]},
                       "hist": set(hist.get(u, ())), "recent": set(seqs_prev.c_short[i]),
                       "clicked": {c for _, c in clicks[u]}})
@@ -289,6 +313,13 @@ def validation_metrics(cfg: Config, models: Models, inter, seqs_prev, csids_prev
     metrics = evaluate_users(recs, truth, n_categories=len(inter.categories), tail=tail, ks=(1, 5, 10))
     metrics = {f"val/{k}": float(v) for k, v in metrics.items()}
     metrics["val/users"] = len(rows)
+    if base_models is not None:
+        from loops.guardrail import hits_at_1, paired_stats
+
+        new_hits, base_hits = hits_at_1(recs, truth), hits_at_1(lists(base_models), truth)
+        metrics.update(paired_stats(new_hits, base_hits))
+        metrics["guardrail/hits"] = {"users": [seqs_prev.user_ids[i] for i in rows], "new": new_hits,
+                                     "base": base_hits}  # popped by the cycle into rounds/NNN/validation_hits.json
     return metrics
 
 
@@ -414,33 +445,40 @@ def _run_round(cfg: Config, workdir: Path, k: int, base: int, data: RoundData, d
 
     keys_by_user = user_keys(seqs, csids)
     keys = sorted({(kk.csid, kk.recent) for kk in keys_by_user.values()})
-    write_users_table(rp, keys_by_user, list(inter.categories))
+    write_users_table(rp, keys_by_user, list(inter.categories),
+                      history=_history_at_end(data) if cfg.novelty.exclude == "history" else None)
     from loops.bootstrap import grow_backbone
 
     vocab = grow_backbone(cfg, workdir, k, inter.categories)  # new category names become tokens, then candidates
+    # The Relevance LLM learns first, so that this round's scores (C_align and Eq. 15's pairs) are its own.
+    rel = stage_relevance(cfg, workdir, k, base, inter, seqs_prev, csids_prev, portraits, start, end,
+                          history=data.history, known=data.hist_categories, popularity=data.category_clicks)
+    lap("relevance")
     table = stage_candidates(cfg, workdir, k, base, [Key(c, r) for c, r in keys], portraits, inter.categories,
-                             device)
+                             device, relevance_round=k)
     lap("candidates")
     kv = stage_kv(workdir, k, table)
     lap("kv")
 
-    active = sorted(set(inter.events.loc[(inter.events["timestamp"] >= start) & (inter.events["timestamp"] < end),
-                                         "user_id"]))
-    train_users = [u for u in active if not is_validation_user(u)]
-    sample = sample_users(train_users, cfg.pco.sample_fraction, cfg.run.seed + k)
-    pairs = preference_pairs(cfg, table, keys_by_user, sample, portraits)
-    pco = stage_pco(cfg, workdir, k, pairs, base)
+    sample_info: dict[str, Any] = {}
+    if stage_done(rp, "pco"):
+        pairs = read_json(rp / "pco" / "pairs.json")
+    else:
+        pairs, sample_info = sample_pairs(cfg, workdir, k, base, data, csids, portraits, table, device)
+    pco = stage_pco(cfg, workdir, k, pairs, base, sample_info)
     lap("pco")
-    rel = stage_relevance(cfg, workdir, k, base, inter, seqs_prev, csids_prev, portraits, start, end,
-                          history=data.history)
-    lap("relevance")
 
     new_models = load_models(cfg, workdir, k, k, device)
     val = validation_metrics(cfg, new_models, inter, seqs_prev, csids_prev, portraits, start, end,
-                             popularity=data.category_clicks, hist=data.hist_categories)
+                             popularity=data.category_clicks, hist=data.hist_categories,
+                             base_models=load_models(cfg, workdir, base, base, device))
+    hits = val.pop("guardrail/hits", None)
+    if hits:  # per-user C-H@1 of both rounds' models: what the guardrail judged, kept for audits
+        write_json(rp / "validation_hits.json", hits)
     lap("validation")
 
     metrics = {"round": k, **val, **_prefixed("pco", pco.get("summary", {})), **_prefixed("relevance", rel),
+               **{m: v for m, v in pco.get("sample", {}).items()},
                "keys/count": len(keys), "keys/users": len(keys_by_user),
                "keys/aligned": int(table["aligned"].map(len).sum()), "pco/pairs": len(pairs),
                "pco/alerts": len(pco.get("alerts", [])), **metrics_of(data.window), "kv/entries": kv["count"],
@@ -460,22 +498,20 @@ def _run_round(cfg: Config, workdir: Path, k: int, base: int, data: RoundData, d
 
 
 def guardrail(cfg: Config, workdir: Path, metrics: dict[str, Any]) -> tuple[bool, str]:
-    """Refuse promotion when validation C-H@1 drops more than ``cycle.guardrail_margin`` below the promoted round's."""
+    """Promote round k unless validation shows a real C-H@1 regression against the promoted round (loops/guardrail.py).
+
+    Paired (the default in the cycle): both rounds' models on this round's validation users; refused when the mean
+    per-user drop exceeds ``cycle.guardrail_margin`` *and* the exact one-sided sign test on the users whose hit
+    changed is significant at ``cycle.guardrail_alpha``. Without paired figures: the unpaired rule against the promoted round's
+    recorded C-H@1. Fewer than ``cycle.guardrail_min_users`` validation users: promoted with a warning.
+    """
+    from loops.guardrail import judge
+
     state = read_state(workdir)
     promoted = [r for r in state["rounds"] if r["round"] == state["promoted_round"]]
-    new = metrics.get("val/C-H@1")
     old = promoted[0]["metrics"].get("val/C-H@1") if promoted else None
-    if new is None or old is None:
-        return True, ""
-    n = metrics.get("val/users", 0)
-    if n < cfg.cycle.guardrail_min_users:
-        log.warning("guardrail: only %d validation users (< cycle.guardrail_min_users = %d); promoting without "
-                    "judging C-H@1 %.4f against %.4f", n, cfg.cycle.guardrail_min_users, new, old)
-        return True, ""
-    if new < old - cfg.cycle.guardrail_margin:
-        return False, (f"guardrail: validation C-H@1 {new:.4f} is more than {cfg.cycle.guardrail_margin} below "
-                       f"round {state['promoted_round']}'s {old:.4f}")
-    return True, ""
+    return judge(metrics, old, state["promoted_round"] if promoted else 0, margin=cfg.cycle.guardrail_margin,
+                 alpha=cfg.cycle.guardrail_alpha, min_users=cfg.cycle.guardrail_min_users)
 
 
 def promote(workdir: Path, k: int) -> None:
@@ -538,7 +574,8 @@ def lookup(workdir: Path, *, user: str | None = None, csid: str | None = None,
     Returns:
         ``{"round", "status", "csid", "recent", "categories", "fallback"}`` (plus ``"user"`` for a user lookup
         and ``"unknown"``, the unknown names, for ``unknown_category``). ``categories`` is what serving returns
-        (``[{"category", "score"}]``, C_align order); ``status`` says what that answer means:
+        (``[{"category", "score"}]``, C_align order; for a user of a round run with ``novelty.exclude: history``,
+        without the categories the user clicked); ``status`` says what that answer means:
 
         - ``found``: the key is in the promoted KV table and has aligned categories.
         - ``empty``: the key is in the table and its C_align is empty -- a real answer: no candidate scored above
@@ -558,10 +595,11 @@ def lookup(workdir: Path, *, user: str | None = None, csid: str | None = None,
     current = Path(workdir) / "current"
     answer: dict[str, Any] = {}
     status = None
+    clicked: set[str] = set()
     if user is not None:
         answer["user"] = str(user)
         known = _user_state(workdir, user)
-        csid, recent = known if known is not None else (DEFAULT_CSID, [])
+        csid, recent, clicked = known if known is not None else (DEFAULT_CSID, [], set())
         status = None if known is not None else "unknown_user"
     assert csid is not None
     recent = list(canonical_recent(recent or []))
@@ -576,20 +614,38 @@ def lookup(workdir: Path, *, user: str | None = None, csid: str | None = None,
     with KVReader(workdir) as reader:
         value = reader.get_value(csid, recent)
         categories = [] if value is None else value.as_list()
+        if clicked:  # novelty.exclude: history: the user's clicked categories leave the key's list
+            categories = [e for e in categories if e["category"] not in clicked]
         if status is None:
             status = "unknown_key" if value is None else ("found" if categories else "empty")
         return {"round": reader.round, "status": status, **answer, "csid": csid, "recent": recent,
                 "fallback": csid == DEFAULT_CSID, "categories": categories}
 
 
-def write_users_table(rp: Path, keys_by_user: dict[str, Key], categories: list[str] | None = None) -> None:
+def _history_at_end(data: RoundData) -> dict[str, set[str]]:
+    """Every category each user clicked before the round's end: the carried state's plus the window's clicks."""
+    from coea.data.sequences import click_categories_by_user
+
+    out = {u: set(cs) for u, cs in data.hist_categories.items()}
+    for u, cl in click_categories_by_user(data.inter, start=data.start, end=data.end).items():
+        out.setdefault(u, set()).update(c for _, c in cl)
+    return out
+
+
+def write_users_table(rp: Path, keys_by_user: dict[str, Key], categories: list[str] | None = None,
+                      history: dict[str, set[str]] | None = None) -> None:
     """``rounds/NNN/users.parquet``: user_id, csid, recent (C'_short) -- what ``coea lookup --user`` reads.
+
+    With ``history`` (``novelty.exclude: history``) also each user's clicked categories, which ``coea lookup
+    --user`` then leaves out of the key's list.
 
     With ``categories`` also ``rounds/NNN/categories.json``, the round's catalogue, which ``coea lookup`` uses to
     tell a made-up category from a real one.
     """
     table = pd.DataFrame({"user_id": list(keys_by_user), "csid": [k.csid for k in keys_by_user.values()],
                           "recent": [list(k.recent) for k in keys_by_user.values()]})
+    if history is not None:
+        table["history"] = [sorted(history.get(u, ())) for u in keys_by_user]
     tmp = rp / ".users.parquet.tmp"
     table.to_parquet(tmp, index=False)
     tmp.replace(rp / "users.parquet")
@@ -597,14 +653,17 @@ def write_users_table(rp: Path, keys_by_user: dict[str, Key], categories: list[s
         write_json(rp / "categories.json", sorted(categories))
 
 
-def _user_state(workdir: Path, user: str) -> tuple[str, list[str]] | None:
-    """A user's CSID and C'_short at the promoted round; None for a user the round does not know."""
+def _user_state(workdir: Path, user: str) -> tuple[str, list[str], set[str]] | None:
+    """A user's CSID, C'_short and clicked categories (empty unless ``novelty.exclude: history`` wrote them) at the
+    promoted round; None for a user the round does not know."""
     path = Path(workdir) / "current" / "users.parquet"
     if path.exists():
         users = pd.read_parquet(path)
         hit = users[users["user_id"] == str(user)]
         if len(hit):
-            return str(hit.iloc[0]["csid"]), list(hit.iloc[0]["recent"])
+            row = hit.iloc[0]
+            history = set(row["history"]) if "history" in hit.columns else set()
+            return str(row["csid"]), list(row["recent"]), history
     return None
 
 
@@ -653,76 +712,3 @@ def track(cfg: Config, workdir: Path, k: int, metrics: dict[str, Any], *, base: 
     from loops.track import track_round
 
     track_round(cfg, workdir, k, metrics, base=base)
-
-
-def stage_relevance(cfg: Config, workdir: Path, k: int, base: int, inter, seqs_prev, csids_prev: dict[str, str],
-                    portraits: dict[str, str], start: int, end: int,
-                    history: dict[str, list[tuple[int, str]]] | None = None) -> dict[str, Any]:
-    """``rounds/NNN/relevance``: continue the promoted Relevance LLM on D_k's new clicks (validation users held out).
-
-    Writes the model (adapter + score head over the round's base, or full weights; docs/llms.md) and the round's
-    calibration, fitted on the validation users' clicked vs unclicked categories of D_k (the previous round's is
-    kept when there are too few). Returns the ``relevance/*`` metrics: accuracy, loss, ece, brier, ...
-    ``history`` (clicks before ``start``; the live clock passes the carried state's) defaults to ``inter``'s.
-    """
-    from coea.data.sequences import click_categories_by_user, exposures_by_user
-    from loops.reward import finish_calibration, relevance_pairs
-    from storage.keys import DEFAULT_CSID
-
-    rp = round_dir(workdir, k)
-    if stage_done(rp, "relevance"):
-        return read_json(rp / "relevance" / "metrics.json")
-    clicks = click_categories_by_user(inter, start=start, end=end)
-    exposures = exposures_by_user(inter, start=start, end=end)
-    if history is None:  # the round's data carries each user's last clicks before the window (coea/round_data.py)
-        history = click_categories_by_user(inter, end=start)
-    portrait_of = {u: portraits.get(csids_prev.get(u, DEFAULT_CSID)) or portraits.get(DEFAULT_CSID, "")
-                   for u in clicks}
-    users = sorted(clicks)
-    train = [u for u in users if not is_validation_user(u)]
-    val = [u for u in users if is_validation_user(u)]
-    pairs = relevance_pairs(cfg, clicks, exposures, portrait_of, inter.categories, train, history=history,
-                            seed=cfg.run.seed + k)
-    val_pairs = relevance_pairs(cfg, clicks, exposures, portrait_of, inter.categories, val, history=history,
-                                seed=cfg.run.seed + k + 1)
-    if cfg.relevance.max_train_pairs and len(pairs) > cfg.relevance.max_train_pairs:
-        rng = np.random.default_rng(cfg.run.seed + k)
-        pairs = [pairs[i] for i in sorted(rng.choice(len(pairs), cfg.relevance.max_train_pairs, replace=False))]
-    with stage(rp, "relevance") as tmp:
-        previous = relevance_model_dir(workdir, base)
-        if pairs and cfg.relevance.update_epochs > 0:
-            res = _update_relevance(cfg, workdir, previous, pairs, val_pairs[:2000], tmp)
-            metrics = {"accuracy": res.accuracy, "train_pairs": res.train_pairs,
-                       "loss": res.loss_curve[-1] if res.loss_curve else float("nan"), "eval_pairs": len(val_pairs),
-                       **{m: v for m, v in res.calibration.items() if m != "fitted"}}
-        else:  # nothing new to learn from: carry the previous model (and its calibration) forward unchanged
-            import shutil
-
-            shutil.copytree(previous, tmp / "model")
-            metrics = {"train_pairs": 0}
-        metrics["calibration_fitted"] = int(finish_calibration(tmp, previous, base) == "fit")
-        metrics["base_round"] = base
-        write_json(tmp / "metrics.json", metrics)
-        write_manifest(tmp, cfg, {"base_round": base, "start_model": str(previous)})
-    return metrics
-
-
-def _update_relevance(cfg: Config, workdir: Path, previous: Path, pairs: list[dict[str, str]],
-                      eval_pairs: list[dict[str, str]], out_dir: Path):
-    """Continue ``previous`` on ``pairs`` for ``relevance.update_epochs``, here or on the (num_processes) workers.
-
-    ``previous`` (an adapter or full weights) is loaded over the newest base model and tokenizer, which encode
-    this round's catalogue (loops.bootstrap.grow_backbone ran before the candidates).
-    """
-    base_model = base_model_path(cfg, workdir)
-    if trains_in_workers(cfg):
-        from loops.workers import launch_reward
-
-        return launch_reward(cfg, previous, tokenizer_path(workdir), pairs, out_dir,
-                             epochs=cfg.relevance.update_epochs, eval_pairs=eval_pairs, base_model=base_model)
-    from coea.backbones import load_tokenizer
-    from loops.reward import train_reward
-
-    tok = load_tokenizer(tokenizer_path(workdir), cfg)
-    return train_reward(cfg, previous, tok, pairs, out_dir, epochs=cfg.relevance.update_epochs,
-                        eval_pairs=eval_pairs, base_model=base_model)

@@ -668,7 +668,8 @@ def _args_from_pco(cfg: PcoConfig, out_dir: Path, *, seed: int, deepspeed: str, 
     return DPOKLConfig(
         output_dir=str(out_dir / "trainer"),
         loss_type=cfg.loss_type, beta=cfg.beta, alpha=cfg.alpha,
-        learning_rate=cfg.lr, num_train_epochs=cfg.epochs, max_steps=max_steps,
+        learning_rate=cfg.lr, num_train_epochs=cfg.epochs,
+        max_steps=max_steps if max_steps > 0 else (cfg.steps_per_round or -1),
         per_device_train_batch_size=cfg.per_device_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         max_length=cfg.max_length, shared_prompt=cfg.shared_prompt, precompute_reference=cfg.precompute_reference,
@@ -714,7 +715,8 @@ def run_dpo(
         seed: training seed.
         dtype: model dtype (see :func:`load_policy_and_reference`).
         deepspeed: path of a DeepSpeed config, '' for none.
-        max_steps: > 0 caps the optimizer steps (overrides ``cfg.epochs``).
+        max_steps: > 0 caps the optimizer steps (overrides ``cfg.epochs``); otherwise ``cfg.steps_per_round``
+            does when set (the paper's 5 batches a round: the sample is cycled if it holds fewer pairs).
     """
     from transformers import AutoTokenizer
 

@@ -14,6 +14,7 @@ without LoRA it is full weights. ``calibration.json`` beside it holds the round'
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,8 @@ class RewardResult:
 
 def relevance_pairs(cfg: Any, clicks: dict[str, list[tuple[int, str]]], exposures: dict[str, list[tuple[int, str]]],
                     portraits_by_user: dict[str, str], categories: list[str], users: list[str], *,
-                    history: dict[str, list[tuple[int, str]]] | None = None, seed: int = 0) -> list[dict[str, str]]:
+                    history: dict[str, list[tuple[int, str]]] | None = None, seed: int = 0,
+                    known: dict[str, set[str]] | None = None, new_only: bool = False) -> list[dict[str, Any]]:
     """Preference records for the reward model (prompt "" + whole relevance texts, see loops/pairs.py).
 
     ``clicks`` / ``exposures`` are the window's events per user; ``history`` (optional) holds earlier clicks that
@@ -48,6 +50,14 @@ def relevance_pairs(cfg: Any, clicks: dict[str, list[tuple[int, str]]], exposure
     record carries ``user_id``, ``click`` (one id per click, shared by its negatives) and ``sequence`` (the last
     two clicks in click order -> the clicked category, coea.prompts.click_sequence_text: the embedded backbone's
     pretraining text, never a training or inference text of the Relevance LLM).
+
+    Each record also names its categories and what the held-out report (coea.relevance.heldout_report) needs:
+    ``pos`` / ``neg``; ``pos_new`` / ``neg_new`` (the category is new to the user: not among the categories they
+    clicked before the click, ``known`` -- every category clicked before the window -- plus ``history`` and the
+    window's earlier clicks); ``pos_share`` / ``neg_share`` (the category's share of those earlier clicks).
+
+    ``new_only`` (held-out probes of what the Relevance filter judges): only clicks on a category new to the user
+    give pairs, and their negatives are categories also new to the user that they did not click that day.
     """
     from coea.prompts import click_sequence_text, recent_at, relevance_prompt
 
@@ -57,9 +67,12 @@ def relevance_pairs(cfg: Any, clicks: dict[str, list[tuple[int, str]]], exposure
     n_clicks = 0
     for u in users:
         seq = clicks.get(u, [])
-        past = [c for _, c in (history or {}).get(u, [])][-max(short_k, 2):]
+        held = [c for _, c in (history or {}).get(u, [])]
+        past = held[-max(short_k, 2):]
         cats = past + [c for _, c in seq]
         offset = len(past)
+        seen = set((known or {}).get(u, ())) | set(held)
+        counts = Counter(held)
         by_day_clicks: dict[int, set[str]] = {}
         for ts, c in seq:
             by_day_clicks.setdefault(ts // DAY, set()).add(c)
@@ -68,12 +81,20 @@ def relevance_pairs(cfg: Any, clicks: dict[str, list[tuple[int, str]]], exposure
             by_day_exp.setdefault(ts // DAY, set()).add(c)
         for j, (ts, pos) in enumerate(seq):
             t = j + offset
+            if j:  # the window's earlier clicks are known before this one
+                seen.add(seq[j - 1][1])
+                counts[seq[j - 1][1]] += 1
             if t < 2:
                 continue
             recent = recent_at(cats, t, short_k)
             day = ts // DAY
-            pool = sorted(by_day_exp.get(day, set()) - by_day_clicks[day])
-            if not pool:
+            if new_only:
+                if pos in seen:
+                    continue
+                pool = [c for c in categories if c not in by_day_clicks[day] and c not in seen]
+            else:
+                pool = sorted(by_day_exp.get(day, set()) - by_day_clicks[day])
+            if not pool and not new_only:
                 pool = [c for c in categories if c not in by_day_clicks[day]]
             if not pool:
                 continue
@@ -83,9 +104,12 @@ def relevance_pairs(cfg: Any, clicks: dict[str, list[tuple[int, str]]], exposure
             portrait = portraits_by_user.get(u, "")
             chosen = relevance_prompt(cfg.prompts, portrait, recent, pos)
             sequence = click_sequence_text(cfg.prompts, portrait, cats[t - 2:t], pos)
+            total = max(sum(counts.values()), 1)
             for i in picks:
                 out.append({"prompt": "", "chosen": chosen, "user_id": u, "click": n_clicks, "sequence": sequence,
-                            "rejected": relevance_prompt(cfg.prompts, portrait, recent, pool[i])})
+                            "rejected": relevance_prompt(cfg.prompts, portrait, recent, pool[i]),
+                            "pos": pos, "neg": pool[i], "pos_new": pos not in seen, "neg_new": pool[i] not in seen,
+                            "pos_share": counts[pos] / total, "neg_share": counts[pool[i]] / total})
             n_clicks += 1
     return out
 

@@ -14,7 +14,7 @@ import pytest
 
 from coea.errors import LockHeldError
 from coea.rounds import cutoff, is_validation_user
-from loops.cycle import guardrail, lookup, rollback, run_cycle, sample_users
+from loops.cycle import guardrail, lookup, rollback, run_cycle
 from loops.state import read_state, workdir_lock
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,14 +115,6 @@ def test_guardrail_refuses_a_drop(cfg, tmp_path):
     assert guardrail(cfg, tmp_path, {"val/C-H@1": drop, "val/users": 3})[0]  # too few users to judge
 
 
-def test_sample_is_one_percent_at_least_one():
-    users = [f"u{i}" for i in range(250)]
-    assert len(sample_users(users, 0.01, 0)) == 2
-    assert len(sample_users(users[:50], 0.01, 0)) == 1
-    assert sample_users(users, 0.01, 0) == sample_users(users, 0.01, 0)
-    assert sample_users([], 0.01, 0) == []
-
-
 def test_validation_split_is_stable_and_about_ten_percent():
     users = [str(i) for i in range(5000)]
     share = sum(map(is_validation_user, users)) / len(users)
@@ -135,3 +127,70 @@ def test_replay_cutoffs_advance(cfg):
     inter = load_interactions(cfg.data, cfg.synthetic, cfg.run.seed)
     c = [cutoff(cfg, inter, k) for k in range(4)]
     assert c == sorted(c) and c[1] - c[0] == int(cfg.cycle.replay_days * 86400)
+
+
+def test_pco_samples_eq15_records_scored_by_the_rounds_own_relevance_llm(two_cycles, cfg):
+    """N = floor(f * |D_k|) records of training users; chosen / rejected carry round k's own Relevance scores."""
+    from coea.dsie import load_dsie
+    from coea.inference import load_models
+    from coea.prompts import relevance_prompt
+    from coea.relevance import score
+    from coea.rounds import latest_dsie_dir
+
+    workdir, _, _ = two_cycles
+    for k in (1, 2):
+        rp = workdir / "rounds" / f"{k:03d}"
+        metrics = json.loads((rp / "metrics.json").read_text())
+        assert metrics["pco/sampled_records"] == int(cfg.pco.sample_fraction * metrics["pco/dk_records"])
+        assert metrics["pco/dk_records"] > metrics["keys/users"]  # records are clicks, not users
+        pairs = json.loads((rp / "pco" / "pairs.json").read_text())
+        assert 0 < len(pairs) <= metrics["pco/sampled_records"] and metrics["pco/pairs"] == len(pairs)
+        assert not any(is_validation_user(p["user_id"]) for p in pairs)
+        models = load_models(cfg, workdir, metrics["cycle/base_round"], k, "cpu")
+        portraits = load_dsie(latest_dsie_dir(workdir, k)).portraits
+        texts = [relevance_prompt(cfg.prompts, portraits.get(p["csid"]) or portraits["default"], p["recent"],
+                                  p["chosen"].strip()) for p in pairs[:8]]
+        again = score(models.relevance, models.tokenizer, texts, calibration=models.calibration)
+        assert again == pytest.approx([p["chosen_score"] for p in pairs[:8]], abs=1e-5)
+
+
+def test_relevance_update_reports_heldout_and_keeps_a_bounded_replay(two_cycles, cfg):
+    workdir, _, _ = two_cycles
+    for k in (1, 2):
+        rp = workdir / "rounds" / f"{k:03d}"
+        metrics = json.loads((rp / "metrics.json").read_text())
+        assert metrics["relevance/judged"] == 1
+        for m in ("accuracy", "accuracy_new", "popularity_accuracy", "share_accuracy", "ece_applied"):
+            assert f"relevance/heldout_{m}" in metrics
+        replay = (rp / "relevance" / "replay.jsonl").read_text().splitlines()
+        assert 0 < len(replay) <= cfg.relevance.replay_pairs
+        assert metrics["relevance/train_pairs"] <= metrics["relevance/new_pairs"] + cfg.relevance.replay_pairs
+        assert "guardrail/delta" in metrics and metrics["guardrail/paired_users"] == metrics["val/users"]
+
+
+def test_a_worse_relevance_model_is_not_kept(cfg, tmp_path, monkeypatch):
+    """The update is replaced by the promoted model with its score head negated: the round keeps the promoted one."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    import loops.relevance_update as ru
+    from loops.reward import RewardResult
+
+    def negated_update(cfg, workdir, previous, pairs, eval_pairs, out_dir):
+        shutil.copytree(previous, out_dir / "model")
+        path = out_dir / "model" / "adapter_model.safetensors"
+        tensors = load_file(path)
+        save_file({n: -t if "score" in n else t for n, t in tensors.items()}, path)
+        return RewardResult(out_dir / "model", [0.7], len(pairs), float("nan"))
+
+    monkeypatch.setattr(ru, "_update_relevance", negated_update)
+    result = run_cycle(cfg, tmp_path)
+    m = result.metrics
+    assert m["relevance/trained_accuracy"] < m["relevance/promoted_accuracy"]
+    assert m["relevance/kept_promoted"] == 1 and m["relevance/heldout_accuracy"] == m["relevance/promoted_accuracy"]
+    kept = tmp_path / "rounds" / "001" / "relevance" / "model" / "adapter_model.safetensors"
+    promoted = tmp_path / "rounds" / "000" / "relevance" / "model" / "adapter_model.safetensors"
+    assert kept.read_bytes() == promoted.read_bytes()
+    assert json.loads((tmp_path / "rounds" / "001" / "relevance" / "calibration.json").read_text())["source"] \
+        .startswith("carried from round 0")

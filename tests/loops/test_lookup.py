@@ -76,3 +76,13 @@ def test_users_table_and_catalogue_are_written(served):
     assert list(users["user_id"]) == ["alice", "bob"]
     assert json.loads((served / "rounds" / "001" / "categories.json").read_text()) == ["Baking", "Chess", "Hiking",
                                                                                         "Jazz"]
+
+
+def test_a_user_lookup_leaves_out_the_users_clicked_categories_under_exclude_history(served):
+    """novelty.exclude: history writes each user's clicked categories; the key's list loses them for that user."""
+    rp = served / "rounds" / "001"
+    write_users_table(rp, {"alice": Key("g1", ("Jazz",)), "carol": Key("g1", ("Jazz",))},
+                      ["Jazz", "Hiking", "Chess", "Baking"], history={"alice": {"Jazz", "Chess"}})
+    assert [c["category"] for c in lookup(served, user="alice")["categories"]] == ["Baking"]
+    assert [c["category"] for c in lookup(served, user="carol")["categories"]] == ["Chess", "Baking"]
+    assert [c["category"] for c in lookup(served, csid="g1", recent=["Jazz"])["categories"]] == ["Chess", "Baking"]

@@ -101,8 +101,9 @@ def test_a_refused_round_keeps_the_promoted_round_served(history):
 def test_the_round_after_a_refusal_starts_every_model_from_the_promoted_round(history):
     workdir, snap = history
     assert snap[3].base == 1 and snap[3].status == "promoted"
-    assert snap["calls"][3][0] == (1, 1)  # candidates: round 1's Novelty and Relevance LLMs, not round 2's
-    assert snap["calls"][3][-1] == (3, 3)  # validation: the new round's models
+    # candidates: round 1's Novelty LLM and the Relevance LLM round 3 kept (updated from round 1's), not round 2's
+    assert snap["calls"][3][0] == (1, 3)
+    assert snap["calls"][3][-2:] == [(3, 3), (1, 1)]  # validation: the new round's models, then the promoted ones
     files = snap["after_3"]
     assert files["pco"]["policy_start"] == str(novelty_adapter(workdir, 1))
     assert files["pco"]["reference"] == str(novelty_adapter(workdir, 1))  # anchor previous = the previous *promoted*
@@ -135,7 +136,7 @@ def test_retention_expires_whole_rounds_and_later_rounds_still_train(history):
 def test_a_cycle_after_a_rollback_starts_from_the_rolled_back_round(history):
     workdir, snap = history
     assert snap["rollback"] == 4
-    assert snap[5].base == 3 and snap["calls"][5][0] == (3, 3)
+    assert snap[5].base == 3 and snap["calls"][5][0] == (3, 5)
     assert read_json(round_dir(workdir, 5) / "pco" / "metrics.json")["policy_start"] == str(novelty_adapter(workdir, 3))
 
 
@@ -265,7 +266,8 @@ def test_a_failing_round_logs_its_traceback_stops_at_the_limit_and_retries_on_re
     entry = round_entry(read_state(workdir), 1)
     assert entry["status"] in ("promoted", "refused") and entry["attempts"] == 1 and len(entry["failures"]) == 2
     skipped = [line for line in lines.lines if "finished in an earlier run; skipping it" in line]
-    assert skipped == [f"round 1: stage {s} finished in an earlier run; skipping it" for s in ("data", "candidates", "kv")]
+    assert skipped == [f"round 1: stage {s} finished in an earlier run; skipping it"
+                       for s in ("data", "relevance", "candidates", "kv")]
 
 
 def test_retry_fresh_redoes_the_finished_stages(fresh, monkeypatch, capsys):
