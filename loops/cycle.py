@@ -37,22 +37,37 @@ import pandas as pd
 
 from coea.config import Config
 from coea.console import banner, plural
-from coea.workdir import (
-    fault_point, log_finished_stages, read_json, round_dir, setup_run, stage, stage_done, write_json, write_manifest,
-)
-from coea.inference import Key, Models, load_models, propose_and_score, user_keys
 from coea.data.partitions import utc
+from coea.data.sequences import click_categories_by_user
+from coea.dsie import assign_csids, load_dsie, run_dsie
+from coea.errors import WorkdirError
+from coea.inference import Key, Models, load_models, propose_and_score, user_keys
+from coea.metrics import evaluate_users, long_tail_categories
 from coea.round_data import RoundData, load_round, metrics_of
 from coea.rounds import (
     base_model_path, is_validation_user, latest_dsie_dir, novelty_adapter, previous_csids, relevance_model_dir,
     tokenizer_path,
 )
+from coea.workdir import (
+    fault_point, log_finished_stages, read_json, round_dir, setup_run, stage, stage_done, write_json,
+    write_manifest,
+)
+from loops.bootstrap import grow_backbone, run_bootstrap
+from loops.dpo import run_dpo
+from loops.guardrail import hits_at_1, judge, paired_stats
 from loops.launch import scores_in_workers, trains_in_workers
+from loops.pairs import preference_dataset
+from loops.pco import dk_records, preference_pairs, sample_records
 from loops.relevance_update import stage_relevance
+from loops.retention import apply_retention, discard_unfinished, rollback_offers
 from loops.state import (
     FINISHED, check_attempts, last_finished_round, promote_link, read_state, record_round, round_attempt,
-    workdir_lock,
+    round_entry, workdir_lock, write_state,
 )
+from loops.track import track_round
+from loops.workers import launch_candidates, launch_dpo
+from storage.keys import DEFAULT_CSID, canonical_recent, kv_key
+from storage.kv import KVReader, KVStore, encode_value
 
 log = logging.getLogger("coea.cycle")
 
@@ -78,8 +93,6 @@ class CycleResult:
 
 def run_dsie_stage(cfg: Config, workdir: Path, *, until: int | None = None) -> dict[str, Any]:
     """``coea dsie``: DSIE on the round-0 share of the timeline into ``rounds/000/dsie``; returns its report."""
-    from coea.dsie import run_dsie
-
     setup_run(cfg)
     rp = round_dir(workdir, 0)
     if stage_done(rp, "dsie"):
@@ -113,8 +126,6 @@ def stage_candidates(cfg: Config, workdir: Path, k: int, base: int, keys: list[K
             banner("candidates", plural(len(keys), "key"), f"Novelty top-{cfg.novelty.num_candidates} from round "
                    f"{base}'s model, Relevance scores from round {rel}'s")
             if scores_in_workers(cfg):
-                from loops.workers import launch_candidates
-
                 rows = launch_candidates(cfg, workdir, base, rel, keys, portraits, categories, tmp)
             else:
                 rows = propose_and_score(cfg, load_models(cfg, workdir, base, rel, device), keys, portraits,
@@ -132,9 +143,6 @@ def stage_candidates(cfg: Config, workdir: Path, k: int, base: int, keys: list[K
 
 def stage_kv(workdir: Path, k: int, table: pd.DataFrame) -> dict[str, Any]:
     """Stage and verify the round's KV table (storage/ owns the bytes; see docs/storage.md)."""
-    from storage.keys import kv_key
-    from storage.kv import KVStore, encode_value
-
     store = KVStore(workdir)
     if k in store.list_rounds():
         return store.manifest(k)
@@ -160,9 +168,6 @@ def sample_pairs(cfg: Config, workdir: Path, k: int, base: int, data: RoundData,
     rows, which round k's models scored; the others are proposed and scored here with the same models. Returns the
     pairs and the ``pco/*`` sample metrics.
     """
-    from coea.data.sequences import click_categories_by_user
-    from loops.pco import dk_records, preference_pairs, sample_records
-
     inter = data.inter
     clicks = click_categories_by_user(inter, end=data.end)
     users = sorted(u for u in set(clicks) | set(data.history) if not is_validation_user(u))
@@ -175,8 +180,6 @@ def sample_pairs(cfg: Config, workdir: Path, k: int, base: int, data: RoundData,
     if missing:
         keys = [Key(c, r) for c, r in missing]
         if scores_in_workers(cfg):
-            from loops.workers import launch_candidates
-
             rows = launch_candidates(cfg, workdir, base, k, keys, portraits, inter.categories,
                                      round_dir(workdir, k) / "pco-keys")
         else:
@@ -220,9 +223,6 @@ def stage_pco(cfg: Config, workdir: Path, k: int, pairs: list[dict[str, str]], b
     ``pco.epochs: 0`` trains nothing: the stage holds a copy of the base's adapter (a frozen Novelty LLM).
     ``sample`` (the ``pco/*`` figures of Eq. 15's sample, :func:`sample_pairs`) is kept in metrics.json.
     """
-    from loops.dpo import run_dpo
-    from loops.pairs import preference_dataset
-
     rp = round_dir(workdir, k)
     if stage_done(rp, "pco"):
         return read_json(rp / "pco" / "metrics.json")
@@ -240,8 +240,6 @@ def stage_pco(cfg: Config, workdir: Path, k: int, pairs: list[dict[str, str]], b
             return _carry_adapter(cfg, tmp, previous, base, {"n_pairs": 0, "skipped": 1},
                                   {"skipped": why, "sample": sample or {}}, pairs=0, reference=str(anchor or previous))
         if trains_in_workers(cfg):
-            from loops.workers import launch_dpo
-
             result = launch_dpo(cfg, base_model_path(cfg, workdir), previous, anchor, tokenizer_path(workdir),
                                 tmp / "pairs.json", tmp, seed=cfg.run.seed + k)
         else:
@@ -274,9 +272,6 @@ def validation_metrics(cfg: Config, models: Models, inter, seqs_prev, csids_prev
     ``None``: the clicks in ``inter``). With ``base_models`` (the promoted round's) the same users' lists from
     those models too, and the paired C-H@1 figures the guardrail judges (``guardrail/*``, loops/guardrail.py).
     """
-    from coea.data.sequences import click_categories_by_user
-    from coea.metrics import evaluate_users, long_tail_categories
-
     clicks = click_categories_by_user(inter, start=start, end=end)
     if hist is None:
         hist = {u: {c for _, c in cl} for u, cl in click_categories_by_user(inter, end=start).items()}
@@ -314,8 +309,6 @@ def validation_metrics(cfg: Config, models: Models, inter, seqs_prev, csids_prev
     metrics = {f"val/{k}": float(v) for k, v in metrics.items()}
     metrics["val/users"] = len(rows)
     if base_models is not None:
-        from loops.guardrail import hits_at_1, paired_stats
-
         new_hits, base_hits = hits_at_1(recs, truth), hits_at_1(lists(base_models), truth)
         metrics.update(paired_stats(new_hits, base_hits))
         metrics["guardrail/hits"] = {"users": [seqs_prev.user_ids[i] for i in rows], "new": new_hits,
@@ -357,8 +350,6 @@ def run_cycle(cfg: Config, workdir: Path, *, until: int | None = None) -> CycleR
             clock = now
 
         if not any(r["round"] == 0 and r["status"] in FINISHED for r in read_state(workdir)["rounds"]):
-            from loops.bootstrap import run_bootstrap
-
             with round_attempt(workdir, 0, max_attempts=cfg.cycle.max_attempts, context=_context(cfg)):
                 boot = run_bootstrap(cfg, workdir, until=until)
             record_round(workdir, 0, "bootstrapped", metrics=_flat_metrics(boot), fingerprint=cfg.fingerprint())
@@ -389,9 +380,6 @@ def _restart_if_base_changed(workdir: Path, k: int, base: int) -> None:
     Its candidates and KV table were scored by the old base's models; mixing them with DPO and Relevance updates
     from the new base would build round k on two different rounds.
     """
-    from loops.retention import discard_unfinished
-    from loops.state import round_entry
-
     entry = round_entry(read_state(workdir), k)
     if entry is None or entry["status"] in FINISHED or entry.get("base") in (None, base):
         return
@@ -409,15 +397,11 @@ def _context(cfg: Config, **window: int | None) -> dict[str, Any]:
 
 
 def _kv_staged(workdir: Path, k: int) -> bool:
-    from storage.kv import KVStore
-
     return k in KVStore(workdir).list_rounds()
 
 
 def _retain(cfg: Config, workdir: Path) -> None:
     """Retention after a finished round; a failure here never fails the round (it is already recorded)."""
-    from loops.retention import apply_retention
-
     try:
         apply_retention(workdir, cfg.cycle.keep_rounds)
     except Exception as exc:  # noqa: BLE001 - the next finished round retries the expiry
@@ -426,8 +410,6 @@ def _retain(cfg: Config, workdir: Path) -> None:
 
 def _run_round(cfg: Config, workdir: Path, k: int, base: int, data: RoundData, device: str,
                timings: dict[str, float], lap) -> CycleResult:
-    from coea.dsie import assign_csids, load_dsie, run_dsie
-
     rp = round_dir(workdir, k)
     inter, seqs, seqs_prev, start, end = data.inter, data.seqs, data.seqs_prev, data.start, data.end
     every = cfg.cycle.dsie_refresh_every
@@ -447,8 +429,6 @@ def _run_round(cfg: Config, workdir: Path, k: int, base: int, data: RoundData, d
     keys = sorted({(kk.csid, kk.recent) for kk in keys_by_user.values()})
     write_users_table(rp, keys_by_user, list(inter.categories),
                       history=_history_at_end(data) if cfg.novelty.exclude == "history" else None)
-    from loops.bootstrap import grow_backbone
-
     vocab = grow_backbone(cfg, workdir, k, inter.categories)  # new category names become tokens, then candidates
     # The Relevance LLM learns first, so that this round's scores (C_align and Eq. 15's pairs) are its own.
     rel = stage_relevance(cfg, workdir, k, base, inter, seqs_prev, csids_prev, portraits, start, end,
@@ -505,8 +485,6 @@ def guardrail(cfg: Config, workdir: Path, metrics: dict[str, Any]) -> tuple[bool
     changed is significant at ``cycle.guardrail_alpha``. Without paired figures: the unpaired rule against the promoted round's
     recorded C-H@1. Fewer than ``cycle.guardrail_min_users`` validation users: promoted with a warning.
     """
-    from loops.guardrail import judge
-
     state = read_state(workdir)
     promoted = [r for r in state["rounds"] if r["round"] == state["promoted_round"]]
     old = promoted[0]["metrics"].get("val/C-H@1") if promoted else None
@@ -519,8 +497,6 @@ def promote(workdir: Path, k: int) -> None:
 
     Old rounds expire afterwards, whole, in :func:`loops.retention.apply_retention`.
     """
-    from storage.kv import KVStore
-
     store = KVStore(workdir)
     fault_point("promote:before_kv")
     store.promote(k)
@@ -534,11 +510,6 @@ def rollback(workdir: Path, to: int) -> int | None:
     Only what :func:`loops.retention.rollback_offers` lists: a kept round that was promoted once. The next cycle
     then starts its models from round ``to``. Raises :class:`coea.errors.WorkdirError` (exit 2) otherwise.
     """
-    from coea.errors import WorkdirError
-    from loops.retention import rollback_offers
-    from loops.state import write_state
-    from storage.kv import KVStore
-
     with workdir_lock(workdir):
         state = read_state(workdir)
         before = state["promoted_round"]
@@ -589,9 +560,6 @@ def lookup(workdir: Path, *, user: str | None = None, csid: str | None = None,
 
         ``coea lookup`` exits 0 for found / empty and 6 for every unknown_* status (README, Commands).
     """
-    from storage.keys import DEFAULT_CSID, canonical_recent
-    from storage.kv import KVReader
-
     current = Path(workdir) / "current"
     answer: dict[str, Any] = {}
     status = None
@@ -624,8 +592,6 @@ def lookup(workdir: Path, *, user: str | None = None, csid: str | None = None,
 
 def _history_at_end(data: RoundData) -> dict[str, set[str]]:
     """Every category each user clicked before the round's end: the carried state's plus the window's clicks."""
-    from coea.data.sequences import click_categories_by_user
-
     out = {u: set(cs) for u, cs in data.hist_categories.items()}
     for u, cl in click_categories_by_user(data.inter, start=data.start, end=data.end).items():
         out.setdefault(u, set()).update(c for _, c in cl)
@@ -671,8 +637,6 @@ def _known_csids(current: Path) -> set[str]:
     """Groups of the promoted round: its users' CSIDs, the DSIE groups it used, and the default CSID."""
     import json
 
-    from storage.keys import DEFAULT_CSID
-
     known = {DEFAULT_CSID}
     if (current / "users.parquet").exists():
         known |= set(pd.read_parquet(current / "users.parquet", columns=["csid"])["csid"].astype(str))
@@ -709,6 +673,4 @@ def _flat_metrics(result: Any) -> dict[str, Any]:
 
 def track(cfg: Config, workdir: Path, k: int, metrics: dict[str, Any], *, base: int | None = None) -> None:
     """W&B (or local) run for this cycle, plus the across-rounds plot in ``rounds/NNN/metrics.png`` (loops/track.py)."""
-    from loops.track import track_round
-
     track_round(cfg, workdir, k, metrics, base=base)
