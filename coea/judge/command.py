@@ -13,12 +13,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from coea.config import ConfigError, load_config
-from coea.evaluate.split import workdir_config
-from coea.judge.inputs import evaluation_lists, label_cases, workdir_lists
-from coea.judge.run import JudgeOptions, run_judge
+from coea.config import ConfigError
 from coea.judge_prompts import TEMPLATES, load_shots, parse_templates, shot_balance
-from coea.rounds import read_state
 
 DESCRIPTION = """\
 Score recommended categories for serendipity with an LLM judge (Tokutake and Okamoto): each (user, category) gets
@@ -82,6 +78,9 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
 
 def options(args: argparse.Namespace):
     """Validated :class:`coea.judge.run.JudgeOptions` from the arguments; a bad one raises ConfigError (exit 2)."""
+    # Imported on use: `coea --help` reads this module's add_arguments, and these load torch and pandas.
+    from coea.judge.run import JudgeOptions
+
     _positive(args, "k", "max_users", "batch_size", "concurrency", "bootstrap", "history_len", "max_tokens")
     if args.max_retries < 0 or args.max_reasoning_tokens < 0:
         raise ConfigError("--max-retries and --max-reasoning-tokens must be >= 0")
@@ -109,6 +108,13 @@ def options(args: argparse.Namespace):
 def run_command(args: argparse.Namespace, *, open_log) -> dict[str, Any]:
     """Read the input, judge it, write the files; returns the summary the CLI prints. ``open_log(dir)`` starts
     the command's log file (OUT/logs/judge-<time>.log)."""
+    # Imported on use: `coea --help` reads this module's add_arguments, and these load torch and pandas.
+    from coea.config import load_config
+    from coea.evaluate.split import workdir_config
+    from coea.judge.inputs import evaluation_lists, label_cases, workdir_lists
+    from coea.judge.run import run_judge
+    from coea.rounds import read_state
+
     calibrate = args.action == "calibrate"
     if calibrate != bool(args.labels):
         raise ConfigError("judge: `coea judge calibrate --labels FILE` compares with people; plain `coea judge` takes "
