@@ -1,6 +1,6 @@
 """Work-directory layout, restartable stages, manifests and run plumbing shared by every stage.
 
-Layout (docs/design.md)::
+Layout (docs/architecture.md, The work directory)::
 
     WORKDIR/
       state.json          promoted round, history of rounds, config fingerprint
