@@ -17,6 +17,10 @@ Protocol:
 3. The results -- results.md (with wall time, load average and what ran), days.jsonl, summary.json, days.png,
    kl.png, validation.json -- are copied to ``benchmarks/results/simulate/``. Each step writes them, so a kill
    loses nothing.
+
+Provenance: the benchmark refuses to start from uncommitted code (coea/simulate/provenance.py: commit first, run
+from the clean tree, then commit the results); ``--allow-dirty`` runs anyway and marks results.md, summary.json
+and validation.json. Each records the commit it ran on.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from coea.config import SIM_LLM_ARMS, load_config  # noqa: E402
+from coea.config import SIM_LLM_ARMS, ConfigError, load_config  # noqa: E402
+from coea.simulate.provenance import check_provenance  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "simulate"
 DEFAULT_CANDIDATES = ("sim.explore_slots=1&sim.coea_set=relevance.tau_align=0.3"
@@ -107,7 +112,8 @@ def validate(args, overrides: list[str], out: Path) -> dict:
             share_start(out / "validation" / "c0", vdir, seed)
         log(f"validation {i + 1}/{len(candidates)}: seed {seed}, {args.val_days} days, {cand!r}")
         t0 = time.perf_counter()
-        simulate(cfg, vdir, seeds=[seed], arms=["exploitation", "coea"], report=False)
+        simulate(cfg, vdir, seeds=[seed], arms=["exploitation", "coea"], report=False,
+                 allow_dirty=args.allow_dirty)
         df = load_rows(vdir)
         disc, g = final_values(df, "discovery_rate"), final_values(df, "gtv_cum")
         rows.append({"settings": cand, "discovery": float(disc["coea"].iloc[0]),
@@ -119,7 +125,7 @@ def validate(args, overrides: list[str], out: Path) -> dict:
     chosen = max(ok, key=lambda r: r["discovery"]) if ok else max(rows, key=lambda r: r["gtv_rel"])
     result = {"seed": seed, "days": args.val_days, "arms": ["exploitation", "coea"], "candidates": rows,
               "rule": "highest discovery with GTV >= exploitation - 1% on the validation seed; else highest GTV",
-              "chosen": chosen["settings"]}
+              "chosen": chosen["settings"], "provenance": check_provenance(args.allow_dirty).as_dict()}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     return result
@@ -139,10 +145,17 @@ def main() -> int:
     ap.add_argument("--arms", default=None, help="override sim.arms")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--results", default=str(RESULTS), help="where the committed files go")
+    ap.add_argument("--allow-dirty", action="store_true",
+                    help="run from uncommitted code anyway and mark the results (refused otherwise)")
     ap.add_argument("--analysis", default=None, metavar="FILE",
                     help="markdown appended to results.md's notes (what the measured curves show; written by a person)")
     args = ap.parse_args()
     RESULTS = Path(args.results)
+    try:
+        check_provenance(args.allow_dirty)  # before hours of work, not after
+    except ConfigError as exc:
+        print(f"simulate benchmark: {exc}", file=sys.stderr)
+        return 2
 
     if os.nice(0) < 10:
         os.nice(10 - os.nice(0))  # not a timing figure: yield the shared cores
@@ -179,17 +192,18 @@ def main() -> int:
             f"(missing: {','.join(missing) or 'none'}), settings {chosen!r}, out {full}")
         sampler, t0 = LoadSampler(), time.perf_counter()
         try:
-            simulate(cfg, full, arms=arms, report=False)
+            simulate(cfg, full, arms=arms, report=False, allow_dirty=args.allow_dirty)
         finally:
             book = wall_book(out, "full", time.perf_counter() - t0, sampler.stop())
-            finish(cfg, full, out, arms, missing, chosen, validation, book, args.analysis)
+            finish(cfg, full, out, arms, missing, chosen, validation, book, args.analysis, args.allow_dirty)
     else:
         book = json.loads((out / "bench_wall.json").read_text()) if (out / "bench_wall.json").exists() else {}
-        finish(cfg, full, out, arms, missing, chosen, validation, book, args.analysis)
+        finish(cfg, full, out, arms, missing, chosen, validation, book, args.analysis, args.allow_dirty)
     return 0
 
 
-def finish(cfg, full: Path, out: Path, arms, missing, chosen, validation, book, analysis=None) -> None:
+def finish(cfg, full: Path, out: Path, arms, missing, chosen, validation, book, analysis=None,
+           allow_dirty: bool = False) -> None:
     from coea.simulate.report import write_report
     from coea.simulate.run import parse_list
 
@@ -212,7 +226,7 @@ def finish(cfg, full: Path, out: Path, arms, missing, chosen, validation, book, 
     if missing:
         note.append(f"Missing arms: {', '.join(missing)} (coea/simulate/coea_arm.py not available when this ran).")
     write_report(cfg, full, arms=arms, seeds=[int(s) for s in parse_list(cfg.sim.seeds)],
-                 wall_s=book.get("total_wall_s"), note="\n\n".join(note), missing=missing)
+                 wall_s=book.get("total_wall_s"), note="\n\n".join(note), missing=missing, allow_dirty=allow_dirty)
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         if (full / name).exists():

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from coea.config import Config
+from coea.simulate import provenance
 from coea.simulate.run import DAYS_FILE, DaysLog
 
 log = logging.getLogger("coea.simulate")
@@ -155,6 +156,17 @@ def _target_lines(s: dict) -> list[str]:
     return lines
 
 
+def provenance_line(p: dict | None) -> str:
+    """results.md's provenance line: the commit(s), and a loud mark when any part ran from uncommitted code."""
+    if not p:
+        return "Code: provenance not recorded."
+    commits = ", ".join(c[:12] if c else "no git commit" for c in p["commits"])
+    if p["dirty"]:
+        return (f"**Code: UNCOMMITTED CHANGES (--allow-dirty)** on top of {commits}: these results match no commit "
+                f"({len(p['changed'])} changed path(s): {', '.join(p['changed'][:5])}).")
+    return f"Code: commit {commits}" + (" (a resumed run that spans commits)." if len(p["commits"]) > 1 else ".")
+
+
 def _pct(m: float, lo: float, hi: float) -> str:
     if not np.isfinite(m):
         return "—"
@@ -175,6 +187,7 @@ def results_markdown(cfg: Config, df: pd.DataFrame, arms: Sequence[str], seeds: 
         f"World seeds {', '.join(map(str, seeds))} · {sim.days} A/B days after {sim.warmup_days} warm-up days · "
         f"{sim.n_users} users · {sim.n_categories} categories · {sim.slots} served slots per session · "
         f"arms: {', '.join(arms)}.",
+        provenance_line(s.get("provenance")),
         f"Status: {'complete' if complete else f'PARTIAL (days present up to {last})'}"
         + (f"; PARTIAL: arms missing: {', '.join(missing)}." if missing else ".")
         + (f" Wall time {wall_s / 60:.1f} min." if wall_s else ""), "",
@@ -338,9 +351,15 @@ def _strict(v):
 
 def write_report(cfg: Config, out_dir: str | Path, *, arms: Sequence[str], seeds: Sequence[int],
                  wall_s: float | None = None, note: str = "", tracking: bool = True,
-                 missing: Sequence[str] = ()) -> dict:
-    """results.md, summary.json, days.png, kl.png and the W&B runs from ``OUT/days.jsonl``; returns the summary."""
+                 missing: Sequence[str] = (), allow_dirty: bool = False) -> dict:
+    """results.md, summary.json, days.png, kl.png and the W&B runs from ``OUT/days.jsonl``; returns the summary.
+
+    Refused (:class:`coea.simulate.provenance.DirtyTreeError`) from uncommitted code unless ``allow_dirty``; the
+    commits of the run's invocations and of this report are recorded in summary.json and results.md.
+    """
     out = Path(out_dir)
+    prov = provenance.check_provenance(allow_dirty)
+    prov_summary = provenance.summarise([*provenance.read(out), prov.as_dict()])
     df = load_rows(out)
     if len(df):
         df = df[df.arm.isin(arms) & df.seed.isin(seeds)]
@@ -349,6 +368,7 @@ def write_report(cfg: Config, out_dir: str | Path, *, arms: Sequence[str], seeds
         return {}
     arms = [a for a in arms if a in set(df["arm"])]
     s = summary(df, arms)
+    s["provenance"] = prov_summary
     plot_days(df, arms, out / "days.png", title="Closed-loop A/B (mean over world seeds, band = min..max)")
     plot_kl(df, out / "kl.png")
     (out / "results.md").write_text(results_markdown(cfg, df, arms, seeds, s, wall_s=wall_s, note=note,

@@ -51,6 +51,7 @@ from coea.data.partitions import (
 )
 from coea.simulate.metrics import ArmMetrics
 from coea.simulate.policies import NON_LLM_ARMS, Policy, make_policy
+from coea.simulate.provenance import check_provenance, record
 from coea.simulate.world import World, WorldState, day_date, day_end
 
 log = logging.getLogger("coea.simulate")
@@ -386,7 +387,7 @@ def _policy_factory(name: str, cfg: Config, world: World, seed_dir: Path, round0
 
 
 def simulate(cfg: Config, out_dir: str | Path, *, seeds: list[int] | None = None, arms: list[str] | None = None,
-             max_days: int | None = None, report: bool = True) -> SimResult:
+             max_days: int | None = None, report: bool = True, allow_dirty: bool = False) -> SimResult:
     """Run (or resume) the closed-loop simulation into ``out_dir``.
 
     Args:
@@ -396,6 +397,8 @@ def simulate(cfg: Config, out_dir: str | Path, *, seeds: list[int] | None = None
         arms: arms (default ``sim.arms``).
         max_days: stop after this many A/B days (a test's "kill after day k"); the run resumes from there.
         report: write results.md, plots and the W&B runs at the end (coea/simulate/report.py).
+        allow_dirty: run from uncommitted code anyway; the results are marked (coea/simulate/provenance.py).
+            Without it such a run is refused before anything is written.
 
     Returns:
         A :class:`SimResult`.
@@ -412,9 +415,11 @@ def simulate(cfg: Config, out_dir: str | Path, *, seeds: list[int] | None = None
         raise ConfigError(f"sim.arms: the LLM arm(s) {', '.join(llm)} need coea/simulate/coea_arm.py, which is "
                           "not installed here; run the non-LLM arms (--arms exploitation,random,popular,ucb)")
     coea_cfg = coea_config_for(cfg) if llm else None
+    prov = check_provenance(allow_dirty)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_same_world(cfg, out)
+    record(out, prov)
     cfg.save(out / "config.yaml")
     days = DaysLog(out / DAYS_FILE)
     n_days = sim.days if max_days is None else min(sim.days, int(max_days))
@@ -458,7 +463,7 @@ def simulate(cfg: Config, out_dir: str | Path, *, seeds: list[int] | None = None
     if report:
         from coea.simulate.report import write_report
 
-        write_report(cfg, out, arms=arms, seeds=seeds)
+        write_report(cfg, out, arms=arms, seeds=seeds, allow_dirty=allow_dirty)
     return result
 
 
