@@ -467,6 +467,12 @@ class SimConfig:
                      "each world. Results are mean and 95% interval over them.")
     validation_seed: int = opt(100, "The world seed on which settings are chosen (benchmarks/simulate.py); never "
                                "one of sim.seeds.", min=0)
+    train_seeds: str = opt("0", "Training seeds of every arm (comma-separated): each is a separate run of the arm on "
+                           "the same world copy (the LLM arms' run.seed + t, round 0 included; the random arms' "
+                           "stream), so the report can separate training noise from world noise. Seed 0 is the "
+                           "plain run.")
+    train_seed_worlds: str = opt("", "World seeds (comma-separated, a subset of sim.seeds) on which the training "
+                                 "seeds after the first run; empty = every world seed.")
     days: int = opt(30, "A/B days per world after the warm-up: each day every arm fills its slots, the world "
                     "plays the sessions, the arm's log grows by one day partition and the arm updates.", min=1)
     warmup_days: int = opt(14, "Organic-only days before the A/B (identical for every arm); round 0 of the LLM "
@@ -678,6 +684,14 @@ def _check_cross_fields(cfg: Config) -> None:
     if sim.validation_seed in seeds:
         raise ConfigError(f"sim.validation_seed: {sim.validation_seed} is also in sim.seeds; settings are chosen "
                           "on a world that is never reported")
+    for name in ("train_seeds", "train_seed_worlds"):
+        try:
+            values = [int(t) for t in getattr(sim, name).split(",") if t.strip()]
+        except ValueError:
+            raise ConfigError(f"sim.{name}: expected comma-separated non-negative integers; got "
+                              f"{getattr(sim, name)!r}") from None
+        if (name == "train_seeds" and not values) or any(v < 0 for v in values) or len(set(values)) != len(values):
+            raise ConfigError(f"sim.{name}: expected distinct non-negative integers; got {getattr(sim, name)!r}")
     try:
         dt.date.fromisoformat(sim.start_date)
     except ValueError:
