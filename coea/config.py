@@ -454,8 +454,8 @@ class EvalConfig:
     num_threads: int = opt(0, "torch threads while evaluating (restored afterwards); 0 = keep.", min=0)
 
 
-SIM_ARMS = ("exploitation", "random", "popular", "ucb", "user_knn", "item_knn", "google_v1", "coea", "wo_kl",
-            "wo_rllm")
+SIM_ARMS = ("exploitation", "random", "popular", "ucb", "user_knn", "item_knn", "thompson", "linucb", "google_v1",
+            "coea", "wo_kl", "wo_rllm")
 SIM_LLM_ARMS = ("google_v1", "coea", "wo_kl", "wo_rllm")
 
 
@@ -538,6 +538,8 @@ class SimConfig:
     user_knn_k: int = opt(10, "user_knn arm: neighbours k (cosine on the users' category click vectors in the "
                           "arm's log; coea/exploration/knn.py).", min=1)
     item_knn_k: int = opt(0, "item_knn arm: co-occurring categories kept per category (0 = all).", min=0)
+    linucb_alpha: float = opt(0.5, "linucb arm: exploration weight alpha of disjoint LinUCB on the user features "
+                              "(theta_c . x + alpha sqrt(x' A_c^-1 x)).", min=0.0)
     tail_fraction: float = opt(0.2, "Long tail = this bottom share of categories by the popularity prior.",
                                min=0.0, max=1.0)
     niep_window: int = opt(7, "Days of the NIEP window (7 = 7D-NIEP, Eq. 23).", min=1)

@@ -37,8 +37,9 @@ PLOT_METRICS = (("discovery_rate", "latent-interest discovery rate"), ("gtv", "G
                 ("niep_7d", "7D-NIEP"), ("slot_ctr", "slot CTR"))
 NOISE_METRICS = ("discovery_rate", "gtv_cum")  # variance components: world seeds vs training seeds
 COEA, WO_KL, EXPLOIT = "coea", "wo_kl", "exploitation"
-NON_COEA = ("exploitation", "random", "popular", "ucb", "user_knn", "item_knn", "google_v1")  # "best non-CoEA arm" of the targets
-COLORS = {"exploitation": "#4c4c4c", "random": "#bcbd22", "popular": "#17becf", "ucb": "#9467bd",
+NON_COEA = ("exploitation", "random", "popular", "ucb", "user_knn", "item_knn", "thompson", "linucb",
+            "google_v1")  # "best non-CoEA arm" of the targets
+COLORS = {"thompson": "#aec7e8", "linucb": "#98df8a", "exploitation": "#4c4c4c", "random": "#bcbd22", "popular": "#17becf", "ucb": "#9467bd",
           "user_knn": "#e377c2", "item_knn": "#7f7f7f", "google_v1": "#8c564b", "coea": "#d62728", "wo_kl": "#ff7f0e",
           "wo_rllm": "#2ca02c"}
 

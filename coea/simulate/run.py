@@ -417,7 +417,8 @@ def _policy_factory(name: str, cfg: Config, world: World, seed_dir: Path, round0
         return lambda arm_dir, warmup: make_policy(name, world.catalogue, list(world.user_ids),
                                                    policy_seed(world.seed, train_seed),
                                                    warmup, ucb_c=cfg.sim.ucb_c, user_knn_k=cfg.sim.user_knn_k,
-                                                   item_knn_k=cfg.sim.item_knn_k)
+                                                   item_knn_k=cfg.sim.item_knn_k,
+                                                   linucb_alpha=cfg.sim.linucb_alpha)
     from coea.simulate.coea_arm import make_coea_arm  # the LLM arms (sim-coea); only when one runs
 
     def factory(arm_dir: Path, warmup):

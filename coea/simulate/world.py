@@ -188,7 +188,7 @@ class World:
             users[f"feature_{f}"] = [f"f{f}_{v}" for v in value]
         self.users = users
         self.catalogue = Catalogue(categories=list(self.names), items=self.items[["item_id", "category", "price"]],
-                                   popularity=self.popularity.copy())
+                                   popularity=self.popularity.copy(), users=self.users.copy())
         self._draws = lru_cache(maxsize=4)(self._make_draws)
 
     # ----------------------------------------------------------------------------------------------- state
