@@ -454,8 +454,8 @@ class EvalConfig:
     num_threads: int = opt(0, "torch threads while evaluating (restored afterwards); 0 = keep.", min=0)
 
 
-SIM_ARMS = ("exploitation", "random", "popular", "ucb", "user_knn", "item_knn", "thompson", "linucb", "google_v1",
-            "coea", "wo_kl", "wo_rllm")
+SIM_ARMS = ("exploitation", "random", "popular", "ucb", "user_knn", "item_knn", "thompson", "linucb",
+            "kg_neighbour", "google_v1", "coea", "wo_kl", "wo_rllm")
 SIM_LLM_ARMS = ("google_v1", "coea", "wo_kl", "wo_rllm")
 
 
@@ -505,6 +505,13 @@ class SimConfig:
                              min=1)
     latent_per_user: int = opt(3, "Latent interests of a user: the next-nearest categories after the core, "
                                "clickable only once discovered (the serendipity ground truth).", min=0)
+    knowledge_per_user: int = opt(0, "World v2 switch: knowledge latent interests per user (0 = off: today's "
+                                  "world). Related to the user's core categories through the world-knowledge "
+                                  "relation (sim.knowledge_links), not shared with group-mates; discovered like "
+                                  "the collaborative ones, reported separately.", min=0)
+    knowledge_links: int = opt(8, "World knowledge: related categories (of other topics) stated for each "
+                               "category in the world's knowledge corpus; read by the kg_neighbour arm. Broad "
+                               "relations keep knowledge interests personal (few group-mates share one).", min=1)
     items_per_category: int = opt(10, "Items per category (a served or organic slot shows one of them).", min=1)
     price_log_mean: float = opt(3.0, "Mean of a category's log price (item prices are lognormal).")
     price_category_sigma: float = opt(0.5, "Std of the categories' mean log prices.", min=0.0)
@@ -668,7 +675,10 @@ def _check_cross_fields(cfg: Config) -> None:
     if cfg.data.engine == "spark" and cfg.data.source != "parquet":
         raise ConfigError(f"data.engine: spark reads Parquet logs (data.source: parquet); got {cfg.data.source!r}")
     sim = cfg.sim
-    if sim.core_per_user + sim.latent_per_user > sim.n_categories:
+    if sim.core_per_user + sim.latent_per_user + sim.knowledge_per_user > sim.n_categories:
+        if sim.knowledge_per_user:
+            raise ConfigError(f"sim.knowledge_per_user: core_per_user + latent_per_user + knowledge_per_user must "
+                              f"be <= sim.n_categories ({sim.n_categories})")
         raise ConfigError(f"sim.latent_per_user: core_per_user + latent_per_user must be <= sim.n_categories "
                           f"({sim.n_categories}); got {sim.core_per_user} + {sim.latent_per_user}")
     if sim.explore_slots > sim.slots:

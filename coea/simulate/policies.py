@@ -21,6 +21,9 @@ world (core and latent interests, positions) is never visible to a policy.
     thompson      a per-group Thompson sampler: a group = the users sharing all their feature values; per group and
                   category Beta(1 + clicks, 1 + exposures - clicks) on every exposure in the arm's log (organic and
                   served), one sample per user and day; the best-sampled never-clicked categories
+    kg_neighbour  the never-clicked categories the world's knowledge relates to the user's clicked ones (read
+                  directly: score_c = sum over the user's clicked categories a, weighted by clicks, of [c in rel(a)]);
+                  the only arm given the relation
     linucb        disjoint LinUCB (Li et al. 2010) per category on the user's one-hot features (plus a bias), fitted
                   on every exposure in the arm's log (reward = click); the best never-clicked categories by
                   theta_c . x_u + alpha sqrt(x_u' A_c^-1 x_u)
@@ -43,7 +46,8 @@ import pandas as pd
 
 from coea.exploration.knn import knn_ranking
 
-NON_LLM_ARMS = ("exploitation", "random", "popular", "ucb", "user_knn", "item_knn", "thompson", "linucb")
+NON_LLM_ARMS = ("exploitation", "random", "popular", "ucb", "user_knn", "item_knn", "thompson", "linucb",
+                "kg_neighbour")
 STREAM_POLICY = 4  # RNG stream of the random arm: np.random.default_rng([seed, day, STREAM_POLICY])
 
 
@@ -376,9 +380,34 @@ class LinUCBPolicy(_ExposurePolicy):
         return self._best_unexplored(rows, self.scores(rows), slots)
 
 
+class KGNeighbourPolicy(_CountingPolicy):
+    """The world's knowledge used plainly (module docstring): ``relation`` (C, links) category ids."""
+
+    name = "kg_neighbour"
+
+    def __init__(self, catalogue: Catalogue, users: list[str], seed: int, warmup: pd.DataFrame | None = None,
+                 *, relation: np.ndarray):
+        super().__init__(catalogue, users, seed, warmup)
+        C = len(catalogue.categories)
+        self.link = np.zeros((C, C))  # (C, C) link[a, c] = 1 when c is related to a
+        rel = np.asarray(relation, dtype=np.int64)
+        self.link[np.repeat(np.arange(C), rel.shape[1]), rel.ravel()] = 1.0
+
+    def fill(self, day: int, users: list[str], recent: list[list[str]], slots: int) -> list[list[str]]:
+        rank_prior = np.empty_like(self.prior_order)
+        rank_prior[self.prior_order] = np.arange(len(self.prior_order))
+        rows = self._rows(users)
+        scores = self.clicks[rows].astype(float) @ self.link  # (R, C)
+        out = []
+        for i, r in enumerate(rows):
+            order = np.lexsort((rank_prior, -scores[i]))
+            out.append(self._unexplored(np.array([r]), order, slots)[0])
+        return self._names(out)
+
+
 def make_policy(name: str, catalogue: Catalogue, users: list[str], seed: int, warmup: pd.DataFrame | None,
                 *, ucb_c: float = 0.5, user_knn_k: int = 10, item_knn_k: int = 0,
-                linucb_alpha: float = 0.5) -> Policy:
+                linucb_alpha: float = 0.5, relation: np.ndarray | None = None) -> Policy:
     """A non-LLM arm by name (:data:`NON_LLM_ARMS`), primed with the warm-up events."""
     if name == "exploitation":
         return ExploitationPolicy(catalogue, users, seed, warmup)
@@ -390,6 +419,10 @@ def make_policy(name: str, catalogue: Catalogue, users: list[str], seed: int, wa
         return UCBUnexploredPolicy(catalogue, users, seed, warmup, c=ucb_c)
     if name == "thompson":
         return ThompsonGroupPolicy(catalogue, users, seed, warmup)
+    if name == "kg_neighbour":
+        if relation is None:
+            raise ValueError("kg_neighbour: needs the world's knowledge relation")
+        return KGNeighbourPolicy(catalogue, users, seed, warmup, relation=relation)
     if name == "linucb":
         return LinUCBPolicy(catalogue, users, seed, warmup, alpha=linucb_alpha)
     if name in ("user_knn", "item_knn"):

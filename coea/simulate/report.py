@@ -26,6 +26,8 @@ log = logging.getLogger("coea.simulate")
 
 TABLE_METRICS = (  # (column, label, what it is)
     ("discovery_rate", "discovery", "share of all latent interests discovered by the last day"),
+    ("discovery_rate_collab", "discovery collab.", "share of the collaborative latent interests discovered"),
+    ("discovery_rate_knowledge", "discovery knowl.", "share of the knowledge latent interests discovered (world v2)"),
     ("gtv_cum", "GTV", "value of clicked items over the A/B days"),
     ("niep_7d", "7D-NIEP", "share of the last 7 days' clicked items in categories new to the user"),
     ("slot_ctr_cum", "slot CTR", "click-through of the served slots over the A/B days"),
@@ -38,8 +40,8 @@ PLOT_METRICS = (("discovery_rate", "latent-interest discovery rate"), ("gtv", "G
 NOISE_METRICS = ("discovery_rate", "gtv_cum")  # variance components: world seeds vs training seeds
 COEA, WO_KL, EXPLOIT = "coea", "wo_kl", "exploitation"
 NON_COEA = ("exploitation", "random", "popular", "ucb", "user_knn", "item_knn", "thompson", "linucb",
-            "google_v1")  # "best non-CoEA arm" of the targets
-COLORS = {"thompson": "#aec7e8", "linucb": "#98df8a", "exploitation": "#4c4c4c", "random": "#bcbd22", "popular": "#17becf", "ucb": "#9467bd",
+            "kg_neighbour", "google_v1")  # "best non-CoEA arm" of the targets
+COLORS = {"kg_neighbour": "#c49c94", "thompson": "#aec7e8", "linucb": "#98df8a", "exploitation": "#4c4c4c", "random": "#bcbd22", "popular": "#17becf", "ucb": "#9467bd",
           "user_knn": "#e377c2", "item_knn": "#7f7f7f", "google_v1": "#8c564b", "coea": "#d62728", "wo_kl": "#ff7f0e",
           "wo_rllm": "#2ca02c"}
 
@@ -180,6 +182,12 @@ def summary(df: pd.DataFrame, arms: Sequence[str]) -> dict:
             out["targets"]["discovery_ratio_per_seed_best"] = {
                 "values": {int(k): float(v) for k, v in per_seed.items()}, "min": float(per_seed.min()),
                 "ratio_of_means": float(disc[COEA].mean() / disc[best].mean()) if disc[best].mean() else None}
+    know = final_values(df, "discovery_rate_knowledge")
+    non_llm = [a for a in NON_COEA if a != "google_v1" and a in know.columns]
+    if COEA in know.columns and non_llm:
+        best = max(non_llm, key=lambda a: know[a].mean())
+        ratio = (know[COEA] / know[best]).replace([np.inf, -np.inf], np.nan)
+        out["targets"]["knowledge_ratio"] = {"best_other": best, "value": mean_ci(ratio.tolist()), "target": 1.5}
     for metric, key in (("gtv_cum", "gtv_rel"), ("niep_7d", "niep_rel")):
         fv = final_values(df, metric)
         if COEA in fv.columns and EXPLOIT in fv.columns:
@@ -203,6 +211,11 @@ def _target_lines(s: dict) -> list[str]:
             rom = f"{ps['ratio_of_means']:.2f}" if ps["ratio_of_means"] is not None else "—"
             lines.append(f"  (stricter: against each seed's own best non-CoEA arm {vals}, minimum {ps['min']:.2f}; "
                          f"ratio of the means {rom})")
+    if "knowledge_ratio" in t:
+        m, lo, hi = t["knowledge_ratio"]["value"]
+        lines.append(f"- Knowledge discovery: CoEA / best non-LLM arm ({t['knowledge_ratio']['best_other']}) = "
+                     f"{_fmt(m, lo, hi, 3)} (target >= 1.5x, with the GTV target below): "
+                     f"**{verdict(lo, hi, 1.5)}**")
     if "gtv_rel" in t:
         m, lo, hi = t["gtv_rel"]["value"]
         ok = verdict(lo, hi, -0.01 - 1e-12)

@@ -201,7 +201,7 @@ def run_warmup(world: World, seed_dir: Path) -> Warmup:
     write_table(log_dir, ITEMS_FILE, world.items)
     write_table(log_dir, USERS_FILE, world.users)
     state = world.initial_state()
-    metrics = ArmMetrics(cfg, world.names, world.long_tail(), world.kind == 2)
+    metrics = ArmMetrics(cfg, world.names, world.long_tail(), world.kind == 2, world.latent_kind)
     recent: list[list[str]] = [[] for _ in world.user_ids]
     frames = []
     for day in range(cfg.warmup_days):
@@ -211,9 +211,12 @@ def run_warmup(world: World, seed_dir: Path) -> Warmup:
         _write_partition(log_dir, day_date(cfg, day), out.events)
         frames.append(out.events)
     events = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    with open(seed_dir / "knowledge.jsonl", "w") as f:  # the world-knowledge corpus (docs/simulate.md)
+        f.writelines(json.dumps(d) + "\n" for d in world.knowledge_corpus())
     (seed_dir / "world.json").write_text(json.dumps({
         "seed": world.seed, "n_users": cfg.n_users, "n_categories": cfg.n_categories,
         "warmup_discovery_rate": float(state.discovered.mean()) if state.discovered.size else None,
+        "mate_share": world.mate_share(),
         "ground_truth": world.ground_truth().to_dict(orient="records"),
     }, default=_jsonable))
     _atomic_pickle(done, {"state": state.state_dict(), "metrics": metrics.state_dict(), "recent": recent,
@@ -240,7 +243,7 @@ class ArmRun:
             _check_arm_settings(self.dir, self.cfg)
         self.log_dir = self.dir / "log"
         self.state_path, self.pending_path = self.dir / "state.pkl", self.dir / "pending.pkl"
-        self.metrics = ArmMetrics(self.cfg, world.names, world.long_tail(), world.kind == 2)
+        self.metrics = ArmMetrics(self.cfg, world.names, world.long_tail(), world.kind == 2, world.latent_kind)
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.state_path.exists():
             d = _load_pickle(self.state_path)
@@ -418,7 +421,8 @@ def _policy_factory(name: str, cfg: Config, world: World, seed_dir: Path, round0
                                                    policy_seed(world.seed, train_seed),
                                                    warmup, ucb_c=cfg.sim.ucb_c, user_knn_k=cfg.sim.user_knn_k,
                                                    item_knn_k=cfg.sim.item_knn_k,
-                                                   linucb_alpha=cfg.sim.linucb_alpha)
+                                                   linucb_alpha=cfg.sim.linucb_alpha,
+                                                   relation=world.relation if name == "kg_neighbour" else None)
     from coea.simulate.coea_arm import make_coea_arm  # the LLM arms (sim-coea); only when one runs
 
     def factory(arm_dir: Path, warmup):

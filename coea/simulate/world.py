@@ -19,6 +19,13 @@ environment stepped one day at a time instead of a fixed data set:
   discovered before the day: the feed follows what the user is known to like), else a category drawn from the
   popularity prior with the core left out and latent interests down-weighted by
   ``organic_latent_weight`` (the feed rarely shows them). One item of each category is shown.
+- **World knowledge** (world v2; always built, from its own RNG stream, so it changes nothing else). Each category
+  is related to ``sim.knowledge_links`` categories of *other* topics (far in the latent space, so co-occurrence
+  does not find them), stated in a corpus of category descriptions (:meth:`World.knowledge_corpus`, written to
+  ``seed<S>/knowledge.jsonl``). With ``sim.knowledge_per_user`` > 0 each user also has that many **knowledge**
+  latent interests: drawn per user among the relations of its core categories, leaving out what is core or
+  collaborative-latent for any of its group-mates, so they are not shared with the group. They are discovered and
+  clicked like the collaborative latent interests (the latent list holds both; ``latent_kind`` tells them apart).
 - **Clicks.** p = click_core | click_latent (discovered) | 0 (undiscovered latent) | click_other, times
   ``fatigue^(n - 1)`` where n counts the exposures of the same category in the session (content fatigue).
 
@@ -44,9 +51,11 @@ from coea.data.synthetic import category_names
 from coea.simulate.policies import Catalogue
 
 STREAM_WORLD, STREAM_SESSIONS, STREAM_ORGANIC, STREAM_SLOTS = 0, 1, 2, 3
+STREAM_KNOWLEDGE = 5  # the knowledge relation and knowledge interests (4 is the policies' stream)
 EXPOSURE_GAP_S = 20  # seconds between the exposures of a session
 FEATURE_AGREEMENT = 0.8
 KIND_OTHER, KIND_CORE, KIND_LATENT = 0, 1, 2
+LATENT_COLLAB, LATENT_KNOWLEDGE = 0, 1  # the two kinds of latent interest (World.latent_kind)
 
 
 def day_date(cfg: SimConfig, day: int) -> dt.date:
@@ -152,6 +161,13 @@ class World:
         K, L = cfg.core_per_user, cfg.latent_per_user
         self.core = order[:, :K]  # (U, K) category ids
         self.latent = order[:, K:K + L]  # (U, L) category ids
+        self.relation = self._knowledge_relation(T)  # (C, links) related categories: the world's knowledge
+        self.latent_kind = np.full(self.latent.shape, LATENT_COLLAB, dtype=np.int8)  # (U, L)
+        if cfg.knowledge_per_user:
+            know = self._knowledge_interests(order[:, :K + L])  # (U, Lk)
+            self.latent = np.concatenate([self.latent, know], axis=1)  # (U, L + Lk)
+            self.latent_kind = np.concatenate([self.latent_kind, np.full(know.shape, LATENT_KNOWLEDGE, np.int8)], 1)
+            L = self.latent.shape[1]
         self.kind = np.full((U, C), KIND_OTHER, dtype=np.int8)  # (U, C)
         self.latent_pos = np.full((U, C), -1, dtype=np.int64)  # (U, C) position of c in the user's latent list
         rows = np.arange(U)[:, None]
@@ -194,7 +210,7 @@ class World:
     # ----------------------------------------------------------------------------------------------- state
 
     def initial_state(self) -> WorldState:
-        U, L = self.cfg.n_users, self.cfg.latent_per_user
+        U, L = self.latent.shape
         return WorldState(np.zeros((U, L), dtype=bool), np.full((U, L), -1, dtype=np.int64))
 
     def ground_truth(self) -> pd.DataFrame:
@@ -202,8 +218,71 @@ class World:
         return pd.DataFrame({
             "user_id": self.user_ids, "group": self.group,
             "core": [[self.names[c] for c in row] for row in self.core],
-            "latent": [[self.names[c] for c in row] for row in self.latent],
+            "latent": [[self.names[c] for c, k in zip(row, kinds) if k == LATENT_COLLAB]
+                       for row, kinds in zip(self.latent, self.latent_kind)],
+            "knowledge": [[self.names[c] for c, k in zip(row, kinds) if k == LATENT_KNOWLEDGE]
+                          for row, kinds in zip(self.latent, self.latent_kind)],
         })
+
+    # ----------------------------------------------------------------------------------------------- knowledge
+
+    def _knowledge_relation(self, n_topics: int) -> np.ndarray:
+        """(C, links) for each category, ``sim.knowledge_links`` distinct categories of other topics (uniform)."""
+        C, links = len(self.names), self.cfg.knowledge_links
+        rng = np.random.default_rng([self.seed, 0, STREAM_KNOWLEDGE])
+        rel = np.zeros((C, links), dtype=np.int64)
+        for c in range(C):
+            others = np.flatnonzero(self.topic != self.topic[c]) if n_topics > 1 else np.delete(np.arange(C), c)
+            rel[c] = rng.choice(others, size=min(links, len(others)), replace=False) if len(others) else c
+        return rel
+
+    def _knowledge_interests(self, known: np.ndarray) -> np.ndarray:
+        """(U, Lk) knowledge interests: per user, distinct draws among the relations of its core categories that
+        no group-mate has as core or collaborative latent interest (``known``: (U, K + L)); where too few remain,
+        the other relations of the core, then any category outside the user's own core and latent ones."""
+        cfg = self.cfg
+        U, C, Lk = cfg.n_users, len(self.names), cfg.knowledge_per_user
+        rng = np.random.default_rng([self.seed, 1, STREAM_KNOWLEDGE])
+        group_known = {g: set(known[self.group == g].ravel().tolist()) for g in np.unique(self.group)}
+        out = np.zeros((U, Lk), dtype=np.int64)
+        for u in range(U):
+            own = set(known[u].tolist())
+            related = list(dict.fromkeys(int(c) for c in self.relation[self.core[u]].ravel()))
+            first = [c for c in related if c not in group_known[self.group[u]]]
+            second = [c for c in related if c not in own and c not in first]
+            rest = [c for c in range(C) if c not in own and c not in first and c not in second]
+            pool: list[int] = []
+            for tier in (first, second, rest):
+                if len(pool) < Lk:
+                    pool += [int(c) for c in rng.permutation(tier)][:Lk - len(pool)]
+            out[u] = pool
+        return out
+
+    def mate_share(self) -> dict:
+        """Mean share of a user's group-mates that hold each of its latent interests, per kind (how much
+        collaborative filtering can learn about that kind; world.json records it)."""
+        out = {}
+        for kind, label in ((LATENT_COLLAB, "collab"), (LATENT_KNOWLEDGE, "knowledge")):
+            shares = []
+            for u in range(len(self.group)):
+                mates = np.setdiff1d(np.flatnonzero(self.group == self.group[u]), [u])
+                if not len(mates):
+                    continue
+                held = self.latent[mates][self.latent_kind[mates] == kind]
+                for c in self.latent[u][self.latent_kind[u] == kind]:
+                    shares.append(float((held == c).sum()) / len(mates))
+            out[label] = float(np.mean(shares)) if shares else None
+        return out
+
+    def knowledge_corpus(self) -> list[dict]:
+        """The world-knowledge corpus: one description per category stating its relation (what the KG-neighbour
+        arm reads directly and what a backbone may pretrain on; never the users' interests)."""
+        out = []
+        for c, name in enumerate(self.names):
+            rel = [self.names[r] for r in self.relation[c]]
+            out.append({"category": name, "related": rel,
+                        "text": f"{name}: people who love {name} often come to love {' and '.join(rel)}."})
+        return out
 
     def long_tail(self) -> np.ndarray:
         """(C,) bool: the bottom ``sim.tail_fraction`` of categories by the popularity prior (ties by id)."""

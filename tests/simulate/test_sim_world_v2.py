@@ -1,0 +1,74 @@
+"""World v2: the knowledge relation and knowledge latent interests (off by default), and the kg_neighbour arm."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from coea.config import load_config
+from coea.simulate.policies import make_policy
+from coea.simulate.run import simulate
+from coea.simulate.world import LATENT_KNOWLEDGE, World
+
+SIM = ["sim.n_users=60", "sim.n_groups=4", "sim.n_categories=40", "sim.core_per_user=3", "sim.latent_per_user=2",
+       "tracking.backend=none"]
+
+
+def world(*extra, seed=0):
+    return World(load_config(None, [*SIM, *extra]).sim, seed)
+
+
+def test_off_by_default_and_the_relation_changes_nothing_else():
+    off, on = world(), world("sim.knowledge_per_user=2")
+    assert off.latent.shape == (60, 2) and (off.latent_kind == 0).all()
+    assert on.latent.shape == (60, 4) and (on.latent[:, :2] == off.latent).all()  # collaborative ones unchanged
+    assert (on.core == off.core).all() and (on.popularity == off.popularity).all()
+    assert (on.relation == off.relation).all() and off.relation.shape == (40, 8)
+    assert all(off.topic[r] != off.topic[c] for c in range(40) for r in off.relation[c])  # other topics only
+
+
+def test_knowledge_interests_relate_to_the_core_and_are_not_the_groups():
+    w = world("sim.knowledge_per_user=2")
+    know = w.latent[:, 2:]
+    related = [set(w.relation[w.core[u]].ravel()) for u in range(60)]
+    assert np.mean([c in related[u] for u in range(60) for c in know[u]]) > 0.9
+    for u in range(60):
+        mates = np.flatnonzero(w.group == w.group[u])
+        group_cf = set(w.core[mates].ravel()) | set(w.latent[mates, :2].ravel())
+        assert not set(know[u]) & set(w.core[u]) and not set(know[u]) & set(w.latent[u, :2])
+        assert np.mean([c not in group_cf for c in know[u]]) >= 0.5
+    # collaborative filtering learns little about them: few group-mates hold the same knowledge interest
+    share = w.mate_share()
+    assert share["knowledge"] < 0.15 and share["collab"] > 0.5, share
+    corpus = w.knowledge_corpus()
+    assert len(corpus) == 40 and corpus[0]["related"] == [w.names[r] for r in w.relation[0]]
+    assert all(d["related"][0] in d["text"] for d in corpus)
+
+
+def test_discovery_by_kind_and_the_kg_arm_reads_the_relation(tmp_path):
+    cfg = load_config(None, [*SIM, "sim.knowledge_per_user=2", "sim.days=6", "sim.warmup_days=3", "sim.seeds=0",
+                             "sim.arms=exploitation,user_knn,kg_neighbour", "sim.explore_slots=2"])
+    simulate(cfg, tmp_path, report=True)
+    rows = pd.DataFrame([json.loads(x) for x in (tmp_path / "days.jsonl").read_text().splitlines()])
+    last = rows[rows.day == rows.day.max()].set_index("arm")
+    w = World(cfg.sim, 0)
+    assert np.allclose(last["discovery_rate"], (2 * last["discovery_rate_collab"]
+                                                + 2 * last["discovery_rate_knowledge"]) / 4)
+    assert last.loc["kg_neighbour", "discovery_rate_knowledge"] > last.loc["user_knn", "discovery_rate_knowledge"]
+    assert (tmp_path / "seed0" / "knowledge.jsonl").exists()
+    truth = json.loads((tmp_path / "seed0" / "world.json").read_text())["ground_truth"]
+    assert truth[0]["knowledge"] == [w.names[c] for c in w.latent[0, 2:]]
+    assert "discovery knowl." in (tmp_path / "results.md").read_text()
+    assert (w.latent_kind[:, 2:] == LATENT_KNOWLEDGE).all()
+
+
+def test_kg_neighbour_serves_the_relations_of_the_clicked_categories():
+    w = world()
+    users = list(w.user_ids[:1])
+    clicked = int(w.core[0, 0])
+    warm = pd.DataFrame({"user_id": users * 3, "item_id": [w.item_ids[clicked * 10]] * 3, "timestamp": range(3),
+                         "event": "click", "rating": np.nan, "slot": -1})
+    p = make_policy("kg_neighbour", w.catalogue, users, 0, warm, relation=w.relation)
+    assert set(p.fill(1, users, [[]], 8)[0]) == {w.names[r] for r in w.relation[clicked]}
