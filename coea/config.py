@@ -477,10 +477,11 @@ class SimConfig:
                     "plays the sessions, the arm's log grows by one day partition and the arm updates.", min=1)
     warmup_days: int = opt(14, "Organic-only days before the A/B (identical for every arm); round 0 of the LLM "
                            "arms bootstraps on them once per world seed.", min=1)
-    arms: str = opt("exploitation,random,popular,ucb,user_knn,item_knn,google_v1,coea,wo_kl,wo_rllm",
-                    "Arms to run (comma-separated): exploitation, random, popular, ucb, user_knn, item_knn "
-                    "(non-LLM, coea/simulate/policies.py) and google_v1, coea, wo_kl, wo_rllm (LLM arms, "
-                    "coea/simulate/coea_arm.py).")
+    arms: str = opt("exploitation,random,popular,ucb,user_knn,item_knn,thompson,linucb,kg_neighbour,google_v1,"
+                    "coea,wo_kl,wo_rllm",
+                    "Arms to run (comma-separated): exploitation, random, popular, ucb, user_knn, item_knn, "
+                    "thompson, linucb, kg_neighbour (non-LLM, coea/simulate/policies.py) and google_v1, coea, "
+                    "wo_kl, wo_rllm (LLM arms, coea/simulate/coea_arm.py).")
     coea_config: str = opt("configs/sim-coea.yaml", "coea YAML of the LLM arms (tiny embedded backbones); "
                            "data.source / data.path are set per arm to its own log. Relative paths resolve "
                            "against the working directory, then the repository.")
