@@ -18,6 +18,15 @@ Protocol:
    kl.png, validation.json -- are copied to ``benchmarks/results/simulate/``. Each step writes them, so a kill
    loses nothing.
 
+Simulation v2 (issue 26): every arm at every exploration budget, 10 world seeds, 2 training seeds on 4 of them::
+
+    nice -n 10 python benchmarks/simulate.py --config configs/sim-v2.yaml --out /tmp/sim-v2 \
+        --results benchmarks/results/simulate_v2 --budgets 1,2,0
+
+``--budgets``: one full run per ``sim.explore_slots`` value (0 = every slot), results in ``RESULTS/budget<B>/``,
+and the discovery-GTV frontier (``frontier.json``, ``frontier.png``: discovery, and knowledge discovery, against
+cumulative GTV per arm and budget) in ``RESULTS``.
+
 Provenance: the benchmark refuses to start from uncommitted code (coea/simulate/provenance.py: commit first, run
 from the clean tree, then commit the results); ``--allow-dirty`` runs anyway and marks results.md, summary.json
 and validation.json. Each records the commit it ran on.
@@ -145,6 +154,10 @@ def main() -> int:
     ap.add_argument("--arms", default=None, help="override sim.arms")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--results", default=str(RESULTS), help="where the committed files go")
+    ap.add_argument("--budgets", default=None, metavar="B,B,...",
+                    help="exploration budgets (sim.explore_slots values; 0 = every slot): one full run each, "
+                         "results in RESULTS/budget<B>/, and the discovery-GTV frontier in RESULTS/frontier.*")
+    ap.add_argument("--train-seeds", default=None, help="sim.train_seeds (e.g. 0,1)")
     ap.add_argument("--allow-dirty", action="store_true",
                     help="run from uncommitted code anyway and mark the results (refused otherwise)")
     ap.add_argument("--analysis", default=None, metavar="FILE",
@@ -182,32 +195,76 @@ def main() -> int:
         wall_book(out, "validation", time.perf_counter() - t0, sampler.stop())
         chosen = validation["chosen"]
     overrides += [t for t in chosen.split("&") if t.strip()]
-    cfg = load_config(args.config, overrides)
-    full = out / "full"
+    if args.train_seeds:
+        overrides.append(f"sim.train_seeds={args.train_seeds}")
 
     from coea.simulate.run import simulate
 
-    if not args.report_only:
-        log(f"full run: seeds {cfg.sim.seeds}, {cfg.sim.days} days, arms {','.join(arms)} "
-            f"(missing: {','.join(missing) or 'none'}), settings {chosen!r}, out {full}")
-        sampler, t0 = LoadSampler(), time.perf_counter()
-        try:
-            simulate(cfg, full, arms=arms, report=False, allow_dirty=args.allow_dirty)
-        finally:
-            book = wall_book(out, "full", time.perf_counter() - t0, sampler.stop())
-            finish(cfg, full, out, arms, missing, chosen, validation, book, args.analysis, args.allow_dirty)
-    else:
-        book = json.loads((out / "bench_wall.json").read_text()) if (out / "bench_wall.json").exists() else {}
-        finish(cfg, full, out, arms, missing, chosen, validation, book, args.analysis, args.allow_dirty)
+    budgets = [int(b) for b in args.budgets.split(",") if b.strip()] if args.budgets else [None]
+    base_results, summaries = RESULTS, {}
+    for b in budgets:  # one full run per exploration budget (sim.explore_slots; 0 = every slot)
+        cfg = load_config(args.config, overrides + ([f"sim.explore_slots={b}"] if b is not None else []))
+        full, phase = (out / "full", "full") if b is None else (out / f"full-b{b}", f"full-b{b}")
+        RESULTS = base_results if b is None else base_results / f"budget{b}"
+        if not args.report_only:
+            log(f"full run: seeds {cfg.sim.seeds}, {cfg.sim.days} days, arms {','.join(arms)} "
+                f"(missing: {','.join(missing) or 'none'}), settings {chosen!r}, budget {b}, out {full}")
+            sampler, t0 = LoadSampler(), time.perf_counter()
+            try:
+                simulate(cfg, full, arms=arms, report=False, allow_dirty=args.allow_dirty)
+            finally:
+                book = wall_book(out, phase, time.perf_counter() - t0, sampler.stop())
+                finish(cfg, full, out, arms, missing, chosen, validation, book, args.analysis, args.allow_dirty,
+                       phase)
+        else:
+            book = json.loads((out / "bench_wall.json").read_text()) if (out / "bench_wall.json").exists() else {}
+            finish(cfg, full, out, arms, missing, chosen, validation, book, args.analysis, args.allow_dirty, phase)
+        if (full / "summary.json").exists():
+            summaries[b if b is not None else cfg.sim.explore_slots] = json.loads((full / "summary.json").read_text())
+    if len(summaries) > 1:
+        write_frontier(summaries, base_results, cfg.sim.slots)
     return 0
 
 
+def write_frontier(summaries: dict, results: Path, slots: int) -> None:
+    """The discovery-GTV frontier: per arm and budget (slots the arm fills; 0 = all), the final discovery (and
+    knowledge discovery) and cumulative GTV, mean and interval over world seeds -> frontier.json, frontier.png."""
+    rows = []
+    for b, s in sorted(summaries.items()):
+        for arm, vals in s.get("arms", {}).items():
+            budget = 0 if arm == "exploitation" else (b or slots)  # exploitation explores nothing at any budget
+            rows.append({"arm": arm, "budget": budget, **{k: vals.get(k) for k in (
+                "discovery_rate", "discovery_rate_knowledge", "discovery_rate_collab", "gtv_cum")}})
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "frontier.json").write_text(json.dumps(rows, indent=1))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # optional heavy dependency: plots only
+    from matplotlib.figure import Figure
+
+    keys = ["discovery_rate"] + (["discovery_rate_knowledge"] if any(r["discovery_rate_knowledge"] for r in rows)
+                                 else [])
+    fig = Figure(figsize=(6 * len(keys), 5))
+    FigureCanvasAgg(fig)
+    for ax, key in zip(fig.subplots(1, len(keys), squeeze=False)[0], keys):
+        for arm in dict.fromkeys(r["arm"] for r in rows):
+            pts = sorted((r["budget"], r["gtv_cum"][0], r[key][0]) for r in rows
+                         if r["arm"] == arm and r[key] and r["gtv_cum"])
+            ax.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", label=arm)
+            for bud, x, y in pts:
+                ax.annotate(str(bud), (x, y), fontsize=7)
+        ax.set_xlabel("cumulative GTV (mean over world seeds)")
+        ax.set_ylabel(key)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Discovery against GTV per arm; labels = exploration slots of {slots}")
+    fig.tight_layout()
+    fig.savefig(results / "frontier.png", dpi=90)
+
+
 def finish(cfg, full: Path, out: Path, arms, missing, chosen, validation, book, analysis=None,
-           allow_dirty: bool = False) -> None:
+           allow_dirty: bool = False, phase: str = "full") -> None:
     from coea.simulate.report import write_report
     from coea.simulate.run import parse_list
 
-    inv = [i for i in book.get("invocations", []) if i["phase"] == "full"]
+    inv = [i for i in book.get("invocations", []) if i["phase"] == phase]
     loads = [i["load"]["mean"] for i in inv if i.get("load")]
     note = [
         f"Command: `nice -n 10 python benchmarks/simulate.py` (resumable; {len(inv)} invocation(s)), "
