@@ -513,6 +513,18 @@ class SimConfig:
     knowledge_links: int = opt(8, "World knowledge: related categories (of other topics) stated for each "
                                "category in the world's knowledge corpus; read by the kg_neighbour arm. Broad "
                                "relations keep knowledge interests personal (few group-mates share one).", min=1)
+    user_activity_sigma: float = opt(0.0, "World v2 switch: heterogeneous activity; a user's session rate is "
+                                     "sessions_per_day times a lognormal factor of mean 1 and this log-std (0 = "
+                                     "off).", min=0.0)
+    user_click_sigma: float = opt(0.0, "World v2 switch: heterogeneous click propensity; every click probability "
+                                  "of a user times a lognormal factor of mean 1 and this log-std, capped at 1 "
+                                  "(0 = off).", min=0.0)
+    user_openness_sigma: float = opt(0.0, "World v2 switch: heterogeneous openness to new categories; a user's "
+                                     "discovery probability times a lognormal factor of mean 1 and this log-std "
+                                     "(0 = off).", min=0.0)
+    position_bias: float = opt(1.0, "World v2 switch: served slot k (0-based) is examined with probability "
+                               "position_bias^k; unexamined, it is neither clicked nor discovers (1 = off).",
+                               min=0.0, max=1.0)
     items_per_category: int = opt(10, "Items per category (a served or organic slot shows one of them).", min=1)
     price_log_mean: float = opt(3.0, "Mean of a category's log price (item prices are lognormal).")
     price_category_sigma: float = opt(0.5, "Std of the categories' mean log prices.", min=0.0)

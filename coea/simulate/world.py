@@ -26,6 +26,13 @@ environment stepped one day at a time instead of a fixed data set:
   latent interests: drawn per user among the relations of its core categories, leaving out what is core or
   collaborative-latent for any of its group-mates, so they are not shared with the group. They are discovered and
   clicked like the collaborative latent interests (the latent list holds both; ``latent_kind`` tells them apart).
+- **Heterogeneous users** (world v2; each off at sigma 0). Per user, from their own stream: activity a_u (scales
+  the session rate), click propensity k_u (scales every click probability, capped at 1) and openness o_u (scales
+  the discovery probability), each lognormal with mean 1 (``sim.user_activity_sigma``, ``user_click_sigma``,
+  ``user_openness_sigma``).
+- **Position bias** (world v2; off at 1). Served slot k (0-based) is examined with probability
+  ``sim.position_bias``^k; an unexamined slot is neither clicked nor discovers: the click and discovery
+  probabilities of the slot are multiplied by it (the same uniforms, so common random numbers hold).
 - **Clicks.** p = click_core | click_latent (discovered) | 0 (undiscovered latent) | click_other, times
   ``fatigue^(n - 1)`` where n counts the exposures of the same category in the session (content fatigue).
 
@@ -52,6 +59,7 @@ from coea.simulate.policies import Catalogue
 
 STREAM_WORLD, STREAM_SESSIONS, STREAM_ORGANIC, STREAM_SLOTS = 0, 1, 2, 3
 STREAM_KNOWLEDGE = 5  # the knowledge relation and knowledge interests (4 is the policies' stream)
+STREAM_USERS = 6  # heterogeneous users' traits (world v2)
 EXPOSURE_GAP_S = 20  # seconds between the exposures of a session
 FEATURE_AGREEMENT = 0.8
 KIND_OTHER, KIND_CORE, KIND_LATENT = 0, 1, 2
@@ -168,6 +176,7 @@ class World:
             self.latent = np.concatenate([self.latent, know], axis=1)  # (U, L + Lk)
             self.latent_kind = np.concatenate([self.latent_kind, np.full(know.shape, LATENT_KNOWLEDGE, np.int8)], 1)
             L = self.latent.shape[1]
+        self.activity, self.click_scale, self.openness = self._user_traits()  # (U,) each, 1 when off
         self.kind = np.full((U, C), KIND_OTHER, dtype=np.int8)  # (U, C)
         self.latent_pos = np.full((U, C), -1, dtype=np.int64)  # (U, C) position of c in the user's latent list
         rows = np.arange(U)[:, None]
@@ -225,6 +234,17 @@ class World:
         })
 
     # ----------------------------------------------------------------------------------------------- knowledge
+
+    def _user_traits(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(U,) activity, click propensity and openness: lognormal with mean 1 (exp(s z - s^2 / 2)); exactly 1
+        where the sigma is 0 (nothing drawn then, so the world without them is unchanged)."""
+        cfg, U = self.cfg, self.cfg.n_users
+        rng = np.random.default_rng([self.seed, 0, STREAM_USERS])
+        z = rng.standard_normal((3, U)) if (cfg.user_activity_sigma or cfg.user_click_sigma
+                                            or cfg.user_openness_sigma) else np.zeros((3, U))
+        sig = np.array([cfg.user_activity_sigma, cfg.user_click_sigma, cfg.user_openness_sigma])[:, None]
+        traits = np.exp(sig * z - sig ** 2 / 2)  # (3, U)
+        return traits[0], traits[1], traits[2]
 
     def _knowledge_relation(self, n_topics: int) -> np.ndarray:
         """(C, links) for each category, ``sim.knowledge_links`` distinct categories of other topics (uniform)."""
@@ -303,7 +323,8 @@ class World:
         cfg = self.cfg
         U, E, K, I = cfg.n_users, cfg.exposures_per_session, cfg.slots, cfg.items_per_category
         rs = np.random.default_rng([self.seed, day, STREAM_SESSIONS])
-        sess_user = np.repeat(np.arange(U), rs.poisson(cfg.sessions_per_day, U))  # (S,)
+        rate = cfg.sessions_per_day * self.activity if cfg.user_activity_sigma else cfg.sessions_per_day
+        sess_user = np.repeat(np.arange(U), rs.poisson(rate, U))  # (S,)
         S = len(sess_user)
         start = rs.integers(0, DAY - (E + K + 1) * EXPOSURE_GAP_S, S)  # (S,)
 
@@ -386,7 +407,9 @@ class World:
         is_lat = kind == KIND_LATENT
         before = np.zeros(cats.shape, dtype=bool)
         before[is_lat] = state.discovered[user[is_lat], lpos[is_lat]]
-        finds = is_lat & ~before & (ud < cfg.discover_prob)
+        # world v2: an unexamined served slot (position bias) neither discovers nor is clicked; open users discover
+        exam = np.where(slot >= 0, cfg.position_bias ** np.maximum(slot, 0), 1.0)  # (S, n); 1 when off
+        finds = is_lat & ~before & (ud < cfg.discover_prob * self.openness[user] * exam)
         first = np.full(state.discovered.shape, np.iinfo(np.int64).max, dtype=np.int64)  # (U, L)
         np.minimum.at(first, (user[finds], lpos[finds]), ts[finds])
         found_now = np.zeros(cats.shape, dtype=bool)
@@ -397,7 +420,7 @@ class World:
         base = np.where(kind == KIND_CORE, cfg.click_core,
                         np.where(is_lat, np.where(clickable_latent, cfg.click_latent, 0.0), cfg.click_other))
         same = (cats[:, :, None] == cats[:, None, :]).sum(axis=2)  # (S, n) exposures of the category in the session
-        p = base * cfg.fatigue ** (same - 1)
+        p = np.minimum(base * self.click_scale[user], 1.0) * cfg.fatigue ** (same - 1) * exam
         click = uc < p  # (S, n)
 
         new_state = state.copy()

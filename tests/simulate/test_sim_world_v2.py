@@ -72,3 +72,27 @@ def test_kg_neighbour_serves_the_relations_of_the_clicked_categories():
                          "event": "click", "rating": np.nan, "slot": -1})
     p = make_policy("kg_neighbour", w.catalogue, users, 0, warm, relation=w.relation)
     assert set(p.fill(1, users, [[]], 8)[0]) == {w.names[r] for r in w.relation[clicked]}
+
+
+def test_heterogeneous_users_are_off_by_default_and_scale_what_they_say():
+    off = world()
+    assert (off.activity == 1).all() and (off.click_scale == 1).all() and (off.openness == 1).all()
+    on = world("sim.user_activity_sigma=0.8", "sim.user_click_sigma=0.5", "sim.user_openness_sigma=0.5")
+    assert (on.core == off.core).all() and (on.latent == off.latent).all()  # traits change no interest
+    assert 0.7 < on.activity.mean() < 1.3 and on.activity.std() > 0.3
+    sessions = np.zeros(60)
+    for day in range(20):
+        np.add.at(sessions, on.draws(day).sess_user, 1)
+    assert np.corrcoef(sessions, on.activity)[0, 1] > 0.5  # active users have more sessions
+
+
+def test_position_bias_hides_the_later_slots():
+    w = world("sim.position_bias=0", "sim.click_other=0.5")
+    served = np.tile(np.arange(3), (60, 1))  # slots 0, 1, 2: categories 0, 1, 2 for everyone
+    out, _ = w.step(w.initial_state(), 0, served)
+    clicks = out.click[out.slot >= 0]
+    slot = out.slot[out.slot >= 0]
+    assert clicks[slot == 0].any() and not clicks[slot > 0].any()  # examined only the first
+    plain = world("sim.click_other=0.5")
+    out2, _ = plain.step(plain.initial_state(), 0, served)
+    assert out2.click[out2.slot > 0].any()
