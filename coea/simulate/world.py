@@ -247,13 +247,14 @@ class World:
         return traits[0], traits[1], traits[2]
 
     def _knowledge_relation(self, n_topics: int) -> np.ndarray:
-        """(C, links) for each category, ``sim.knowledge_links`` distinct categories of other topics (uniform)."""
+        """(C, links) for each category, ``sim.knowledge_links`` distinct categories of other topics (uniform; with
+        too few of them -- a tiny catalogue -- drawn with repeats)."""
         C, links = len(self.names), self.cfg.knowledge_links
         rng = np.random.default_rng([self.seed, 0, STREAM_KNOWLEDGE])
         rel = np.zeros((C, links), dtype=np.int64)
         for c in range(C):
             others = np.flatnonzero(self.topic != self.topic[c]) if n_topics > 1 else np.delete(np.arange(C), c)
-            rel[c] = rng.choice(others, size=min(links, len(others)), replace=False) if len(others) else c
+            rel[c] = rng.choice(others, size=links, replace=len(others) < links) if len(others) else c
         return rel
 
     def _knowledge_interests(self, known: np.ndarray) -> np.ndarray:
