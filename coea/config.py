@@ -525,6 +525,12 @@ class SimConfig:
     position_bias: float = opt(1.0, "World v2 switch: served slot k (0-based) is examined with probability "
                                "position_bias^k; unexamined, it is neither clicked nor discovers (1 = off).",
                                min=0.0, max=1.0)
+    retention_rate: float = opt(0.0, "World v2 switch: retention; a user's satisfaction is a moving average (this "
+                                "rate) of its daily served-slot CTR, and a drawn session happens with probability "
+                                "min(1, satisfaction / retention_ref) (0 = off: every session happens).",
+                                min=0.0, max=1.0)
+    retention_ref: float = opt(0.3, "Retention: the served-slot CTR at which a user always comes back (its "
+                               "starting satisfaction).", min=1e-6, max=1.0)
     items_per_category: int = opt(10, "Items per category (a served or organic slot shows one of them).", min=1)
     price_log_mean: float = opt(3.0, "Mean of a category's log price (item prices are lognormal).")
     price_category_sigma: float = opt(0.5, "Std of the categories' mean log prices.", min=0.0)

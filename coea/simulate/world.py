@@ -33,6 +33,11 @@ environment stepped one day at a time instead of a fixed data set:
 - **Position bias** (world v2; off at 1). Served slot k (0-based) is examined with probability
   ``sim.position_bias``^k; an unexamined slot is neither clicked nor discovers: the click and discovery
   probabilities of the slot are multiplied by it (the same uniforms, so common random numbers hold).
+- **Retention** (world v2; off at ``sim.retention_rate`` 0). Each user carries a satisfaction s_u, an exponential
+  moving average (rate ``retention_rate``) of its served-slot click-through on the days it had sessions, starting
+  at ``sim.retention_ref``. A drawn session happens with probability min(1, s_u / retention_ref) (a per-session
+  uniform, the same for every arm), so exploration that annoys costs later sessions, and a user whose s_u reaches
+  0 has churned.
 - **Clicks.** p = click_core | click_latent (discovered) | 0 (undiscovered latent) | click_other, times
   ``fatigue^(n - 1)`` where n counts the exposures of the same category in the session (content fatigue).
 
@@ -60,6 +65,7 @@ from coea.simulate.policies import Catalogue
 STREAM_WORLD, STREAM_SESSIONS, STREAM_ORGANIC, STREAM_SLOTS = 0, 1, 2, 3
 STREAM_KNOWLEDGE = 5  # the knowledge relation and knowledge interests (4 is the policies' stream)
 STREAM_USERS = 6  # heterogeneous users' traits (world v2)
+STREAM_RETENTION = 7  # whether a drawn session happens under retention (world v2)
 EXPOSURE_GAP_S = 20  # seconds between the exposures of a session
 FEATURE_AGREEMENT = 0.8
 KIND_OTHER, KIND_CORE, KIND_LATENT = 0, 1, 2
@@ -80,21 +86,27 @@ def day_end(cfg: SimConfig, day: int) -> int:
 class WorldState:
     """What an arm's serving changes in the world: which latent interests each user has discovered.
 
-    discovered: (U, L) bool; discovery_day: (U, L) int64, the day of discovery (-1 = not yet).
+    discovered: (U, L) bool; discovery_day: (U, L) int64, the day of discovery (-1 = not yet); satisfaction: (U,)
+    float, the retention state (world v2), None when retention is off.
     """
 
     discovered: np.ndarray
     discovery_day: np.ndarray
+    satisfaction: np.ndarray | None = None
 
     def copy(self) -> WorldState:
-        return WorldState(self.discovered.copy(), self.discovery_day.copy())
+        sat = None if self.satisfaction is None else self.satisfaction.copy()
+        return WorldState(self.discovered.copy(), self.discovery_day.copy(), sat)
 
     def state_dict(self) -> dict:
-        return {"discovered": self.discovered.copy(), "discovery_day": self.discovery_day.copy()}
+        d = {"discovered": self.discovered.copy(), "discovery_day": self.discovery_day.copy()}
+        return d if self.satisfaction is None else {**d, "satisfaction": self.satisfaction.copy()}
 
     @classmethod
     def from_state_dict(cls, d: dict) -> WorldState:
-        return cls(np.asarray(d["discovered"], dtype=bool).copy(), np.asarray(d["discovery_day"], np.int64).copy())
+        sat = d.get("satisfaction")
+        return cls(np.asarray(d["discovered"], dtype=bool).copy(), np.asarray(d["discovery_day"], np.int64).copy(),
+                   None if sat is None else np.asarray(sat, dtype=float).copy())
 
 
 @dataclass
@@ -119,6 +131,7 @@ class DayDraws:
     slot_item: np.ndarray
     slot_u_click: np.ndarray
     slot_u_disc: np.ndarray
+    sess_u_keep: np.ndarray | None = None  # (S,) uniforms: does the session happen (retention, world v2)
 
 
 @dataclass
@@ -220,7 +233,8 @@ class World:
 
     def initial_state(self) -> WorldState:
         U, L = self.latent.shape
-        return WorldState(np.zeros((U, L), dtype=bool), np.full((U, L), -1, dtype=np.int64))
+        sat = np.full(U, self.cfg.retention_ref) if self.cfg.retention_rate else None
+        return WorldState(np.zeros((U, L), dtype=bool), np.full((U, L), -1, dtype=np.int64), sat)
 
     def ground_truth(self) -> pd.DataFrame:
         """user_id, group, core (list[str]) and latent (list[str]) interests: never shown to a policy."""
@@ -342,8 +356,10 @@ class World:
         rk = np.random.default_rng([self.seed, day, STREAM_SLOTS])
         slot_item = rk.integers(0, I, (S, K))
         slot_u_click, slot_u_disc = rk.random((S, K)), rk.random((S, K))
+        keep_u = (np.random.default_rng([self.seed, day, STREAM_RETENTION]).random(S) if cfg.retention_rate
+                  else None)
         return DayDraws(sess_user, start, organic_cat, interest_u, organic_item, organic_u_click, organic_u_disc,
-                        slot_item, slot_u_click, slot_u_disc)
+                        slot_item, slot_u_click, slot_u_disc, keep_u)
 
     def organic(self, state: WorldState, dr: DayDraws) -> np.ndarray:
         """(S, E) organic categories: the prior's picks, and for the interest exposures the user's known interest
@@ -401,6 +417,10 @@ class World:
         user = np.repeat(dr.sess_user[:, None], n, axis=1)  # (S, n)
         ts = (day_start(day_date(cfg, day)) + dr.start[:, None]
               + EXPOSURE_GAP_S * np.arange(n)[None, :]).astype(np.int64)  # (S, n)
+        if state.satisfaction is not None and dr.sess_u_keep is not None:  # retention: some sessions do not happen
+            back = np.minimum(1.0, state.satisfaction / cfg.retention_ref)  # (U,) return probability
+            keep = dr.sess_u_keep < back[dr.sess_user]  # (S,)
+            cats, items, uc, ud, slot, user, ts = (a[keep] for a in (cats, items, uc, ud, slot, user, ts))
 
         # Discovery: the first discovering exposure of each (user, latent interest) today, by time.
         kind = self.kind[user, cats]  # (S, n)
@@ -428,6 +448,13 @@ class World:
         newly = (first < np.iinfo(np.int64).max) & ~state.discovered
         new_state.discovered |= newly
         new_state.discovery_day[newly] = day
+        if new_state.satisfaction is not None and served is not None:  # retention: today's served-slot CTR
+            shown, hits = np.zeros(cfg.n_users), np.zeros(cfg.n_users)
+            np.add.at(shown, user[slot >= 0], 1)
+            np.add.at(hits, user[(slot >= 0) & click], 1)
+            had = shown > 0
+            rho = cfg.retention_rate
+            new_state.satisfaction[had] = (1 - rho) * state.satisfaction[had] + rho * hits[had] / shown[had]
 
         item = cats * cfg.items_per_category + items
         flat = {k: v.ravel() for k, v in

@@ -96,3 +96,23 @@ def test_position_bias_hides_the_later_slots():
     plain = world("sim.click_other=0.5")
     out2, _ = plain.step(plain.initial_state(), 0, served)
     assert out2.click[out2.slot > 0].any()
+
+
+def test_retention_costs_sessions_when_the_slots_annoy():
+    assert world().initial_state().satisfaction is None  # off by default
+    w = world("sim.retention_rate=0.5", "sim.retention_ref=0.3", "sim.slots=3")
+    liked = w.core[:, :3]  # every slot a core interest: CTR ~ click_core
+    disliked = np.array([[c for c in range(40) if w.kind[u, c] == 0][:3] for u in range(60)])  # click_other
+    sessions = {}
+    for name, served in (("liked", liked), ("disliked", disliked)):
+        state, n = w.initial_state(), []
+        for day in range(8):
+            out, state = w.step(state, day, served)
+            n.append(int((out.slot == 0).sum()))  # one slot-0 exposure per session that happened
+        sessions[name] = n
+    drawn = [len(w.draws(d).sess_user) for d in range(8)]
+    assert sessions["liked"][0] == sessions["disliked"][0] == drawn[0]  # everyone starts satisfied
+    assert sum(sessions["liked"][4:]) > 0.7 * sum(drawn[4:])  # satisfied users mostly come back
+    assert sum(sessions["disliked"][4:]) < 0.5 * sum(sessions["liked"][4:])  # annoyed ones stop coming
+    restored = type(state).from_state_dict(state.state_dict())
+    assert np.array_equal(restored.satisfaction, state.satisfaction)
