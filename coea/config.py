@@ -531,6 +531,11 @@ class SimConfig:
                                 min=0.0, max=1.0)
     retention_ref: float = opt(0.3, "Retention: the served-slot CTR at which a user always comes back (its "
                                "starting satisfaction).", min=1e-6, max=1.0)
+    day_fatigue: float = opt(1.0, "World v2 switch: fatigue across days; every click probability times "
+                             "day_fatigue^e, e = the user's decaying count of earlier days' exposures of the "
+                             "category (1 = off).", min=0.0, max=1.0)
+    day_fatigue_decay: float = opt(0.5, "Fatigue across days: the count of earlier exposures is multiplied by this "
+                                   "each day before today's are added.", min=0.0, max=1.0)
     items_per_category: int = opt(10, "Items per category (a served or organic slot shows one of them).", min=1)
     price_log_mean: float = opt(3.0, "Mean of a category's log price (item prices are lognormal).")
     price_category_sigma: float = opt(0.5, "Std of the categories' mean log prices.", min=0.0)

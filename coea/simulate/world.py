@@ -38,6 +38,9 @@ environment stepped one day at a time instead of a fixed data set:
   at ``sim.retention_ref``. A drawn session happens with probability min(1, s_u / retention_ref) (a per-session
   uniform, the same for every arm), so exploration that annoys costs later sessions, and a user whose s_u reaches
   0 has churned.
+- **Fatigue across days** (world v2; off at ``sim.day_fatigue`` 1). Each user carries a decaying count e_uc of
+  its exposures to each category on earlier days (e <- ``day_fatigue_decay`` * e + today's exposures); every
+  click probability is multiplied by ``day_fatigue``^e_uc: a category shown day after day wears out.
 - **Clicks.** p = click_core | click_latent (discovered) | 0 (undiscovered latent) | click_other, times
   ``fatigue^(n - 1)`` where n counts the exposures of the same category in the session (content fatigue).
 
@@ -87,26 +90,29 @@ class WorldState:
     """What an arm's serving changes in the world: which latent interests each user has discovered.
 
     discovered: (U, L) bool; discovery_day: (U, L) int64, the day of discovery (-1 = not yet); satisfaction: (U,)
-    float, the retention state (world v2), None when retention is off.
+    float, the retention state (world v2), None when retention is off; worn: (U, C) float, the decaying count of
+    earlier days' exposures (fatigue across days, world v2), None when off.
     """
 
     discovered: np.ndarray
     discovery_day: np.ndarray
     satisfaction: np.ndarray | None = None
+    worn: np.ndarray | None = None
 
     def copy(self) -> WorldState:
-        sat = None if self.satisfaction is None else self.satisfaction.copy()
-        return WorldState(self.discovered.copy(), self.discovery_day.copy(), sat)
+        return WorldState(self.discovered.copy(), self.discovery_day.copy(),
+                          *(None if a is None else a.copy() for a in (self.satisfaction, self.worn)))
 
     def state_dict(self) -> dict:
         d = {"discovered": self.discovered.copy(), "discovery_day": self.discovery_day.copy()}
-        return d if self.satisfaction is None else {**d, "satisfaction": self.satisfaction.copy()}
+        d.update({k: v.copy() for k, v in (("satisfaction", self.satisfaction), ("worn", self.worn)) if v is not None})
+        return d
 
     @classmethod
     def from_state_dict(cls, d: dict) -> WorldState:
-        sat = d.get("satisfaction")
+        opt = [None if d.get(k) is None else np.asarray(d[k], dtype=float).copy() for k in ("satisfaction", "worn")]
         return cls(np.asarray(d["discovered"], dtype=bool).copy(), np.asarray(d["discovery_day"], np.int64).copy(),
-                   None if sat is None else np.asarray(sat, dtype=float).copy())
+                   *opt)
 
 
 @dataclass
@@ -234,7 +240,8 @@ class World:
     def initial_state(self) -> WorldState:
         U, L = self.latent.shape
         sat = np.full(U, self.cfg.retention_ref) if self.cfg.retention_rate else None
-        return WorldState(np.zeros((U, L), dtype=bool), np.full((U, L), -1, dtype=np.int64), sat)
+        worn = np.zeros((U, len(self.names))) if self.cfg.day_fatigue < 1 else None
+        return WorldState(np.zeros((U, L), dtype=bool), np.full((U, L), -1, dtype=np.int64), sat, worn)
 
     def ground_truth(self) -> pd.DataFrame:
         """user_id, group, core (list[str]) and latent (list[str]) interests: never shown to a policy."""
@@ -442,12 +449,17 @@ class World:
                         np.where(is_lat, np.where(clickable_latent, cfg.click_latent, 0.0), cfg.click_other))
         same = (cats[:, :, None] == cats[:, None, :]).sum(axis=2)  # (S, n) exposures of the category in the session
         p = np.minimum(base * self.click_scale[user], 1.0) * cfg.fatigue ** (same - 1) * exam
+        if state.worn is not None:  # fatigue across days: earlier days' exposures of the category wear it out
+            p = p * cfg.day_fatigue ** state.worn[user, cats]
         click = uc < p  # (S, n)
 
         new_state = state.copy()
         newly = (first < np.iinfo(np.int64).max) & ~state.discovered
         new_state.discovered |= newly
         new_state.discovery_day[newly] = day
+        if new_state.worn is not None:
+            new_state.worn *= cfg.day_fatigue_decay
+            np.add.at(new_state.worn, (user.ravel(), cats.ravel()), 1.0)
         if new_state.satisfaction is not None and served is not None:  # retention: today's served-slot CTR
             shown, hits = np.zeros(cfg.n_users), np.zeros(cfg.n_users)
             np.add.at(shown, user[slot >= 0], 1)

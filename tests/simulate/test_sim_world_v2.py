@@ -116,3 +116,20 @@ def test_retention_costs_sessions_when_the_slots_annoy():
     assert sum(sessions["disliked"][4:]) < 0.5 * sum(sessions["liked"][4:])  # annoyed ones stop coming
     restored = type(state).from_state_dict(state.state_dict())
     assert np.array_equal(restored.satisfaction, state.satisfaction)
+
+
+def test_fatigue_across_days_wears_out_a_category_served_day_after_day():
+    assert world().initial_state().worn is None  # off by default
+    ctr = {}
+    for name, extra in (("off", []), ("on", ["sim.day_fatigue=0.5", "sim.day_fatigue_decay=1.0"])):
+        w = world(*extra, "sim.slots=1")
+        served, state, c = w.core[:, :1], w.initial_state(), []
+        for day in range(6):
+            out, state = w.step(state, day, served)
+            c.append(out.click[out.slot == 0].mean())
+        ctr[name] = c
+    assert ctr["on"][0] == ctr["off"][0]  # nothing worn on the first day
+    assert np.mean(ctr["on"][3:]) < 0.5 * np.mean(ctr["off"][3:])
+    w = world("sim.day_fatigue=0.5")
+    s = w.step(w.initial_state(), 0, None)[1]
+    assert s.worn.sum() > 0 and np.array_equal(type(s).from_state_dict(s.state_dict()).worn, s.worn)
