@@ -21,7 +21,11 @@ Protocol:
 Simulation v2 (issue 26): every arm at every exploration budget, 10 world seeds, 2 training seeds on 4 of them::
 
     nice -n 10 python benchmarks/simulate.py --config configs/sim-v2.yaml --out /tmp/sim-v2 \
-        --results benchmarks/results/simulate_v2 --budgets 1,2,0
+        --results benchmarks/results/simulate_v2 --budgets 1,2,0 --tune-baselines
+
+``--tune-baselines``: ucb, user_knn, item_knn and linucb each get as many settings as coea has candidates
+(:data:`BASELINE_GRID`), tried on the validation seed only and chosen by the same rule; every setting's figures
+are in ``baseline_validation.json``. The other non-LLM arms have no setting to tune.
 
 ``--budgets``: one full run per ``sim.explore_slots`` value (0 = every slot), results in ``RESULTS/budget<B>/``,
 and the discovery-GTV frontier (``frontier.json``, ``frontier.png``: discovery, and knowledge discovery, against
@@ -105,6 +109,53 @@ def share_start(first: Path, vdir: Path, seed: int) -> None:
     (dst / "round0.done").write_text((src / "round0.done").read_text())
 
 
+BASELINE_GRID = {  # each tunable non-LLM arm's settings, the current default first; the first n are tried, n = the
+    # number of coea candidates, so every tuned arm gets the same tuning budget (on the validation seed only)
+    "ucb": ("sim.ucb_c=0.5", "sim.ucb_c=0.1", "sim.ucb_c=2.0"),
+    "user_knn": ("sim.user_knn_k=10", "sim.user_knn_k=20", "sim.user_knn_k=5"),
+    "item_knn": ("sim.item_knn_k=0", "sim.item_knn_k=20", "sim.item_knn_k=5"),
+    "linucb": ("sim.linucb_alpha=0.5", "sim.linucb_alpha=0.1", "sim.linucb_alpha=2.0"),
+}
+
+
+def choose(rows: list[dict]) -> dict:
+    """The rule every arm is tuned by: the highest discovery with GTV >= exploitation - 1%, else the highest GTV."""
+    ok = [r for r in rows if r["gtv_rel"] >= -0.01]
+    return max(ok, key=lambda r: r["discovery"]) if ok else max(rows, key=lambda r: r["gtv_rel"])
+
+
+def validate_baselines(args, overrides: list[str], out: Path, arms: list[str], n: int) -> dict:
+    """Tune every tunable non-LLM arm in ``arms`` with ``n`` settings of :data:`BASELINE_GRID` on the validation seed
+    (against exploitation, ``--val-days`` days, the same rule as coea); writes baseline_validation.json with every
+    setting tried. Returns it; its ``chosen`` overrides are applied to the full run."""
+    from coea.simulate.report import final_values, load_rows
+    from coea.simulate.run import simulate
+
+    record: dict = {"rule": "highest discovery with GTV >= exploitation - 1% on the validation seed; else highest "
+                            "GTV", "days": args.val_days, "settings_per_arm": n, "arms": {},
+                    "untuned": [a for a in arms if a not in BASELINE_GRID and a not in SIM_LLM_ARMS]}
+    for arm in [a for a in arms if a in BASELINE_GRID]:
+        rows = []
+        for i, cand in enumerate(BASELINE_GRID[arm][:n]):
+            cfg = load_config(args.config, [*overrides, cand, f"sim.days={args.val_days}"])
+            vdir = out / "validation" / f"{arm}-c{i}"
+            t0 = time.perf_counter()
+            simulate(cfg, vdir, seeds=[cfg.sim.validation_seed], arms=["exploitation", arm], report=False,
+                     allow_dirty=args.allow_dirty)
+            df = load_rows(vdir)
+            disc, g = final_values(df, "discovery_rate"), final_values(df, "gtv_cum")
+            rows.append({"settings": cand, "discovery": float(disc[arm].iloc[0]),
+                         "gtv_rel": float(g[arm].iloc[0] / g["exploitation"].iloc[0] - 1),
+                         "wall_s": round(time.perf_counter() - t0, 1)})
+            log(f"  {arm} {cand}: discovery {rows[-1]['discovery']:.3f}, GTV {100 * rows[-1]['gtv_rel']:+.2f}%")
+        record["arms"][arm] = {"candidates": rows, "chosen": choose(rows)["settings"]}
+    record["chosen"] = [v["chosen"] for v in record["arms"].values()]
+    record["provenance"] = check_provenance(args.allow_dirty).as_dict()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "baseline_validation.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
 def validate(args, overrides: list[str], out: Path) -> dict:
     from coea.simulate.run import simulate
     from coea.simulate.report import final_values, load_rows
@@ -130,8 +181,7 @@ def validate(args, overrides: list[str], out: Path) -> dict:
                      "exploitation_discovery": float(disc["exploitation"].iloc[0]),
                      "wall_s": round(time.perf_counter() - t0, 1)})
         log(f"  discovery {rows[-1]['discovery']:.3f}, GTV vs exploitation {100 * rows[-1]['gtv_rel']:+.2f}%")
-    ok = [r for r in rows if r["gtv_rel"] >= -0.01]
-    chosen = max(ok, key=lambda r: r["discovery"]) if ok else max(rows, key=lambda r: r["gtv_rel"])
+    chosen = choose(rows)
     result = {"seed": seed, "days": args.val_days, "arms": ["exploitation", "coea"], "candidates": rows,
               "rule": "highest discovery with GTV >= exploitation - 1% on the validation seed; else highest GTV",
               "chosen": chosen["settings"], "provenance": check_provenance(args.allow_dirty).as_dict()}
@@ -157,6 +207,9 @@ def main() -> int:
     ap.add_argument("--budgets", default=None, metavar="B,B,...",
                     help="exploration budgets (sim.explore_slots values; 0 = every slot): one full run each, "
                          "results in RESULTS/budget<B>/, and the discovery-GTV frontier in RESULTS/frontier.*")
+    ap.add_argument("--tune-baselines", action="store_true",
+                    help="tune ucb, user_knn, item_knn and linucb on the validation seed with as many settings as "
+                         "coea has candidates (baseline_validation.json records every one)")
     ap.add_argument("--train-seeds", default=None, help="sim.train_seeds (e.g. 0,1)")
     ap.add_argument("--allow-dirty", action="store_true",
                     help="run from uncommitted code anyway and mark the results (refused otherwise)")
@@ -195,6 +248,13 @@ def main() -> int:
         wall_book(out, "validation", time.perf_counter() - t0, sampler.stop())
         chosen = validation["chosen"]
     overrides += [t for t in chosen.split("&") if t.strip()]
+    if args.tune_baselines and not args.report_only:
+        n = len([c for c in args.candidates.split("|") if c.strip()])
+        sampler, t0 = LoadSampler(), time.perf_counter()
+        overrides += validate_baselines(args, overrides, out, arms, n)["chosen"]
+        wall_book(out, "baseline-validation", time.perf_counter() - t0, sampler.stop())
+    elif (RESULTS / "baseline_validation.json").exists():
+        overrides += json.loads((RESULTS / "baseline_validation.json").read_text())["chosen"]
     if args.train_seeds:
         overrides.append(f"sim.train_seeds={args.train_seeds}")
 
