@@ -17,6 +17,23 @@ Protocol:
 3. The results -- results.md (with wall time, load average and what ran), days.jsonl, summary.json, days.png,
    kl.png, validation.json -- are copied to ``benchmarks/results/simulate/``. Each step writes them, so a kill
    loses nothing.
+
+Simulation v2 (issue 26): every arm at every exploration budget, 10 world seeds, 2 training seeds on 4 of them::
+
+    nice -n 10 python benchmarks/simulate.py --config configs/sim-v2.yaml --out /tmp/sim-v2 \
+        --results benchmarks/results/simulate_v2 --budgets 1,2,0 --tune-baselines
+
+``--tune-baselines``: ucb, user_knn, item_knn and linucb each get as many settings as coea has candidates
+(:data:`BASELINE_GRID`), tried on the validation seed only and chosen by the same rule; every setting's figures
+are in ``baseline_validation.json``. The other non-LLM arms have no setting to tune.
+
+``--budgets``: one full run per ``sim.explore_slots`` value (0 = every slot), results in ``RESULTS/budget<B>/``,
+and the discovery-GTV frontier (``frontier.json``, ``frontier.png``: discovery, and knowledge discovery, against
+cumulative GTV per arm and budget) in ``RESULTS``.
+
+Provenance: the benchmark refuses to start from uncommitted code (coea/simulate/provenance.py: commit first, run
+from the clean tree, then commit the results); ``--allow-dirty`` runs anyway and marks results.md, summary.json
+and validation.json. Each records the commit it ran on.
 """
 
 from __future__ import annotations
@@ -34,7 +51,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from coea.config import SIM_LLM_ARMS, load_config  # noqa: E402
+from coea.config import SIM_LLM_ARMS, ConfigError, load_config  # noqa: E402
+from coea.simulate.provenance import check_provenance  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "simulate"
 DEFAULT_CANDIDATES = ("sim.explore_slots=1&sim.coea_set=relevance.tau_align=0.3"
@@ -91,6 +109,53 @@ def share_start(first: Path, vdir: Path, seed: int) -> None:
     (dst / "round0.done").write_text((src / "round0.done").read_text())
 
 
+BASELINE_GRID = {  # each tunable non-LLM arm's settings, the current default first; the first n are tried, n = the
+    # number of coea candidates, so every tuned arm gets the same tuning budget (on the validation seed only)
+    "ucb": ("sim.ucb_c=0.5", "sim.ucb_c=0.1", "sim.ucb_c=2.0"),
+    "user_knn": ("sim.user_knn_k=10", "sim.user_knn_k=20", "sim.user_knn_k=5"),
+    "item_knn": ("sim.item_knn_k=0", "sim.item_knn_k=20", "sim.item_knn_k=5"),
+    "linucb": ("sim.linucb_alpha=0.5", "sim.linucb_alpha=0.1", "sim.linucb_alpha=2.0"),
+}
+
+
+def choose(rows: list[dict]) -> dict:
+    """The rule every arm is tuned by: the highest discovery with GTV >= exploitation - 1%, else the highest GTV."""
+    ok = [r for r in rows if r["gtv_rel"] >= -0.01]
+    return max(ok, key=lambda r: r["discovery"]) if ok else max(rows, key=lambda r: r["gtv_rel"])
+
+
+def validate_baselines(args, overrides: list[str], out: Path, arms: list[str], n: int) -> dict:
+    """Tune every tunable non-LLM arm in ``arms`` with ``n`` settings of :data:`BASELINE_GRID` on the validation seed
+    (against exploitation, ``--val-days`` days, the same rule as coea); writes baseline_validation.json with every
+    setting tried. Returns it; its ``chosen`` overrides are applied to the full run."""
+    from coea.simulate.report import final_values, load_rows
+    from coea.simulate.run import simulate
+
+    record: dict = {"rule": "highest discovery with GTV >= exploitation - 1% on the validation seed; else highest "
+                            "GTV", "days": args.val_days, "settings_per_arm": n, "arms": {},
+                    "untuned": [a for a in arms if a not in BASELINE_GRID and a not in SIM_LLM_ARMS]}
+    for arm in [a for a in arms if a in BASELINE_GRID]:
+        rows = []
+        for i, cand in enumerate(BASELINE_GRID[arm][:n]):
+            cfg = load_config(args.config, [*overrides, cand, f"sim.days={args.val_days}"])
+            vdir = out / "validation" / f"{arm}-c{i}"
+            t0 = time.perf_counter()
+            simulate(cfg, vdir, seeds=[cfg.sim.validation_seed], arms=["exploitation", arm], report=False,
+                     allow_dirty=args.allow_dirty)
+            df = load_rows(vdir)
+            disc, g = final_values(df, "discovery_rate"), final_values(df, "gtv_cum")
+            rows.append({"settings": cand, "discovery": float(disc[arm].iloc[0]),
+                         "gtv_rel": float(g[arm].iloc[0] / g["exploitation"].iloc[0] - 1),
+                         "wall_s": round(time.perf_counter() - t0, 1)})
+            log(f"  {arm} {cand}: discovery {rows[-1]['discovery']:.3f}, GTV {100 * rows[-1]['gtv_rel']:+.2f}%")
+        record["arms"][arm] = {"candidates": rows, "chosen": choose(rows)["settings"]}
+    record["chosen"] = [v["chosen"] for v in record["arms"].values()]
+    record["provenance"] = check_provenance(args.allow_dirty).as_dict()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "baseline_validation.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
 def validate(args, overrides: list[str], out: Path) -> dict:
     from coea.simulate.run import simulate
     from coea.simulate.report import final_values, load_rows
@@ -107,7 +172,8 @@ def validate(args, overrides: list[str], out: Path) -> dict:
             share_start(out / "validation" / "c0", vdir, seed)
         log(f"validation {i + 1}/{len(candidates)}: seed {seed}, {args.val_days} days, {cand!r}")
         t0 = time.perf_counter()
-        simulate(cfg, vdir, seeds=[seed], arms=["exploitation", "coea"], report=False)
+        simulate(cfg, vdir, seeds=[seed], arms=["exploitation", "coea"], report=False,
+                 allow_dirty=args.allow_dirty)
         df = load_rows(vdir)
         disc, g = final_values(df, "discovery_rate"), final_values(df, "gtv_cum")
         rows.append({"settings": cand, "discovery": float(disc["coea"].iloc[0]),
@@ -115,11 +181,10 @@ def validate(args, overrides: list[str], out: Path) -> dict:
                      "exploitation_discovery": float(disc["exploitation"].iloc[0]),
                      "wall_s": round(time.perf_counter() - t0, 1)})
         log(f"  discovery {rows[-1]['discovery']:.3f}, GTV vs exploitation {100 * rows[-1]['gtv_rel']:+.2f}%")
-    ok = [r for r in rows if r["gtv_rel"] >= -0.01]
-    chosen = max(ok, key=lambda r: r["discovery"]) if ok else max(rows, key=lambda r: r["gtv_rel"])
+    chosen = choose(rows)
     result = {"seed": seed, "days": args.val_days, "arms": ["exploitation", "coea"], "candidates": rows,
               "rule": "highest discovery with GTV >= exploitation - 1% on the validation seed; else highest GTV",
-              "chosen": chosen["settings"]}
+              "chosen": chosen["settings"], "provenance": check_provenance(args.allow_dirty).as_dict()}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     return result
@@ -139,10 +204,24 @@ def main() -> int:
     ap.add_argument("--arms", default=None, help="override sim.arms")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--results", default=str(RESULTS), help="where the committed files go")
+    ap.add_argument("--budgets", default=None, metavar="B,B,...",
+                    help="exploration budgets (sim.explore_slots values; 0 = every slot): one full run each, "
+                         "results in RESULTS/budget<B>/, and the discovery-GTV frontier in RESULTS/frontier.*")
+    ap.add_argument("--tune-baselines", action="store_true",
+                    help="tune ucb, user_knn, item_knn and linucb on the validation seed with as many settings as "
+                         "coea has candidates (baseline_validation.json records every one)")
+    ap.add_argument("--train-seeds", default=None, help="sim.train_seeds (e.g. 0,1)")
+    ap.add_argument("--allow-dirty", action="store_true",
+                    help="run from uncommitted code anyway and mark the results (refused otherwise)")
     ap.add_argument("--analysis", default=None, metavar="FILE",
                     help="markdown appended to results.md's notes (what the measured curves show; written by a person)")
     args = ap.parse_args()
     RESULTS = Path(args.results)
+    try:
+        check_provenance(args.allow_dirty)  # before hours of work, not after
+    except ConfigError as exc:
+        print(f"simulate benchmark: {exc}", file=sys.stderr)
+        return 2
 
     if os.nice(0) < 10:
         os.nice(10 - os.nice(0))  # not a timing figure: yield the shared cores
@@ -169,31 +248,83 @@ def main() -> int:
         wall_book(out, "validation", time.perf_counter() - t0, sampler.stop())
         chosen = validation["chosen"]
     overrides += [t for t in chosen.split("&") if t.strip()]
-    cfg = load_config(args.config, overrides)
-    full = out / "full"
+    if args.tune_baselines and not args.report_only:
+        n = len([c for c in args.candidates.split("|") if c.strip()])
+        sampler, t0 = LoadSampler(), time.perf_counter()
+        overrides += validate_baselines(args, overrides, out, arms, n)["chosen"]
+        wall_book(out, "baseline-validation", time.perf_counter() - t0, sampler.stop())
+    elif (RESULTS / "baseline_validation.json").exists():
+        overrides += json.loads((RESULTS / "baseline_validation.json").read_text())["chosen"]
+    if args.train_seeds:
+        overrides.append(f"sim.train_seeds={args.train_seeds}")
 
     from coea.simulate.run import simulate
 
-    if not args.report_only:
-        log(f"full run: seeds {cfg.sim.seeds}, {cfg.sim.days} days, arms {','.join(arms)} "
-            f"(missing: {','.join(missing) or 'none'}), settings {chosen!r}, out {full}")
-        sampler, t0 = LoadSampler(), time.perf_counter()
-        try:
-            simulate(cfg, full, arms=arms, report=False)
-        finally:
-            book = wall_book(out, "full", time.perf_counter() - t0, sampler.stop())
-            finish(cfg, full, out, arms, missing, chosen, validation, book, args.analysis)
-    else:
-        book = json.loads((out / "bench_wall.json").read_text()) if (out / "bench_wall.json").exists() else {}
-        finish(cfg, full, out, arms, missing, chosen, validation, book, args.analysis)
+    budgets = [int(b) for b in args.budgets.split(",") if b.strip()] if args.budgets else [None]
+    base_results, summaries = RESULTS, {}
+    for b in budgets:  # one full run per exploration budget (sim.explore_slots; 0 = every slot)
+        cfg = load_config(args.config, overrides + ([f"sim.explore_slots={b}"] if b is not None else []))
+        full, phase = (out / "full", "full") if b is None else (out / f"full-b{b}", f"full-b{b}")
+        RESULTS = base_results if b is None else base_results / f"budget{b}"
+        if not args.report_only:
+            log(f"full run: seeds {cfg.sim.seeds}, {cfg.sim.days} days, arms {','.join(arms)} "
+                f"(missing: {','.join(missing) or 'none'}), settings {chosen!r}, budget {b}, out {full}")
+            sampler, t0 = LoadSampler(), time.perf_counter()
+            try:
+                simulate(cfg, full, arms=arms, report=False, allow_dirty=args.allow_dirty)
+            finally:
+                book = wall_book(out, phase, time.perf_counter() - t0, sampler.stop())
+                finish(cfg, full, out, arms, missing, chosen, validation, book, args.analysis, args.allow_dirty,
+                       phase)
+        else:
+            book = json.loads((out / "bench_wall.json").read_text()) if (out / "bench_wall.json").exists() else {}
+            finish(cfg, full, out, arms, missing, chosen, validation, book, args.analysis, args.allow_dirty, phase)
+        if (full / "summary.json").exists():
+            summaries[b if b is not None else cfg.sim.explore_slots] = json.loads((full / "summary.json").read_text())
+    if len(summaries) > 1:
+        write_frontier(summaries, base_results, cfg.sim.slots)
     return 0
 
 
-def finish(cfg, full: Path, out: Path, arms, missing, chosen, validation, book, analysis=None) -> None:
+def write_frontier(summaries: dict, results: Path, slots: int) -> None:
+    """The discovery-GTV frontier: per arm and budget (slots the arm fills; 0 = all), the final discovery (and
+    knowledge discovery) and cumulative GTV, mean and interval over world seeds -> frontier.json, frontier.png."""
+    rows = []
+    for b, s in sorted(summaries.items()):
+        for arm, vals in s.get("arms", {}).items():
+            budget = 0 if arm == "exploitation" else (b or slots)  # exploitation explores nothing at any budget
+            rows.append({"arm": arm, "budget": budget, **{k: vals.get(k) for k in (
+                "discovery_rate", "discovery_rate_knowledge", "discovery_rate_collab", "gtv_cum")}})
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "frontier.json").write_text(json.dumps(rows, indent=1))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # optional heavy dependency: plots only
+    from matplotlib.figure import Figure
+
+    keys = ["discovery_rate"] + (["discovery_rate_knowledge"] if any(r["discovery_rate_knowledge"] for r in rows)
+                                 else [])
+    fig = Figure(figsize=(6 * len(keys), 5))
+    FigureCanvasAgg(fig)
+    for ax, key in zip(fig.subplots(1, len(keys), squeeze=False)[0], keys):
+        for arm in dict.fromkeys(r["arm"] for r in rows):
+            pts = sorted((r["budget"], r["gtv_cum"][0], r[key][0]) for r in rows
+                         if r["arm"] == arm and r[key] and r["gtv_cum"])
+            ax.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", label=arm)
+            for bud, x, y in pts:
+                ax.annotate(str(bud), (x, y), fontsize=7)
+        ax.set_xlabel("cumulative GTV (mean over world seeds)")
+        ax.set_ylabel(key)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Discovery against GTV per arm; labels = exploration slots of {slots}")
+    fig.tight_layout()
+    fig.savefig(results / "frontier.png", dpi=90)
+
+
+def finish(cfg, full: Path, out: Path, arms, missing, chosen, validation, book, analysis=None,
+           allow_dirty: bool = False, phase: str = "full") -> None:
     from coea.simulate.report import write_report
     from coea.simulate.run import parse_list
 
-    inv = [i for i in book.get("invocations", []) if i["phase"] == "full"]
+    inv = [i for i in book.get("invocations", []) if i["phase"] == phase]
     loads = [i["load"]["mean"] for i in inv if i.get("load")]
     note = [
         f"Command: `nice -n 10 python benchmarks/simulate.py` (resumable; {len(inv)} invocation(s)), "
@@ -212,7 +343,7 @@ def finish(cfg, full: Path, out: Path, arms, missing, chosen, validation, book, 
     if missing:
         note.append(f"Missing arms: {', '.join(missing)} (coea/simulate/coea_arm.py not available when this ran).")
     write_report(cfg, full, arms=arms, seeds=[int(s) for s in parse_list(cfg.sim.seeds)],
-                 wall_s=book.get("total_wall_s"), note="\n\n".join(note), missing=missing)
+                 wall_s=book.get("total_wall_s"), note="\n\n".join(note), missing=missing, allow_dirty=allow_dirty)
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         if (full / name).exists():

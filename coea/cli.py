@@ -685,7 +685,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if _SESSION is not None:
         _SESSION.open_log(args.out)
     configure_threads(cfg.run.num_threads)
-    result = simulate(cfg, Path(args.out), seeds=seeds, arms=arms, max_days=args.max_days)
+    result = simulate(cfg, Path(args.out), seeds=seeds, arms=arms, max_days=args.max_days,
+                      allow_dirty=args.allow_dirty)
     done = min(result.days_done.values()) if result.days_done else 0
     emit(json.dumps({"out": str(result.out_dir), "seeds": result.seeds, "arms": result.arms,
                      "days_done": done, "complete": result.complete, "rows": result.rows,
@@ -881,6 +882,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the validation world seed (sim.validation_seed) only, to choose settings")
     p.add_argument("--max-days", type=int, default=None, metavar="N",
                    help="stop after N A/B days (resume later with a larger N or without it)")
+    p.add_argument("--allow-dirty", action="store_true",
+                   help="run from uncommitted code anyway and mark the results (refused otherwise)")
     p.set_defaults(fn=cmd_simulate)
 
     p = add("judge", "LLM-as-a-Judge serendipity of served or evaluated lists; calibrate against labels",

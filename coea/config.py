@@ -488,8 +488,8 @@ class EvalConfig:
     num_threads: int = opt(0, "torch threads while evaluating (restored afterwards); 0 = keep.", min=0)
 
 
-SIM_ARMS = ("exploitation", "random", "popular", "ucb", "user_knn", "item_knn", "google_v1", "coea", "wo_kl",
-            "wo_rllm")
+SIM_ARMS = ("exploitation", "random", "popular", "ucb", "user_knn", "item_knn", "thompson", "linucb",
+            "kg_neighbour", "google_v1", "coea", "wo_kl", "wo_rllm")
 SIM_LLM_ARMS = ("google_v1", "coea", "wo_kl", "wo_rllm")
 
 
@@ -501,14 +501,21 @@ class SimConfig:
                      "each world. Results are mean and 95% interval over them.")
     validation_seed: int = opt(100, "The world seed on which settings are chosen (benchmarks/simulate.py); never "
                                "one of sim.seeds.", min=0)
+    train_seeds: str = opt("0", "Training seeds of every arm (comma-separated): each is a separate run of the arm on "
+                           "the same world copy (the LLM arms' run.seed + t, round 0 included; the random arms' "
+                           "stream), so the report can separate training noise from world noise. Seed 0 is the "
+                           "plain run.")
+    train_seed_worlds: str = opt("", "World seeds (comma-separated, a subset of sim.seeds) on which the training "
+                                 "seeds after the first run; empty = every world seed.")
     days: int = opt(30, "A/B days per world after the warm-up: each day every arm fills its slots, the world "
                     "plays the sessions, the arm's log grows by one day partition and the arm updates.", min=1)
     warmup_days: int = opt(14, "Organic-only days before the A/B (identical for every arm); round 0 of the LLM "
                            "arms bootstraps on them once per world seed.", min=1)
-    arms: str = opt("exploitation,random,popular,ucb,user_knn,item_knn,google_v1,coea,wo_kl,wo_rllm",
-                    "Arms to run (comma-separated): exploitation, random, popular, ucb, user_knn, item_knn "
-                    "(non-LLM, coea/simulate/policies.py) and google_v1, coea, wo_kl, wo_rllm (LLM arms, "
-                    "coea/simulate/coea_arm.py).")
+    arms: str = opt("exploitation,random,popular,ucb,user_knn,item_knn,thompson,linucb,kg_neighbour,google_v1,"
+                    "coea,wo_kl,wo_rllm",
+                    "Arms to run (comma-separated): exploitation, random, popular, ucb, user_knn, item_knn, "
+                    "thompson, linucb, kg_neighbour (non-LLM, coea/simulate/policies.py) and google_v1, coea, "
+                    "wo_kl, wo_rllm (LLM arms, coea/simulate/coea_arm.py).")
     coea_config: str = opt("configs/sim-coea.yaml", "coea YAML of the LLM arms (tiny embedded backbones); "
                            "data.source / data.path are set per arm to its own log. Relative paths resolve "
                            "against the working directory, then the repository.")
@@ -533,6 +540,36 @@ class SimConfig:
                              min=1)
     latent_per_user: int = opt(3, "Latent interests of a user: the next-nearest categories after the core, "
                                "clickable only once discovered (the serendipity ground truth).", min=0)
+    knowledge_per_user: int = opt(0, "World v2 switch: knowledge latent interests per user (0 = off: today's "
+                                  "world). Related to the user's core categories through the world-knowledge "
+                                  "relation (sim.knowledge_links), not shared with group-mates; discovered like "
+                                  "the collaborative ones, reported separately.", min=0)
+    knowledge_links: int = opt(8, "World knowledge: related categories (of other topics) stated for each "
+                               "category in the world's knowledge corpus; read by the kg_neighbour arm. Broad "
+                               "relations keep knowledge interests personal (few group-mates share one).", min=1)
+    user_activity_sigma: float = opt(0.0, "World v2 switch: heterogeneous activity; a user's session rate is "
+                                     "sessions_per_day times a lognormal factor of mean 1 and this log-std (0 = "
+                                     "off).", min=0.0)
+    user_click_sigma: float = opt(0.0, "World v2 switch: heterogeneous click propensity; every click probability "
+                                  "of a user times a lognormal factor of mean 1 and this log-std, capped at 1 "
+                                  "(0 = off).", min=0.0)
+    user_openness_sigma: float = opt(0.0, "World v2 switch: heterogeneous openness to new categories; a user's "
+                                     "discovery probability times a lognormal factor of mean 1 and this log-std "
+                                     "(0 = off).", min=0.0)
+    position_bias: float = opt(1.0, "World v2 switch: served slot k (0-based) is examined with probability "
+                               "position_bias^k; unexamined, it is neither clicked nor discovers (1 = off).",
+                               min=0.0, max=1.0)
+    retention_rate: float = opt(0.0, "World v2 switch: retention; a user's satisfaction is a moving average (this "
+                                "rate) of its daily served-slot CTR, and a drawn session happens with probability "
+                                "min(1, satisfaction / retention_ref) (0 = off: every session happens).",
+                                min=0.0, max=1.0)
+    retention_ref: float = opt(0.3, "Retention: the served-slot CTR at which a user always comes back (its "
+                               "starting satisfaction).", min=1e-6, max=1.0)
+    day_fatigue: float = opt(1.0, "World v2 switch: fatigue across days; every click probability times "
+                             "day_fatigue^e, e = the user's decaying count of earlier days' exposures of the "
+                             "category (1 = off).", min=0.0, max=1.0)
+    day_fatigue_decay: float = opt(0.5, "Fatigue across days: the count of earlier exposures is multiplied by this "
+                                   "each day before today's are added.", min=0.0, max=1.0)
     items_per_category: int = opt(10, "Items per category (a served or organic slot shows one of them).", min=1)
     price_log_mean: float = opt(3.0, "Mean of a category's log price (item prices are lognormal).")
     price_category_sigma: float = opt(0.5, "Std of the categories' mean log prices.", min=0.0)
@@ -566,6 +603,8 @@ class SimConfig:
     user_knn_k: int = opt(10, "user_knn arm: neighbours k (cosine on the users' category click vectors in the "
                           "arm's log; coea/exploration/knn.py).", min=1)
     item_knn_k: int = opt(0, "item_knn arm: co-occurring categories kept per category (0 = all).", min=0)
+    linucb_alpha: float = opt(0.5, "linucb arm: exploration weight alpha of disjoint LinUCB on the user features "
+                              "(theta_c . x + alpha sqrt(x' A_c^-1 x)).", min=0.0)
     tail_fraction: float = opt(0.2, "Long tail = this bottom share of categories by the popularity prior.",
                                min=0.0, max=1.0)
     niep_window: int = opt(7, "Days of the NIEP window (7 = 7D-NIEP, Eq. 23).", min=1)
@@ -694,7 +733,10 @@ def _check_cross_fields(cfg: Config) -> None:
     if cfg.data.engine == "spark" and cfg.data.source != "parquet":
         raise ConfigError(f"data.engine: spark reads Parquet logs (data.source: parquet); got {cfg.data.source!r}")
     sim = cfg.sim
-    if sim.core_per_user + sim.latent_per_user > sim.n_categories:
+    if sim.core_per_user + sim.latent_per_user + sim.knowledge_per_user > sim.n_categories:
+        if sim.knowledge_per_user:
+            raise ConfigError(f"sim.knowledge_per_user: core_per_user + latent_per_user + knowledge_per_user must "
+                              f"be <= sim.n_categories ({sim.n_categories})")
         raise ConfigError(f"sim.latent_per_user: core_per_user + latent_per_user must be <= sim.n_categories "
                           f"({sim.n_categories}); got {sim.core_per_user} + {sim.latent_per_user}")
     if sim.explore_slots > sim.slots:
@@ -712,6 +754,14 @@ def _check_cross_fields(cfg: Config) -> None:
     if sim.validation_seed in seeds:
         raise ConfigError(f"sim.validation_seed: {sim.validation_seed} is also in sim.seeds; settings are chosen "
                           "on a world that is never reported")
+    for name in ("train_seeds", "train_seed_worlds"):
+        try:
+            values = [int(t) for t in getattr(sim, name).split(",") if t.strip()]
+        except ValueError:
+            raise ConfigError(f"sim.{name}: expected comma-separated non-negative integers; got "
+                              f"{getattr(sim, name)!r}") from None
+        if (name == "train_seeds" and not values) or any(v < 0 for v in values) or len(set(values)) != len(values):
+            raise ConfigError(f"sim.{name}: expected distinct non-negative integers; got {getattr(sim, name)!r}")
     try:
         dt.date.fromisoformat(sim.start_date)
     except ValueError:

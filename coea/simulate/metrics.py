@@ -105,9 +105,14 @@ class ArmMetrics:
     row. Both mutate the state; :meth:`state_dict` / :meth:`load_state_dict` make it resumable.
     """
 
-    def __init__(self, cfg: SimConfig, categories: list[str], tail: np.ndarray, latent: np.ndarray) -> None:
+    def __init__(self, cfg: SimConfig, categories: list[str], tail: np.ndarray, latent: np.ndarray,
+                 latent_kind: np.ndarray | None = None) -> None:
         """``tail``: (C,) bool long tail; ``latent``: (U, C) bool, the users' latent interests (ground truth,
-        for the share of served slots that hit one)."""
+        for the share of served slots that hit one); ``latent_kind``: (U, L) the kind of each latent interest
+        (0 collaborative, 1 knowledge; world v2): with knowledge interests the row also reports
+        ``discovery_rate_collab`` and ``discovery_rate_knowledge``."""
+        kinds = None if latent_kind is None else np.asarray(latent_kind)
+        self.latent_kind = kinds if kinds is not None and (kinds == 1).any() else None  # (U, L) or None
         self.cfg = cfg
         self.categories = list(categories)
         self.tail = np.asarray(tail, dtype=bool)
@@ -155,6 +160,9 @@ class ArmMetrics:
 
         row = {
             "discovery_rate": discovery_rate(state.discovered),
+            **({} if self.latent_kind is None else {
+                "discovery_rate_collab": discovery_rate(state.discovered[self.latent_kind == 0]),
+                "discovery_rate_knowledge": discovery_rate(state.discovered[self.latent_kind == 1])}),
             "discoveries": int(len(out.new_discoveries)),
             "gtv": day_gtv,
             "gtv_cum": self.cum["gtv"],

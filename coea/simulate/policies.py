@@ -18,6 +18,18 @@ world (core and latent interests, positions) is never visible to a policy.
                   user-kNN row)
     item_knn      the never-clicked categories that co-occur most with the user's clicked ones (category
                   co-occurrence cosine over the arm's log; coea/exploration/knn.py, as the evaluation's row)
+    thompson      a per-group Thompson sampler: a group = the users sharing all their feature values; per group and
+                  category Beta(1 + clicks, 1 + exposures - clicks) on every exposure in the arm's log (organic and
+                  served), one sample per user and day; the best-sampled never-clicked categories
+    kg_neighbour  the never-clicked categories the world's knowledge relates to the user's clicked ones (read
+                  directly: score_c = sum over the user's clicked categories a, weighted by clicks, of [c in rel(a)]);
+                  the only arm given the relation
+    linucb        disjoint LinUCB (Li et al. 2010) per category on the user's one-hot features (plus a bias), fitted
+                  on every exposure in the arm's log (reward = click); the best never-clicked categories by
+                  theta_c . x_u + alpha sqrt(x_u' A_c^-1 x_u)
+
+Every arm sees the same things: the catalogue (with the users' sparse features, :attr:`Catalogue.users`), its own
+log, and the same ``sim.slots`` (of which ``sim.explore_slots`` are its own).
 
 The LLM arms (google_v1, coea, wo_kl, wo_rllm) live in :mod:`coea.simulate.coea_arm`.
 """
@@ -34,7 +46,8 @@ import pandas as pd
 
 from coea.exploration.knn import knn_ranking
 
-NON_LLM_ARMS = ("exploitation", "random", "popular", "ucb", "user_knn", "item_knn")
+NON_LLM_ARMS = ("exploitation", "random", "popular", "ucb", "user_knn", "item_knn", "thompson", "linucb",
+                "kg_neighbour")
 STREAM_POLICY = 4  # RNG stream of the random arm: np.random.default_rng([seed, day, STREAM_POLICY])
 
 
@@ -46,11 +59,13 @@ class Catalogue:
         categories: (C,) category names; index = category id.
         items: the items table the logs' source reads: ``item_id``, ``category``, ``price``.
         popularity: (C,) the organic exposure prior (sums to 1), used by the popular arm's ties.
+        users: ``user_id`` and the users' sparse features (``feature_<f>`` columns, users.parquet), or None.
     """
 
     categories: list[str]
     items: pd.DataFrame
     popularity: np.ndarray
+    users: pd.DataFrame | None = None
 
     def __post_init__(self) -> None:
         self.index = {c: i for i, c in enumerate(self.categories)}
@@ -269,8 +284,130 @@ class KNNUnexploredPolicy(_CountingPolicy):
         return self._names([_pad([int(c) for c in o[:slots]], o, slots) for o in order])
 
 
+class _ExposurePolicy(_CountingPolicy):
+    """Adds exposures per (user, category) (organic and served) and the users' one-hot features (U, d)."""
+
+    def __init__(self, catalogue: Catalogue, users: list[str], seed: int, warmup: pd.DataFrame | None = None):
+        self.exposures = np.zeros((len(users), len(catalogue.categories)), dtype=np.int64)  # (U, C)
+        self.features = one_hot_features(catalogue.users, users)  # (U, d)
+        super().__init__(catalogue, users, seed, warmup)
+
+    def _count(self, events: pd.DataFrame) -> None:
+        super()._count(events)
+        cat = events["item_id"].map(self.catalogue.item_category)
+        row = events["user_id"].map(self.row)
+        ok = (cat.notna() & row.notna()).to_numpy()
+        np.add.at(self.exposures, (row.to_numpy()[ok].astype(np.int64), cat.to_numpy()[ok].astype(np.int64)), 1)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "exposures": self.exposures.copy()}
+
+    def load_state_dict(self, d: dict) -> None:
+        super().load_state_dict(d)
+        self.exposures = np.asarray(d["exposures"], dtype=np.int64).copy()
+
+    def _best_unexplored(self, rows: np.ndarray, scores: np.ndarray, slots: int) -> list[list[str]]:
+        """Per user row, the ``slots`` best-scoring never-clicked categories (scores (len(rows), C); ties by the
+        prior)."""
+        rank_prior = np.empty_like(self.prior_order)
+        rank_prior[self.prior_order] = np.arange(len(self.prior_order))
+        out = []
+        for i, r in enumerate(rows):
+            order = np.lexsort((rank_prior, -scores[i]))
+            out.append(self._unexplored(np.array([r]), order, slots)[0])
+        return self._names(out)
+
+
+def one_hot_features(table: pd.DataFrame | None, users: list[str]) -> np.ndarray:
+    """(U, d) one-hot encoding of the ``feature_*`` columns for ``users`` (in that order) plus a bias column
+    (d = 1 + the number of distinct values over all features); no table: the bias column only."""
+    bias = np.ones((len(users), 1))
+    if table is None or not len(table):
+        return bias
+    t = table.set_index("user_id").reindex(users)
+    cols = sorted(c for c in t.columns if c.startswith("feature_"))
+    blocks = [bias] + [pd.get_dummies(t[c].astype("string"), dtype=float).to_numpy() for c in cols]
+    return np.concatenate(blocks, axis=1)
+
+
+class ThompsonGroupPolicy(_ExposurePolicy):
+    """Per-group Thompson sampling (module docstring): groups by the users' joint feature values."""
+
+    name = "thompson"
+
+    def __init__(self, catalogue: Catalogue, users: list[str], seed: int, warmup: pd.DataFrame | None = None):
+        super().__init__(catalogue, users, seed, warmup)
+        _, self.group = np.unique(self.features, axis=0, return_inverse=True)  # (U,) group of each user
+        self.group = self.group.ravel()
+
+    def fill(self, day: int, users: list[str], recent: list[list[str]], slots: int) -> list[list[str]]:
+        G, C = int(self.group.max()) + 1, self.clicks.shape[1]
+        n, k = np.zeros((G, C)), np.zeros((G, C))
+        np.add.at(n, self.group, self.exposures)
+        np.add.at(k, self.group, np.minimum(self.clicks, self.exposures))
+        rows = self._rows(users)
+        rng = np.random.default_rng([self.seed, int(day), STREAM_POLICY])
+        g = self.group[rows]
+        theta = rng.beta(1.0 + k[g], 1.0 + n[g] - k[g])  # (U, C): one posterior sample per user and category
+        return self._best_unexplored(rows, theta, slots)
+
+
+class LinUCBPolicy(_ExposurePolicy):
+    """Disjoint LinUCB on the users' one-hot features (module docstring); ridge 1 (A_c = I + sum x x')."""
+
+    name = "linucb"
+
+    def __init__(self, catalogue: Catalogue, users: list[str], seed: int, warmup: pd.DataFrame | None = None,
+                 *, alpha: float = 0.5):
+        super().__init__(catalogue, users, seed, warmup)
+        self.alpha = float(alpha)
+
+    def scores(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), C) upper confidence bounds theta_c . x_u + alpha sqrt(x_u' A_c^-1 x_u)."""
+        X = self.features  # (U, d)
+        d = X.shape[1]
+        A = np.eye(d)[None] + np.einsum("uc,ud,ue->cde", self.exposures.astype(float), X, X)  # (C, d, d)
+        b = np.minimum(self.clicks, self.exposures).T.astype(float) @ X  # (C, d)
+        A_inv = np.linalg.inv(A)  # (C, d, d)
+        theta = np.einsum("cde,ce->cd", A_inv, b)  # (C, d)
+        x = X[rows]  # (R, d)
+        mean = x @ theta.T  # (R, C)
+        width = np.sqrt(np.maximum(np.einsum("rd,cde,re->rc", x, A_inv, x), 0.0))  # (R, C)
+        return mean + self.alpha * width
+
+    def fill(self, day: int, users: list[str], recent: list[list[str]], slots: int) -> list[list[str]]:
+        rows = self._rows(users)
+        return self._best_unexplored(rows, self.scores(rows), slots)
+
+
+class KGNeighbourPolicy(_CountingPolicy):
+    """The world's knowledge used plainly (module docstring): ``relation`` (C, links) category ids."""
+
+    name = "kg_neighbour"
+
+    def __init__(self, catalogue: Catalogue, users: list[str], seed: int, warmup: pd.DataFrame | None = None,
+                 *, relation: np.ndarray):
+        super().__init__(catalogue, users, seed, warmup)
+        C = len(catalogue.categories)
+        self.link = np.zeros((C, C))  # (C, C) link[a, c] = 1 when c is related to a
+        rel = np.asarray(relation, dtype=np.int64)
+        self.link[np.repeat(np.arange(C), rel.shape[1]), rel.ravel()] = 1.0
+
+    def fill(self, day: int, users: list[str], recent: list[list[str]], slots: int) -> list[list[str]]:
+        rank_prior = np.empty_like(self.prior_order)
+        rank_prior[self.prior_order] = np.arange(len(self.prior_order))
+        rows = self._rows(users)
+        scores = self.clicks[rows].astype(float) @ self.link  # (R, C)
+        out = []
+        for i, r in enumerate(rows):
+            order = np.lexsort((rank_prior, -scores[i]))
+            out.append(self._unexplored(np.array([r]), order, slots)[0])
+        return self._names(out)
+
+
 def make_policy(name: str, catalogue: Catalogue, users: list[str], seed: int, warmup: pd.DataFrame | None,
-                *, ucb_c: float = 0.5, user_knn_k: int = 10, item_knn_k: int = 0) -> Policy:
+                *, ucb_c: float = 0.5, user_knn_k: int = 10, item_knn_k: int = 0,
+                linucb_alpha: float = 0.5, relation: np.ndarray | None = None) -> Policy:
     """A non-LLM arm by name (:data:`NON_LLM_ARMS`), primed with the warm-up events."""
     if name == "exploitation":
         return ExploitationPolicy(catalogue, users, seed, warmup)
@@ -280,6 +417,14 @@ def make_policy(name: str, catalogue: Catalogue, users: list[str], seed: int, wa
         return PopularUnexploredPolicy(catalogue, users, seed, warmup)
     if name == "ucb":
         return UCBUnexploredPolicy(catalogue, users, seed, warmup, c=ucb_c)
+    if name == "thompson":
+        return ThompsonGroupPolicy(catalogue, users, seed, warmup)
+    if name == "kg_neighbour":
+        if relation is None:
+            raise ValueError("kg_neighbour: needs the world's knowledge relation")
+        return KGNeighbourPolicy(catalogue, users, seed, warmup, relation=relation)
+    if name == "linucb":
+        return LinUCBPolicy(catalogue, users, seed, warmup, alpha=linucb_alpha)
     if name in ("user_knn", "item_knn"):
         return KNNUnexploredPolicy(catalogue, users, seed, warmup, method=name,
                                    k=user_knn_k if name == "user_knn" else item_knn_k)

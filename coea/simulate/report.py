@@ -19,12 +19,15 @@ import numpy as np
 import pandas as pd
 
 from coea.config import Config
+from coea.simulate import provenance
 from coea.simulate.run import DAYS_FILE, DaysLog
 
 log = logging.getLogger("coea.simulate")
 
 TABLE_METRICS = (  # (column, label, what it is)
     ("discovery_rate", "discovery", "share of all latent interests discovered by the last day"),
+    ("discovery_rate_collab", "discovery collab.", "share of the collaborative latent interests discovered"),
+    ("discovery_rate_knowledge", "discovery knowl.", "share of the knowledge latent interests discovered (world v2)"),
     ("gtv_cum", "GTV", "value of clicked items over the A/B days"),
     ("niep_7d", "7D-NIEP", "share of the last 7 days' clicked items in categories new to the user"),
     ("slot_ctr_cum", "slot CTR", "click-through of the served slots over the A/B days"),
@@ -34,9 +37,11 @@ TABLE_METRICS = (  # (column, label, what it is)
 )
 PLOT_METRICS = (("discovery_rate", "latent-interest discovery rate"), ("gtv", "GTV per day"),
                 ("niep_7d", "7D-NIEP"), ("slot_ctr", "slot CTR"))
+NOISE_METRICS = ("discovery_rate", "gtv_cum")  # variance components: world seeds vs training seeds
 COEA, WO_KL, EXPLOIT = "coea", "wo_kl", "exploitation"
-NON_COEA = ("exploitation", "random", "popular", "ucb", "user_knn", "item_knn", "google_v1")  # "best non-CoEA arm" of the targets
-COLORS = {"exploitation": "#4c4c4c", "random": "#bcbd22", "popular": "#17becf", "ucb": "#9467bd",
+NON_COEA = ("exploitation", "random", "popular", "ucb", "user_knn", "item_knn", "thompson", "linucb",
+            "kg_neighbour", "google_v1")  # "best non-CoEA arm" of the targets
+COLORS = {"kg_neighbour": "#c49c94", "thompson": "#aec7e8", "linucb": "#98df8a", "exploitation": "#4c4c4c", "random": "#bcbd22", "popular": "#17becf", "ucb": "#9467bd",
           "user_knn": "#e377c2", "item_knn": "#7f7f7f", "google_v1": "#8c564b", "coea": "#d62728", "wo_kl": "#ff7f0e",
           "wo_rllm": "#2ca02c"}
 
@@ -67,13 +72,63 @@ def load_rows(out_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def final_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the last A/B day every run (arm x training seed) of a world seed finished; ``train_seed`` filled
+    in (0 for rows written before training seeds existed)."""
+    df = df.assign(train_seed=df["train_seed"].fillna(0).astype(int) if "train_seed" in df.columns else 0)
+    last = df.groupby(["seed", "arm", "train_seed"])["day"].max().groupby("seed").min()  # common last day per seed
+    return df[df["day"] == df["seed"].map(last)]
+
+
 def final_values(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """(seed x arm) values of ``metric`` on the last A/B day every arm of that seed finished."""
+    """(seed x arm) values of ``metric`` on the last A/B day every run of that seed finished, averaged over the
+    training seeds that ran on the world (``sim.train_seeds``): the unit of the paired intervals is the world."""
     if metric not in df.columns:
         return pd.DataFrame()
-    last = df.groupby(["seed", "arm"])["day"].max().groupby("seed").min()  # common last day per seed
-    sub = df[df["day"] == df["seed"].map(last)]
-    return sub.pivot_table(index="seed", columns="arm", values=metric, aggfunc="last")
+    return final_rows(df).pivot_table(index="seed", columns="arm", values=metric, aggfunc="mean")
+
+
+def variance_components(values: dict[int, Sequence[float]]) -> dict:
+    """World noise and training noise of one arm's final values y[w][t] (world seed w, training seed t).
+
+    A one-way random-effects split (method of moments): the training variance is the pooled within-world sample
+    variance over the worlds with >= 2 training seeds, s2_train = sum_w sum_t (y_wt - ybar_w)^2 / sum_w (T_w - 1);
+    a world's mean ybar_w holds s2_world + s2_train / T_w, so s2_world = max(0, var_w(ybar_w) - s2_train *
+    mean_w(1 / T_w)). Either is NaN when it cannot be estimated (no repeated world; fewer than 2 worlds).
+
+    >>> c = variance_components({0: [1.0, 3.0], 1: [5.0, 7.0], 2: [2.0]})  # s2_train = 2; var(2, 6, 2) = 16/3
+    >>> round(c["train_var"], 3), round(c["world_var"], 3)                 # 16/3 - 2 * (1/2 + 1/2 + 1) / 3 = 4
+    (2.0, 4.0)
+    """
+    ys = {w: np.asarray([v for v in vals if v is not None and np.isfinite(v)], float) for w, vals in values.items()}
+    ys = {w: y for w, y in ys.items() if len(y)}
+    reps = [y for y in ys.values() if len(y) >= 2]
+    dof = sum(len(y) - 1 for y in reps)
+    train_var = float(sum(((y - y.mean()) ** 2).sum() for y in reps) / dof) if dof else math.nan
+    means = np.array([y.mean() for y in ys.values()])
+    inv_t = float(np.mean([1.0 / len(y) for y in ys.values()])) if ys else math.nan
+    if len(means) >= 2:
+        between = float(means.var(ddof=1))
+        world_var = max(0.0, between - (train_var if np.isfinite(train_var) else 0.0) * inv_t)
+        world_var = world_var if np.isfinite(train_var) else math.nan
+    else:
+        world_var = math.nan
+    return {"world_var": world_var, "train_var": train_var, "worlds": len(ys), "repeated_worlds": len(reps),
+            "runs": int(sum(len(y) for y in ys.values()))}
+
+
+def verdict(lo: float, hi: float, target: float) -> str:
+    """A target ``value >= target`` is **met** only when the whole interval clears it; with an interval straddling
+    it (or none: one seed) it is **not shown**; an interval wholly below it is **missed**.
+
+    >>> verdict(1.3, 2.0, 1.2), verdict(0.9, 2.0, 1.2), verdict(0.5, 1.0, 1.2), verdict(math.nan, math.nan, 1.2)
+    ('met', 'not shown', 'missed', 'not shown')
+    """
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "not shown"
+    if lo >= target:
+        return "met"
+    return "missed" if hi < target else "not shown"
 
 
 def _fmt(m: float, lo: float, hi: float, digits: int) -> str:
@@ -107,6 +162,14 @@ def summary(df: pd.DataFrame, arms: Sequence[str]) -> dict:
                 if arm != COEA and arm in fv.columns:
                     d = (fv[COEA] - fv[arm]).dropna()
                     out["paired"].setdefault(arm, {})[metric] = mean_ci(d.tolist())
+    if final_rows(df)["train_seed"].nunique() > 1:
+        fr = final_rows(df)
+        for arm in arms:
+            for metric in NOISE_METRICS:
+                sub = fr[fr.arm == arm]
+                if metric in sub.columns and len(sub):
+                    vals = {int(w): g[metric].tolist() for w, g in sub.groupby("seed")}
+                    out.setdefault("noise", {}).setdefault(arm, {})[metric] = variance_components(vals)
     disc = final_values(df, "discovery_rate")
     if COEA in disc.columns:
         others = [a for a in NON_COEA if a in disc.columns]
@@ -119,6 +182,12 @@ def summary(df: pd.DataFrame, arms: Sequence[str]) -> dict:
             out["targets"]["discovery_ratio_per_seed_best"] = {
                 "values": {int(k): float(v) for k, v in per_seed.items()}, "min": float(per_seed.min()),
                 "ratio_of_means": float(disc[COEA].mean() / disc[best].mean()) if disc[best].mean() else None}
+    know = final_values(df, "discovery_rate_knowledge")
+    non_llm = [a for a in NON_COEA if a != "google_v1" and a in know.columns]
+    if COEA in know.columns and non_llm:
+        best = max(non_llm, key=lambda a: know[a].mean())
+        ratio = (know[COEA] / know[best]).replace([np.inf, -np.inf], np.nan)
+        out["targets"]["knowledge_ratio"] = {"best_other": best, "value": mean_ci(ratio.tolist()), "target": 1.5}
     for metric, key in (("gtv_cum", "gtv_rel"), ("niep_7d", "niep_rel")):
         fv = final_values(df, metric)
         if COEA in fv.columns and EXPLOIT in fv.columns:
@@ -133,7 +202,7 @@ def _target_lines(s: dict) -> list[str]:
     lines = []
     if "discovery_ratio" in t:
         m, lo, hi = t["discovery_ratio"]["value"]
-        ok = "met" if m >= 1.2 else "missed"
+        ok = verdict(lo, hi, 1.2)
         lines.append(f"- Discovery: CoEA / best non-CoEA arm ({t['discovery_ratio']['best_other']}) = "
                      f"{_fmt(m, lo, hi, 3)} (target >= 1.2x): **{ok}**")
         ps = t.get("discovery_ratio_per_seed_best")
@@ -142,17 +211,33 @@ def _target_lines(s: dict) -> list[str]:
             rom = f"{ps['ratio_of_means']:.2f}" if ps["ratio_of_means"] is not None else "—"
             lines.append(f"  (stricter: against each seed's own best non-CoEA arm {vals}, minimum {ps['min']:.2f}; "
                          f"ratio of the means {rom})")
+    if "knowledge_ratio" in t:
+        m, lo, hi = t["knowledge_ratio"]["value"]
+        lines.append(f"- Knowledge discovery: CoEA / best non-LLM arm ({t['knowledge_ratio']['best_other']}) = "
+                     f"{_fmt(m, lo, hi, 3)} (target >= 1.5x, with the GTV target below): "
+                     f"**{verdict(lo, hi, 1.5)}**")
     if "gtv_rel" in t:
         m, lo, hi = t["gtv_rel"]["value"]
-        ok = "met" if m >= -0.01 - 1e-9 else "missed"
+        ok = verdict(lo, hi, -0.01 - 1e-12)
         lines.append(f"- GTV: CoEA vs exploitation = {_pct(m, lo, hi)} (target >= -1%): **{ok}**")
     if "niep_rel" in t:
         m, lo, hi = t["niep_rel"]["value"]
-        ok = "met" if m > 0 else "missed"
+        ok = verdict(lo, hi, 1e-12)  # > 0
         lines.append(f"- 7D-NIEP: CoEA vs exploitation = {_pct(m, lo, hi)} (target > 0): **{ok}**")
     if not lines:
         lines.append("- (the targets need the coea and exploitation arms)")
     return lines
+
+
+def provenance_line(p: dict | None) -> str:
+    """results.md's provenance line: the commit(s), and a loud mark when any part ran from uncommitted code."""
+    if not p:
+        return "Code: provenance not recorded."
+    commits = ", ".join(c[:12] if c else "no git commit" for c in p["commits"])
+    if p["dirty"]:
+        return (f"**Code: UNCOMMITTED CHANGES (--allow-dirty)** on top of {commits}: these results match no commit "
+                f"({len(p['changed'])} changed path(s): {', '.join(p['changed'][:5])}).")
+    return f"Code: commit {commits}" + (" (a resumed run that spans commits)." if len(p["commits"]) > 1 else ".")
 
 
 def _pct(m: float, lo: float, hi: float) -> str:
@@ -175,11 +260,14 @@ def results_markdown(cfg: Config, df: pd.DataFrame, arms: Sequence[str], seeds: 
         f"World seeds {', '.join(map(str, seeds))} · {sim.days} A/B days after {sim.warmup_days} warm-up days · "
         f"{sim.n_users} users · {sim.n_categories} categories · {sim.slots} served slots per session · "
         f"arms: {', '.join(arms)}.",
+        provenance_line(s.get("provenance")),
         f"Status: {'complete' if complete else f'PARTIAL (days present up to {last})'}"
         + (f"; PARTIAL: arms missing: {', '.join(missing)}." if missing else ".")
         + (f" Wall time {wall_s / 60:.1f} min." if wall_s else ""), "",
-        "Values: last A/B day, mean over world seeds and [95% Student-t interval]; GTV and CTRs are cumulative "
-        "over the A/B days. docs/simulate.md defines every metric.", "",
+        "Values: last A/B day, mean over world seeds (each world's value averaged over its training seeds) and "
+        "[95% Student-t interval over world seeds]; GTV and CTRs are cumulative over the A/B days. A target is "
+        "**met** only when its whole interval clears the threshold, **missed** when the whole interval is below "
+        "it, otherwise **not shown**. docs/simulate.md defines every metric.", "",
         "## Targets (issue 12)", "", *_target_lines(s), "",
         "## Final day, per arm", "",
     ]
@@ -205,11 +293,35 @@ def results_markdown(cfg: Config, df: pd.DataFrame, arms: Sequence[str], seeds: 
                 vals = s["paired"][arm]
                 lines.append(f"| {arm} | " + " | ".join(_fmt(*vals.get(m, (math.nan,) * 3), _digits(m))
                                                          for m, _ in cols) + " |")
+    lines += noise_table(s)
     lines += ["", "## The KL question (CoEA vs CoEA w/o KL)", "", *kl_table(df), "",
               "Plots: `days.png` (every arm over the days), `kl.png` (CoEA vs w/o KL).", ""]
     if note:
         lines += ["## Notes", "", note.strip(), ""]
     return "\n".join(lines)
+
+
+def noise_table(s: dict) -> list[str]:
+    """World noise against training noise per arm (standard deviations; :func:`variance_components`)."""
+    if not s.get("noise"):
+        return []
+    lines = ["", "## Noise: world seeds against training seeds", "",
+             "Standard deviations of an arm's final value: between worlds (the world's own effect) and between "
+             "training seeds on one world (pooled over the worlds that ran several); method of moments.", "",
+             "| arm | " + " | ".join(f"{m} sd world | {m} sd training" for m in NOISE_METRICS)
+             + " | worlds (repeated) |", "|---|" + "---|---|" * len(NOISE_METRICS) + "---|"]
+    for arm, by_metric in s["noise"].items():
+        cells, n = [], ""
+        for m in NOISE_METRICS:
+            c = by_metric.get(m)
+            if c is None:
+                cells += ["—", "—"]
+                continue
+            d = _digits(m)
+            cells += [f"{math.sqrt(v):.{d}f}" if np.isfinite(v) else "—" for v in (c["world_var"], c["train_var"])]
+            n = f"{c['worlds']} ({c['repeated_worlds']})"
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {n} |")
+    return lines
 
 
 def kl_table(df: pd.DataFrame) -> list[str]:
@@ -338,9 +450,15 @@ def _strict(v):
 
 def write_report(cfg: Config, out_dir: str | Path, *, arms: Sequence[str], seeds: Sequence[int],
                  wall_s: float | None = None, note: str = "", tracking: bool = True,
-                 missing: Sequence[str] = ()) -> dict:
-    """results.md, summary.json, days.png, kl.png and the W&B runs from ``OUT/days.jsonl``; returns the summary."""
+                 missing: Sequence[str] = (), allow_dirty: bool = False) -> dict:
+    """results.md, summary.json, days.png, kl.png and the W&B runs from ``OUT/days.jsonl``; returns the summary.
+
+    Refused (:class:`coea.simulate.provenance.DirtyTreeError`) from uncommitted code unless ``allow_dirty``; the
+    commits of the run's invocations and of this report are recorded in summary.json and results.md.
+    """
     out = Path(out_dir)
+    prov = provenance.check_provenance(allow_dirty)
+    prov_summary = provenance.summarise([*provenance.read(out), prov.as_dict()])
     df = load_rows(out)
     if len(df):
         df = df[df.arm.isin(arms) & df.seed.isin(seeds)]
@@ -349,6 +467,7 @@ def write_report(cfg: Config, out_dir: str | Path, *, arms: Sequence[str], seeds
         return {}
     arms = [a for a in arms if a in set(df["arm"])]
     s = summary(df, arms)
+    s["provenance"] = prov_summary
     plot_days(df, arms, out / "days.png", title="Closed-loop A/B (mean over world seeds, band = min..max)")
     plot_kl(df, out / "kl.png")
     (out / "results.md").write_text(results_markdown(cfg, df, arms, seeds, s, wall_s=wall_s, note=note,

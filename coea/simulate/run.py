@@ -21,6 +21,12 @@ Layout of ``OUT``::
     seed<S>/<arm>/state.pkl     after each finished day: world state, metric state, policy state, recent clicks
     seed<S>/<arm>/pending.pkl   a played day whose observe has not finished yet (resumed from here)
     seed<S>/<arm>/policy/       the LLM arms' own directory (workdir, KV tables)
+    seed<S>/<arm>.t<T>/         the same for training seed T > 0 (``sim.train_seeds``); round0.t<T>/ its round 0
+
+**Training seeds.** Each of ``sim.train_seeds`` is a separate run of every arm on the same world copy: the LLM
+arms train with ``run.seed + T`` (their own round 0 included), the random arms draw from their own stream. Seed 0
+is the plain run (its directories and rows are those of a run without training seeds). Rows carry
+``train_seed``; the report averages over them per world and states the two variance components.
 
 **Resume.** A killed run continues where it stopped: each (seed, arm) continues after its last finished day;
 a day that was played but not observed is taken from ``pending.pkl`` (same events, its partition written once)
@@ -31,6 +37,7 @@ one.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -51,6 +58,7 @@ from coea.data.partitions import (
 )
 from coea.simulate.metrics import ArmMetrics
 from coea.simulate.policies import NON_LLM_ARMS, Policy, make_policy
+from coea.simulate.provenance import check_provenance, record
 from coea.simulate.world import World, WorldState, day_date, day_end
 
 log = logging.getLogger("coea.simulate")
@@ -144,12 +152,14 @@ class DaysLog:
                 continue
         return out
 
-    def clean(self, done: dict[tuple[int, str], int]) -> None:
-        """Keep the last row per (seed, arm, day), only for days an arm finished (``done``: last day index)."""
+    def clean(self, done: dict[tuple[int, str, int], int]) -> None:
+        """Keep the last row per (seed, arm, train seed, day), only for days a run finished (``done``: last day
+        index per (seed, arm, train seed))."""
         keep: dict[tuple, dict] = {}
         for r in self.rows():
-            key = (r["seed"], r["arm"], r["day"])
-            if r["day"] <= done.get((r["seed"], r["arm"]), -1):
+            t = r.get("train_seed", 0)
+            key = (r["seed"], r["arm"], t, r["day"])
+            if r["day"] <= done.get((r["seed"], r["arm"], t), -1):
                 keep[key] = r
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with open(tmp, "w") as f:
@@ -191,7 +201,7 @@ def run_warmup(world: World, seed_dir: Path) -> Warmup:
     write_table(log_dir, ITEMS_FILE, world.items)
     write_table(log_dir, USERS_FILE, world.users)
     state = world.initial_state()
-    metrics = ArmMetrics(cfg, world.names, world.long_tail(), world.kind == 2)
+    metrics = ArmMetrics(cfg, world.names, world.long_tail(), world.kind == 2, world.latent_kind)
     recent: list[list[str]] = [[] for _ in world.user_ids]
     frames = []
     for day in range(cfg.warmup_days):
@@ -201,9 +211,12 @@ def run_warmup(world: World, seed_dir: Path) -> Warmup:
         _write_partition(log_dir, day_date(cfg, day), out.events)
         frames.append(out.events)
     events = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    with open(seed_dir / "knowledge.jsonl", "w") as f:  # the world-knowledge corpus (docs/simulate.md)
+        f.writelines(json.dumps(d) + "\n" for d in world.knowledge_corpus())
     (seed_dir / "world.json").write_text(json.dumps({
         "seed": world.seed, "n_users": cfg.n_users, "n_categories": cfg.n_categories,
         "warmup_discovery_rate": float(state.discovered.mean()) if state.discovered.size else None,
+        "mate_share": world.mate_share(),
         "ground_truth": world.ground_truth().to_dict(orient="records"),
     }, default=_jsonable))
     _atomic_pickle(done, {"state": state.state_dict(), "metrics": metrics.state_dict(), "recent": recent,
@@ -222,14 +235,15 @@ def _extend_recent(recent: list[list[str]], out, names: list[str]) -> None:
 class ArmRun:
     """One (seed, arm): its policy, world state, metric state and log; :meth:`run_day` plays one A/B day."""
 
-    def __init__(self, name: str, world: World, seed_dir: Path, warm: Warmup, policy_factory) -> None:
-        self.name, self.world, self.cfg = name, world, world.cfg
-        self.dir = seed_dir / name
+    def __init__(self, name: str, world: World, seed_dir: Path, warm: Warmup, policy_factory,
+                 train_seed: int = 0) -> None:
+        self.name, self.world, self.cfg, self.train_seed = name, world, world.cfg, int(train_seed)
+        self.dir = seed_dir / run_dir_name(name, self.train_seed)
         if name in SIM_LLM_ARMS:
             _check_arm_settings(self.dir, self.cfg)
         self.log_dir = self.dir / "log"
         self.state_path, self.pending_path = self.dir / "state.pkl", self.dir / "pending.pkl"
-        self.metrics = ArmMetrics(self.cfg, world.names, world.long_tail(), world.kind == 2)
+        self.metrics = ArmMetrics(self.cfg, world.names, world.long_tail(), world.kind == 2, world.latent_kind)
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.state_path.exists():
             d = _load_pickle(self.state_path)
@@ -272,7 +286,8 @@ class ArmRun:
                 lists = with_base_ranking(lists, base_ranking(world, self.recent), cfg.explore_slots, cfg.slots)
             served = _served_ids(world, lists, cfg.slots, self.name)
             out, state = world.step(self.state, day, served)
-            row = {"seed": world.seed, "arm": self.name, "day": day - cfg.warmup_days, "sim_day": day,
+            row = {"seed": world.seed, "arm": self.name, "train_seed": self.train_seed,
+                   "day": day - cfg.warmup_days, "sim_day": day,
                    "date": day_date(cfg, day).isoformat(),
                    **self.metrics.update(day, out, state, served), "fill_s": fill_s}
             recent = [list(r) for r in self.recent]
@@ -290,6 +305,34 @@ class ArmRun:
         self._save()
         self.pending_path.unlink(missing_ok=True)
         return row
+
+
+def run_dir_name(arm: str, train_seed: int) -> str:
+    """An arm's directory under ``seed<S>/``: ``<arm>`` for training seed 0, ``<arm>.t<T>`` otherwise."""
+    return arm if train_seed == 0 else f"{arm}.t{train_seed}"
+
+
+def parse_run_dir(name: str) -> tuple[str, int]:
+    """Inverse of :func:`run_dir_name`.
+
+    >>> parse_run_dir("coea.t2"), parse_run_dir("ucb")
+    (('coea', 2), ('ucb', 0))
+    """
+    arm, _, t = name.rpartition(".t")
+    return (arm, int(t)) if arm and t.isdigit() else (name, 0)
+
+
+def train_seeds_of(sim, seed: int) -> list[int]:
+    """The training seeds run on world ``seed``: all of ``sim.train_seeds`` on the worlds of
+    ``sim.train_seed_worlds`` (empty: every world), else only the first."""
+    ts = [int(t) for t in parse_list(sim.train_seeds)]
+    worlds = [int(w) for w in parse_list(sim.train_seed_worlds)]
+    return ts if not worlds or seed in worlds else ts[:1]
+
+
+def policy_seed(world_seed: int, train_seed: int) -> int:
+    """A non-LLM policy's seed: the world's for training seed 0 (the plain run), a distinct one otherwise."""
+    return int(world_seed) if train_seed == 0 else int(world_seed) + 1_000_003 * int(train_seed)
 
 
 def base_ranking(world: World, recent: list[list[str]]) -> list[list[str]]:
@@ -371,11 +414,15 @@ def _served_ids(world: World, lists: list[list[str]], slots: int, arm: str) -> n
 # ------------------------------------------------------------------------------------------------ the run
 
 
-def _policy_factory(name: str, cfg: Config, world: World, seed_dir: Path, round0: Path | None, coea_cfg):
+def _policy_factory(name: str, cfg: Config, world: World, seed_dir: Path, round0: Path | None, coea_cfg,
+                    train_seed: int = 0):
     if name in NON_LLM_ARMS:
-        return lambda arm_dir, warmup: make_policy(name, world.catalogue, list(world.user_ids), world.seed,
+        return lambda arm_dir, warmup: make_policy(name, world.catalogue, list(world.user_ids),
+                                                   policy_seed(world.seed, train_seed),
                                                    warmup, ucb_c=cfg.sim.ucb_c, user_knn_k=cfg.sim.user_knn_k,
-                                                   item_knn_k=cfg.sim.item_knn_k)
+                                                   item_knn_k=cfg.sim.item_knn_k,
+                                                   linucb_alpha=cfg.sim.linucb_alpha,
+                                                   relation=world.relation if name == "kg_neighbour" else None)
     from coea.simulate.coea_arm import make_coea_arm  # the LLM arms (sim-coea); only when one runs
 
     def factory(arm_dir: Path, warmup):
@@ -386,7 +433,7 @@ def _policy_factory(name: str, cfg: Config, world: World, seed_dir: Path, round0
 
 
 def simulate(cfg: Config, out_dir: str | Path, *, seeds: list[int] | None = None, arms: list[str] | None = None,
-             max_days: int | None = None, report: bool = True) -> SimResult:
+             max_days: int | None = None, report: bool = True, allow_dirty: bool = False) -> SimResult:
     """Run (or resume) the closed-loop simulation into ``out_dir``.
 
     Args:
@@ -396,6 +443,8 @@ def simulate(cfg: Config, out_dir: str | Path, *, seeds: list[int] | None = None
         arms: arms (default ``sim.arms``).
         max_days: stop after this many A/B days (a test's "kill after day k"); the run resumes from there.
         report: write results.md, plots and the W&B runs at the end (coea/simulate/report.py).
+        allow_dirty: run from uncommitted code anyway; the results are marked (coea/simulate/provenance.py).
+            Without it such a run is refused before anything is written.
 
     Returns:
         A :class:`SimResult`.
@@ -412,57 +461,62 @@ def simulate(cfg: Config, out_dir: str | Path, *, seeds: list[int] | None = None
         raise ConfigError(f"sim.arms: the LLM arm(s) {', '.join(llm)} need coea/simulate/coea_arm.py, which is "
                           "not installed here; run the non-LLM arms (--arms exploitation,random,popular,ucb)")
     coea_cfg = coea_config_for(cfg) if llm else None
+    prov = check_provenance(allow_dirty)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_same_world(cfg, out)
+    record(out, prov)
     cfg.save(out / "config.yaml")
     days = DaysLog(out / DAYS_FILE)
     n_days = sim.days if max_days is None else min(sim.days, int(max_days))
     result = SimResult(out, seeds, arms)
     banner("Simulation", f"{len(seeds)} world seed(s)", f"{sim.days} days", f"{len(arms)} arms", str(out))
 
-    done: dict[tuple[int, str], int] = {}  # resume: what every (seed, arm) on disk finished, asked for now or not
+    done: dict[tuple[int, str, int], int] = {}  # resume: what every run on disk finished, asked for now or not
     for p in out.glob("seed*/*/state.pkl"):
-        seed_text, arm = p.parent.parent.name[4:], p.parent.name
+        seed_text, (arm, t) = p.parent.parent.name[4:], parse_run_dir(p.parent.name)
         if seed_text.isdigit():
-            done[(int(seed_text), arm)] = int(_load_pickle(p)["done_day"]) - sim.warmup_days
+            done[(int(seed_text), arm, t)] = int(_load_pickle(p)["done_day"]) - sim.warmup_days
     days.clean(done)
-    done = {k: v for k, v in done.items() if k[0] in seeds and k[1] in arms}
+    done = {k: v for k, v in done.items() if k[0] in seeds and k[1] in arms and k[2] in train_seeds_of(sim, k[0])}
+    n_runs = sum(len(train_seeds_of(sim, sd)) for sd in seeds) * len(arms)
 
     with progress() as bars:
-        task = bars.add_task("simulate", total=len(seeds) * n_days * len(arms), unit="arm-days")
+        task = bars.add_task("simulate", total=n_runs * n_days, unit="arm-days")
         bars.update(task, completed=sum(min(v + 1, n_days) for v in done.values()))
         for seed in seeds:
             seed_dir = out / f"seed{seed}"
             seed_dir.mkdir(parents=True, exist_ok=True)
             world = World(sim, seed)
             warm = run_warmup(world, seed_dir)
-            round0 = None
-            if llm:
-                round0 = _round0(coea_cfg, warm, seed_dir, day_end(sim, sim.warmup_days - 1))
-            runs = {a: ArmRun(a, world, seed_dir, warm, _policy_factory(a, cfg, world, seed_dir, round0, coea_cfg))
-                    for a in arms}
+            runs = {}
+            for t in train_seeds_of(sim, seed):
+                t_cfg = _with_train_seed(coea_cfg, t) if llm else None
+                round0 = (_round0(t_cfg, warm, seed_dir, day_end(sim, sim.warmup_days - 1), t) if llm else None)
+                for a in arms:
+                    runs[run_dir_name(a, t)] = ArmRun(
+                        a, world, seed_dir, warm, _policy_factory(a, cfg, world, seed_dir, round0, t_cfg, t), t)
             for d in range(n_days):
                 day = sim.warmup_days + d
-                for arm, run in runs.items():
+                for key, run in runs.items():
                     if run.done_day >= day:
                         continue
-                    bars.update(task, description=f"seed {seed} · day {d + 1}/{sim.days} · {arm}")
+                    bars.update(task, description=f"seed {seed} · day {d + 1}/{sim.days} · {key}")
                     run.run_day(day, days)
                     result.rows += 1
                     bars.advance(task)
-            for arm, run in runs.items():
-                result.days_done[f"{seed}/{arm}"] = run.done_day - sim.warmup_days + 1
+            for key, run in runs.items():
+                result.days_done[f"{seed}/{key}"] = run.done_day - sim.warmup_days + 1
     result.complete = all(v >= sim.days for v in result.days_done.values())
     result.wall_s = time.perf_counter() - t_start
     if report:
         from coea.simulate.report import write_report
 
-        write_report(cfg, out, arms=arms, seeds=seeds)
+        write_report(cfg, out, arms=arms, seeds=seeds, allow_dirty=allow_dirty)
     return result
 
 
-RESUMABLE_CHANGES = ("days", "arms", "seeds", "validation_seed")  # a resumed run may extend these
+RESUMABLE_CHANGES = ("days", "arms", "seeds", "validation_seed", "train_seeds", "train_seed_worlds")  # a resumed run may extend these
 ARM_SETTINGS = ("coea_config", "coea_set")  # the LLM arms' settings: checked per arm (ArmRun), not per world
 
 
@@ -502,14 +556,22 @@ def _check_arm_settings(arm_dir: Path, sim) -> None:
         marker.write_text(json.dumps(now))
 
 
-def _round0(coea_cfg: Config, warm: Warmup, seed_dir: Path, until: int) -> Path:
+def _with_train_seed(coea_cfg: Config, train_seed: int) -> Config:
+    """The LLM arms' config for training seed ``train_seed``: ``run.seed + train_seed`` (0: unchanged)."""
+    if train_seed == 0:
+        return coea_cfg
+    return dataclasses.replace(coea_cfg, run=dataclasses.replace(coea_cfg.run, seed=coea_cfg.run.seed + train_seed))
+
+
+def _round0(coea_cfg: Config, warm: Warmup, seed_dir: Path, until: int, train_seed: int = 0) -> Path:
     """Round 0 of the LLM arms, bootstrapped once per seed on the warm-up log (reused when done, also by arms whose
     sim.coea_set differs: each arm runs its own round 1 with its own settings; delete ``seed<S>/round0*`` to
     bootstrap again after changing what round 0 trains with)."""
     from coea.simulate.coea_arm import bootstrap_round0
 
-    marker = seed_dir / "round0.done"
-    out = seed_dir / "round0"
+    name = run_dir_name("round0", train_seed)
+    marker = seed_dir / f"{name}.done"
+    out = seed_dir / name
     if marker.exists():
         return Path(marker.read_text().strip() or out)
     path = bootstrap_round0(coea_cfg, warm.log_dir, out, until=until)

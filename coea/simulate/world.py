@@ -19,6 +19,28 @@ environment stepped one day at a time instead of a fixed data set:
   discovered before the day: the feed follows what the user is known to like), else a category drawn from the
   popularity prior with the core left out and latent interests down-weighted by
   ``organic_latent_weight`` (the feed rarely shows them). One item of each category is shown.
+- **World knowledge** (world v2; always built, from its own RNG stream, so it changes nothing else). Each category
+  is related to ``sim.knowledge_links`` categories of *other* topics (far in the latent space, so co-occurrence
+  does not find them), stated in a corpus of category descriptions (:meth:`World.knowledge_corpus`, written to
+  ``seed<S>/knowledge.jsonl``). With ``sim.knowledge_per_user`` > 0 each user also has that many **knowledge**
+  latent interests: drawn per user among the relations of its core categories, leaving out what is core or
+  collaborative-latent for any of its group-mates, so they are not shared with the group. They are discovered and
+  clicked like the collaborative latent interests (the latent list holds both; ``latent_kind`` tells them apart).
+- **Heterogeneous users** (world v2; each off at sigma 0). Per user, from their own stream: activity a_u (scales
+  the session rate), click propensity k_u (scales every click probability, capped at 1) and openness o_u (scales
+  the discovery probability), each lognormal with mean 1 (``sim.user_activity_sigma``, ``user_click_sigma``,
+  ``user_openness_sigma``).
+- **Position bias** (world v2; off at 1). Served slot k (0-based) is examined with probability
+  ``sim.position_bias``^k; an unexamined slot is neither clicked nor discovers: the click and discovery
+  probabilities of the slot are multiplied by it (the same uniforms, so common random numbers hold).
+- **Retention** (world v2; off at ``sim.retention_rate`` 0). Each user carries a satisfaction s_u, an exponential
+  moving average (rate ``retention_rate``) of its served-slot click-through on the days it had sessions, starting
+  at ``sim.retention_ref``. A drawn session happens with probability min(1, s_u / retention_ref) (a per-session
+  uniform, the same for every arm), so exploration that annoys costs later sessions, and a user whose s_u reaches
+  0 has churned.
+- **Fatigue across days** (world v2; off at ``sim.day_fatigue`` 1). Each user carries a decaying count e_uc of
+  its exposures to each category on earlier days (e <- ``day_fatigue_decay`` * e + today's exposures); every
+  click probability is multiplied by ``day_fatigue``^e_uc: a category shown day after day wears out.
 - **Clicks.** p = click_core | click_latent (discovered) | 0 (undiscovered latent) | click_other, times
   ``fatigue^(n - 1)`` where n counts the exposures of the same category in the session (content fatigue).
 
@@ -44,9 +66,13 @@ from coea.data.synthetic import category_names
 from coea.simulate.policies import Catalogue
 
 STREAM_WORLD, STREAM_SESSIONS, STREAM_ORGANIC, STREAM_SLOTS = 0, 1, 2, 3
+STREAM_KNOWLEDGE = 5  # the knowledge relation and knowledge interests (4 is the policies' stream)
+STREAM_USERS = 6  # heterogeneous users' traits (world v2)
+STREAM_RETENTION = 7  # whether a drawn session happens under retention (world v2)
 EXPOSURE_GAP_S = 20  # seconds between the exposures of a session
 FEATURE_AGREEMENT = 0.8
 KIND_OTHER, KIND_CORE, KIND_LATENT = 0, 1, 2
+LATENT_COLLAB, LATENT_KNOWLEDGE = 0, 1  # the two kinds of latent interest (World.latent_kind)
 
 
 def day_date(cfg: SimConfig, day: int) -> dt.date:
@@ -63,21 +89,30 @@ def day_end(cfg: SimConfig, day: int) -> int:
 class WorldState:
     """What an arm's serving changes in the world: which latent interests each user has discovered.
 
-    discovered: (U, L) bool; discovery_day: (U, L) int64, the day of discovery (-1 = not yet).
+    discovered: (U, L) bool; discovery_day: (U, L) int64, the day of discovery (-1 = not yet); satisfaction: (U,)
+    float, the retention state (world v2), None when retention is off; worn: (U, C) float, the decaying count of
+    earlier days' exposures (fatigue across days, world v2), None when off.
     """
 
     discovered: np.ndarray
     discovery_day: np.ndarray
+    satisfaction: np.ndarray | None = None
+    worn: np.ndarray | None = None
 
     def copy(self) -> WorldState:
-        return WorldState(self.discovered.copy(), self.discovery_day.copy())
+        return WorldState(self.discovered.copy(), self.discovery_day.copy(),
+                          *(None if a is None else a.copy() for a in (self.satisfaction, self.worn)))
 
     def state_dict(self) -> dict:
-        return {"discovered": self.discovered.copy(), "discovery_day": self.discovery_day.copy()}
+        d = {"discovered": self.discovered.copy(), "discovery_day": self.discovery_day.copy()}
+        d.update({k: v.copy() for k, v in (("satisfaction", self.satisfaction), ("worn", self.worn)) if v is not None})
+        return d
 
     @classmethod
     def from_state_dict(cls, d: dict) -> WorldState:
-        return cls(np.asarray(d["discovered"], dtype=bool).copy(), np.asarray(d["discovery_day"], np.int64).copy())
+        opt = [None if d.get(k) is None else np.asarray(d[k], dtype=float).copy() for k in ("satisfaction", "worn")]
+        return cls(np.asarray(d["discovered"], dtype=bool).copy(), np.asarray(d["discovery_day"], np.int64).copy(),
+                   *opt)
 
 
 @dataclass
@@ -102,6 +137,7 @@ class DayDraws:
     slot_item: np.ndarray
     slot_u_click: np.ndarray
     slot_u_disc: np.ndarray
+    sess_u_keep: np.ndarray | None = None  # (S,) uniforms: does the session happen (retention, world v2)
 
 
 @dataclass
@@ -152,6 +188,14 @@ class World:
         K, L = cfg.core_per_user, cfg.latent_per_user
         self.core = order[:, :K]  # (U, K) category ids
         self.latent = order[:, K:K + L]  # (U, L) category ids
+        self.relation = self._knowledge_relation(T)  # (C, links) related categories: the world's knowledge
+        self.latent_kind = np.full(self.latent.shape, LATENT_COLLAB, dtype=np.int8)  # (U, L)
+        if cfg.knowledge_per_user:
+            know = self._knowledge_interests(order[:, :K + L])  # (U, Lk)
+            self.latent = np.concatenate([self.latent, know], axis=1)  # (U, L + Lk)
+            self.latent_kind = np.concatenate([self.latent_kind, np.full(know.shape, LATENT_KNOWLEDGE, np.int8)], 1)
+            L = self.latent.shape[1]
+        self.activity, self.click_scale, self.openness = self._user_traits()  # (U,) each, 1 when off
         self.kind = np.full((U, C), KIND_OTHER, dtype=np.int8)  # (U, C)
         self.latent_pos = np.full((U, C), -1, dtype=np.int64)  # (U, C) position of c in the user's latent list
         rows = np.arange(U)[:, None]
@@ -188,22 +232,99 @@ class World:
             users[f"feature_{f}"] = [f"f{f}_{v}" for v in value]
         self.users = users
         self.catalogue = Catalogue(categories=list(self.names), items=self.items[["item_id", "category", "price"]],
-                                   popularity=self.popularity.copy())
+                                   popularity=self.popularity.copy(), users=self.users.copy())
         self._draws = lru_cache(maxsize=4)(self._make_draws)
 
     # ----------------------------------------------------------------------------------------------- state
 
     def initial_state(self) -> WorldState:
-        U, L = self.cfg.n_users, self.cfg.latent_per_user
-        return WorldState(np.zeros((U, L), dtype=bool), np.full((U, L), -1, dtype=np.int64))
+        U, L = self.latent.shape
+        sat = np.full(U, self.cfg.retention_ref) if self.cfg.retention_rate else None
+        worn = np.zeros((U, len(self.names))) if self.cfg.day_fatigue < 1 else None
+        return WorldState(np.zeros((U, L), dtype=bool), np.full((U, L), -1, dtype=np.int64), sat, worn)
 
     def ground_truth(self) -> pd.DataFrame:
         """user_id, group, core (list[str]) and latent (list[str]) interests: never shown to a policy."""
         return pd.DataFrame({
             "user_id": self.user_ids, "group": self.group,
             "core": [[self.names[c] for c in row] for row in self.core],
-            "latent": [[self.names[c] for c in row] for row in self.latent],
+            "latent": [[self.names[c] for c, k in zip(row, kinds) if k == LATENT_COLLAB]
+                       for row, kinds in zip(self.latent, self.latent_kind)],
+            "knowledge": [[self.names[c] for c, k in zip(row, kinds) if k == LATENT_KNOWLEDGE]
+                          for row, kinds in zip(self.latent, self.latent_kind)],
         })
+
+    # ----------------------------------------------------------------------------------------------- knowledge
+
+    def _user_traits(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(U,) activity, click propensity and openness: lognormal with mean 1 (exp(s z - s^2 / 2)); exactly 1
+        where the sigma is 0 (nothing drawn then, so the world without them is unchanged)."""
+        cfg, U = self.cfg, self.cfg.n_users
+        rng = np.random.default_rng([self.seed, 0, STREAM_USERS])
+        z = rng.standard_normal((3, U)) if (cfg.user_activity_sigma or cfg.user_click_sigma
+                                            or cfg.user_openness_sigma) else np.zeros((3, U))
+        sig = np.array([cfg.user_activity_sigma, cfg.user_click_sigma, cfg.user_openness_sigma])[:, None]
+        traits = np.exp(sig * z - sig ** 2 / 2)  # (3, U)
+        return traits[0], traits[1], traits[2]
+
+    def _knowledge_relation(self, n_topics: int) -> np.ndarray:
+        """(C, links) for each category, ``sim.knowledge_links`` distinct categories of other topics (uniform; with
+        too few of them -- a tiny catalogue -- drawn with repeats)."""
+        C, links = len(self.names), self.cfg.knowledge_links
+        rng = np.random.default_rng([self.seed, 0, STREAM_KNOWLEDGE])
+        rel = np.zeros((C, links), dtype=np.int64)
+        for c in range(C):
+            others = np.flatnonzero(self.topic != self.topic[c]) if n_topics > 1 else np.delete(np.arange(C), c)
+            rel[c] = rng.choice(others, size=links, replace=len(others) < links) if len(others) else c
+        return rel
+
+    def _knowledge_interests(self, known: np.ndarray) -> np.ndarray:
+        """(U, Lk) knowledge interests: per user, distinct draws among the relations of its core categories that
+        no group-mate has as core or collaborative latent interest (``known``: (U, K + L)); where too few remain,
+        the other relations of the core, then any category outside the user's own core and latent ones."""
+        cfg = self.cfg
+        U, C, Lk = cfg.n_users, len(self.names), cfg.knowledge_per_user
+        rng = np.random.default_rng([self.seed, 1, STREAM_KNOWLEDGE])
+        group_known = {g: set(known[self.group == g].ravel().tolist()) for g in np.unique(self.group)}
+        out = np.zeros((U, Lk), dtype=np.int64)
+        for u in range(U):
+            own = set(known[u].tolist())
+            related = list(dict.fromkeys(int(c) for c in self.relation[self.core[u]].ravel()))
+            first = [c for c in related if c not in group_known[self.group[u]]]
+            second = [c for c in related if c not in own and c not in first]
+            rest = [c for c in range(C) if c not in own and c not in first and c not in second]
+            pool: list[int] = []
+            for tier in (first, second, rest):
+                if len(pool) < Lk:
+                    pool += [int(c) for c in rng.permutation(tier)][:Lk - len(pool)]
+            out[u] = pool
+        return out
+
+    def mate_share(self) -> dict:
+        """Mean share of a user's group-mates that hold each of its latent interests, per kind (how much
+        collaborative filtering can learn about that kind; world.json records it)."""
+        out = {}
+        for kind, label in ((LATENT_COLLAB, "collab"), (LATENT_KNOWLEDGE, "knowledge")):
+            shares = []
+            for u in range(len(self.group)):
+                mates = np.setdiff1d(np.flatnonzero(self.group == self.group[u]), [u])
+                if not len(mates):
+                    continue
+                held = self.latent[mates][self.latent_kind[mates] == kind]
+                for c in self.latent[u][self.latent_kind[u] == kind]:
+                    shares.append(float((held == c).sum()) / len(mates))
+            out[label] = float(np.mean(shares)) if shares else None
+        return out
+
+    def knowledge_corpus(self) -> list[dict]:
+        """The world-knowledge corpus: one description per category stating its relation (what the KG-neighbour
+        arm reads directly and what a backbone may pretrain on; never the users' interests)."""
+        out = []
+        for c, name in enumerate(self.names):
+            rel = [self.names[r] for r in self.relation[c]]
+            out.append({"category": name, "related": rel,
+                        "text": f"{name}: people who love {name} often come to love {' and '.join(rel)}."})
+        return out
 
     def long_tail(self) -> np.ndarray:
         """(C,) bool: the bottom ``sim.tail_fraction`` of categories by the popularity prior (ties by id)."""
@@ -224,7 +345,8 @@ class World:
         cfg = self.cfg
         U, E, K, I = cfg.n_users, cfg.exposures_per_session, cfg.slots, cfg.items_per_category
         rs = np.random.default_rng([self.seed, day, STREAM_SESSIONS])
-        sess_user = np.repeat(np.arange(U), rs.poisson(cfg.sessions_per_day, U))  # (S,)
+        rate = cfg.sessions_per_day * self.activity if cfg.user_activity_sigma else cfg.sessions_per_day
+        sess_user = np.repeat(np.arange(U), rs.poisson(rate, U))  # (S,)
         S = len(sess_user)
         start = rs.integers(0, DAY - (E + K + 1) * EXPOSURE_GAP_S, S)  # (S,)
 
@@ -241,8 +363,10 @@ class World:
         rk = np.random.default_rng([self.seed, day, STREAM_SLOTS])
         slot_item = rk.integers(0, I, (S, K))
         slot_u_click, slot_u_disc = rk.random((S, K)), rk.random((S, K))
+        keep_u = (np.random.default_rng([self.seed, day, STREAM_RETENTION]).random(S) if cfg.retention_rate
+                  else None)
         return DayDraws(sess_user, start, organic_cat, interest_u, organic_item, organic_u_click, organic_u_disc,
-                        slot_item, slot_u_click, slot_u_disc)
+                        slot_item, slot_u_click, slot_u_disc, keep_u)
 
     def organic(self, state: WorldState, dr: DayDraws) -> np.ndarray:
         """(S, E) organic categories: the prior's picks, and for the interest exposures the user's known interest
@@ -300,6 +424,10 @@ class World:
         user = np.repeat(dr.sess_user[:, None], n, axis=1)  # (S, n)
         ts = (day_start(day_date(cfg, day)) + dr.start[:, None]
               + EXPOSURE_GAP_S * np.arange(n)[None, :]).astype(np.int64)  # (S, n)
+        if state.satisfaction is not None and dr.sess_u_keep is not None:  # retention: some sessions do not happen
+            back = np.minimum(1.0, state.satisfaction / cfg.retention_ref)  # (U,) return probability
+            keep = dr.sess_u_keep < back[dr.sess_user]  # (S,)
+            cats, items, uc, ud, slot, user, ts = (a[keep] for a in (cats, items, uc, ud, slot, user, ts))
 
         # Discovery: the first discovering exposure of each (user, latent interest) today, by time.
         kind = self.kind[user, cats]  # (S, n)
@@ -307,7 +435,9 @@ class World:
         is_lat = kind == KIND_LATENT
         before = np.zeros(cats.shape, dtype=bool)
         before[is_lat] = state.discovered[user[is_lat], lpos[is_lat]]
-        finds = is_lat & ~before & (ud < cfg.discover_prob)
+        # world v2: an unexamined served slot (position bias) neither discovers nor is clicked; open users discover
+        exam = np.where(slot >= 0, cfg.position_bias ** np.maximum(slot, 0), 1.0)  # (S, n); 1 when off
+        finds = is_lat & ~before & (ud < cfg.discover_prob * self.openness[user] * exam)
         first = np.full(state.discovered.shape, np.iinfo(np.int64).max, dtype=np.int64)  # (U, L)
         np.minimum.at(first, (user[finds], lpos[finds]), ts[finds])
         found_now = np.zeros(cats.shape, dtype=bool)
@@ -318,13 +448,25 @@ class World:
         base = np.where(kind == KIND_CORE, cfg.click_core,
                         np.where(is_lat, np.where(clickable_latent, cfg.click_latent, 0.0), cfg.click_other))
         same = (cats[:, :, None] == cats[:, None, :]).sum(axis=2)  # (S, n) exposures of the category in the session
-        p = base * cfg.fatigue ** (same - 1)
+        p = np.minimum(base * self.click_scale[user], 1.0) * cfg.fatigue ** (same - 1) * exam
+        if state.worn is not None:  # fatigue across days: earlier days' exposures of the category wear it out
+            p = p * cfg.day_fatigue ** state.worn[user, cats]
         click = uc < p  # (S, n)
 
         new_state = state.copy()
         newly = (first < np.iinfo(np.int64).max) & ~state.discovered
         new_state.discovered |= newly
         new_state.discovery_day[newly] = day
+        if new_state.worn is not None:
+            new_state.worn *= cfg.day_fatigue_decay
+            np.add.at(new_state.worn, (user.ravel(), cats.ravel()), 1.0)
+        if new_state.satisfaction is not None and served is not None:  # retention: today's served-slot CTR
+            shown, hits = np.zeros(cfg.n_users), np.zeros(cfg.n_users)
+            np.add.at(shown, user[slot >= 0], 1)
+            np.add.at(hits, user[(slot >= 0) & click], 1)
+            had = shown > 0
+            rho = cfg.retention_rate
+            new_state.satisfaction[had] = (1 - rho) * state.satisfaction[had] + rho * hits[had] / shown[had]
 
         item = cats * cfg.items_per_category + items
         flat = {k: v.ravel() for k, v in

@@ -32,7 +32,7 @@ WARM = events([("u0", 0, 1, -1), ("u0", 0, 1, -1), ("u0", 3, 1, -1), ("u1", 4, 1
 
 
 def test_every_arm_is_a_policy_and_round_trips_its_state():
-    for name in ("exploitation", "random", "popular", "ucb", "user_knn", "item_knn"):
+    for name in ("exploitation", "random", "popular", "ucb", "user_knn", "item_knn", "thompson", "linucb"):
         p = make_policy(name, catalogue(), ["u0", "u1"], 0, WARM)
         assert isinstance(p, Policy) and p.name == name
         q = make_policy(name, catalogue(), ["u0", "u1"], 0, None)
@@ -98,3 +98,31 @@ def test_knn_arms_serve_what_similar_users_clicked_with_the_evaluations_code():
         got = p.fill(0, ["u0"], [[]], 2)
         assert got == [["c", "b"]], name
         assert not {"a", "d"} & set(p.fill(0, ["u0"], [[]], 3)[0])
+
+
+def featured_catalogue() -> Catalogue:
+    users = pd.DataFrame({"user_id": ["u0", "u1", "u2", "u3"], "feature_0": ["x", "x", "y", "y"]})
+    cat = catalogue()
+    return Catalogue(cat.categories, cat.items, cat.popularity, users)
+
+
+# group x (u0, u1): u1 clicks b 9 times in 10 exposures, never c; group y (u2, u3): u3 the other way round
+GROUPED = events([("u1", 1, i < 9, -1) for i in range(10)] + [("u1", 2, 0, -1)] * 10
+                 + [("u3", 2, i < 9, -1) for i in range(10)] + [("u3", 1, 0, -1)] * 10)
+
+
+def test_thompson_and_linucb_learn_per_group_from_the_user_features():
+    users = ["u0", "u1", "u2", "u3"]
+    for name in ("thompson", "linucb"):
+        p = make_policy(name, featured_catalogue(), users, 0, GROUPED)
+        x, y = p.fill(1, ["u0", "u2"], [[], []], 5)  # every category, best first
+        assert x.index("b") < x.index("c") and y.index("c") < y.index("b"), name  # what the group-mate liked
+        assert "b" not in p.fill(1, ["u1"], [[]], 4)[0]  # u1 clicked b: never served back to it
+
+
+def test_linucb_scores_by_hand_with_the_bias_feature_only():
+    """No user features: x = [1], A_c = 1 + n_c, b_c = k_c -> score = k_c / (1 + n_c) + alpha / sqrt(1 + n_c).
+    WARM: a n=2 k=2 -> 2/3 + 0.5/sqrt(3) = 0.9553; b n=0 -> 0.5; c n=1 k=0 -> 0.3536; d, e n=1 k=1 -> 0.8536."""
+    p = make_policy("linucb", catalogue(), ["u0", "u1"], 0, WARM, linucb_alpha=0.5)
+    assert p.scores(np.array([0])) == pytest.approx(np.array([[0.9553, 0.5, 0.3536, 0.8536, 0.8536]]), abs=1e-4)
+    assert p.fill(1, ["u1"], [[]], 2) == [["a", "d"]]  # u1 clicked e: a, then d (tied with e, never clicked)
