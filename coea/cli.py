@@ -39,19 +39,21 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import fields
 from logging.handlers import MemoryHandler
 from pathlib import Path
 from typing import Any
 
+from coea import console as shared
 from coea.config import ConfigError, explain, load_config
-from coea.data.world import MTREC, MTREC_CLICKS_PER_USER, WorldSpec, write_world
+from coea.console import BANNER
+from coea.data.mtrec import MTREC, MTREC_CLICKS_PER_USER
 from coea.errors import (
     EXIT_CODES, EXIT_DATA, EXIT_EXHAUSTED, EXIT_GAP, EXIT_INPUT, EXIT_LOCKED, EXIT_OK, EXIT_REFUSED,
     AttemptsExhaustedError, LiveDataError, WorkdirError, exit_code_for, worst,
 )
-from coea.judge.command import DESCRIPTION as JUDGE_DESCRIPTION
-from coea.judge.command import add_arguments as add_judge_arguments
-from coea.judge.command import run_command
+from coea.judge.arguments import DESCRIPTION as JUDGE_DESCRIPTION
+from coea.judge.arguments import add_arguments as add_judge_arguments
 from coea.wheelhouse import DEFAULT_PLATFORM, DEFAULT_PYTHON, DEFAULT_TORCH_INDEX, build_wheelhouse
 
 log = logging.getLogger("coea")
@@ -157,10 +159,7 @@ class _ConsoleHandler(logging.Handler):
             record.levelno >= logging.ERROR and record.name != "py.warnings")
 
     def emit(self, record: logging.LogRecord) -> None:
-        # Imported on use: `coea --help` loads only coea.config and coea.errors (start-up time).
-        from rich.text import Text
-
-        from coea.console import BANNER
+        from rich.text import Text  # rich loads with the first log line, not for `coea --help`
 
         try:
             stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
@@ -243,10 +242,7 @@ class Session:
 
     # -- lifecycle
     def __enter__(self) -> Session:
-        # Imported on use: `coea --help` loads only coea.config and coea.errors (start-up time).
-        from rich.console import Console
-
-        from coea import console as shared
+        from rich.console import Console  # rich loads with the session, not for `coea --help`
 
         self.out, self.err = sys.stdout, sys.stderr
         self.console = Console(file=self.err, highlight=False, soft_wrap=True)
@@ -273,9 +269,6 @@ class Session:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        # Imported on use: `coea --help` loads only coea.config and coea.errors (start-up time).
-        from coea import console as shared
-
         for cap in self._captures:
             cap.close_partial()
         if exc is not None and not isinstance(exc, (SystemExit, KeyboardInterrupt, ConfigError)):
@@ -436,7 +429,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def _until(args: argparse.Namespace) -> int | None:
     """``--until`` as unix seconds (a configuration error, exit 2, when it is neither form)."""
-    # Imported on use: `coea --help` loads only coea.config and coea.errors (start-up time).
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from coea.clock import parse_until
 
     try:
@@ -446,7 +439,7 @@ def _until(args: argparse.Namespace) -> int | None:
 
 
 def cmd_dsie(args: argparse.Namespace) -> int:
-    # Imported on use: `coea --help` loads only coea.config and coea.errors (start-up time).
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from loops.cycle import run_dsie_stage
 
     result = run_dsie_stage(_orchestrator_cfg(args), Path(args.workdir), until=_until(args))
@@ -455,7 +448,7 @@ def cmd_dsie(args: argparse.Namespace) -> int:
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
-    # Imported on use: `coea --help` loads only coea.config and coea.errors (start-up time).
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from loops.bootstrap import run_bootstrap
 
     result = run_bootstrap(_orchestrator_cfg(args), Path(args.workdir), until=_until(args))
@@ -464,7 +457,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 
 def cmd_cycle(args: argparse.Namespace) -> int:
-    # Imported on use: `coea --help` loads only coea.config and coea.errors (start-up time).
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from loops.cycle import run_cycle
 
     cfg = _orchestrator_cfg(args)
@@ -482,7 +475,7 @@ def _operator_requests(args: argparse.Namespace, workdir: Path) -> None:
     """--skip-day / --reconsume: recorded in state.json under the lock, then the cycle runs as usual."""
     if not (getattr(args, "skip_day", None) or getattr(args, "reconsume", None)):
         return
-    # Imported on use: `coea --help` loads only coea.config and coea.errors (start-up time).
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from coea.clock import request_reconsume, skip_day
     from loops.state import workdir_lock
 
@@ -500,7 +493,7 @@ def _operator_requests(args: argparse.Namespace, workdir: Path) -> None:
 
 def _gap_exit(cfg, workdir: Path, code: int) -> int:
     """``code``, or exit 8 when the live log's gap is older than cycle.max_gap_days (one line on stderr)."""
-    # Imported on use: `coea --help` loads only coea.config and coea.errors (start-up time).
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from coea.clock import read_clock
 
     view = (read_clock(workdir) or {}).get("log") if workdir.is_dir() else None
@@ -519,7 +512,7 @@ def _gap_exit(cfg, workdir: Path, code: int) -> int:
 
 def cmd_rounds(args: argparse.Namespace) -> int:
     """N cycles back to back; exits with the worst cycle's code and stops where going on makes no sense."""
-    # Imported on use: `coea --help` loads only coea.config and coea.errors (start-up time).
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from loops.cycle import run_cycle
 
     cfg = _orchestrator_cfg(args)
@@ -562,7 +555,7 @@ def _retry(args: argparse.Namespace, workdir: Path) -> None:
     """--retry: reset the attempt count of the unfinished round; --fresh: also delete its finished stages."""
     if not (args.retry or args.fresh):
         return
-    # Imported on use: `coea --help` loads only coea.config and coea.errors (start-up time).
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from loops.retention import discard_unfinished
     from loops.state import reset_attempts, workdir_lock
 
@@ -577,7 +570,7 @@ def _retry(args: argparse.Namespace, workdir: Path) -> None:
 
 
 def cmd_lookup(args: argparse.Namespace) -> int:
-    # Imported on use: `coea --help` loads only coea.config and coea.errors (start-up time).
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from loops.cycle import LOOKUP_FOUND, lookup
 
     if args.user is not None and (args.csid is not None or args.recent is not None):
@@ -592,7 +585,7 @@ def cmd_lookup(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    # Imported on use: `coea --help` loads only coea.config and coea.errors (start-up time).
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from loops.cycle import rollback
 
     from loops.status import check_workdir
@@ -604,7 +597,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    # Imported on use: `coea --help` loads only coea.config and coea.errors (start-up time).
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from loops.status import format_status, workdir_status
 
     status = workdir_status(Path(args.workdir))
@@ -613,7 +606,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_groups(args: argparse.Namespace) -> int:
-    # Imported on use: `coea --help` loads only coea.config and coea.errors (start-up time).
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from coea.groups_report import as_json, load_groups, render_table, write_html
 
     if args.html and Path(args.html).is_dir():
@@ -635,7 +628,7 @@ def cmd_groups(args: argparse.Namespace) -> int:
 
 
 def cmd_prompts(args: argparse.Namespace) -> int:
-    # Imported on use: `coea --help` loads only coea.config and coea.errors (start-up time).
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from coea.prompts import render_sample
 
     emit(render_sample(_cfg(args)))
@@ -647,7 +640,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if importlib.util.find_spec("pyspark") is None:
         raise ConfigError("export needs PySpark and Java 17: pip install -e '.[spark]' (docs/spark.md)")
-    # Imported on use: `coea --help` loads only coea.config and coea.errors (start-up time).
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from spark_jobs.export_kv import export
 
     _open_log(args)
@@ -656,7 +649,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    # Imported on use: `coea --help` loads only coea.config and coea.errors (start-up time).
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from coea.evaluate import run_evaluate, write_train_view
 
     from coea.workdir import configure_threads
@@ -673,7 +666,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    # Imported on use: `coea --help` loads only coea.config and coea.errors (start-up time).
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from coea.simulate.run import parse_list, simulate
     from coea.workdir import configure_threads
 
@@ -695,6 +688,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
+    from coea.judge.command import run_command
+
     summary = run_command(args, open_log=lambda out: _SESSION.open_log(out) if _SESSION is not None else None)
     emit(json.dumps(summary, indent=2))
     return 0
@@ -713,7 +709,7 @@ def cmd_wheelhouse(args: argparse.Namespace) -> int:
 
 def show_result(args: argparse.Namespace, result: Any, *, heading: str = "") -> None:
     """Print a command's result on stdout: JSON with ``--json``, else a short summary (coea/summary.py)."""
-    # Imported on use: `coea --help` loads only coea.config and coea.errors (start-up time).
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from coea.summary import render, result_json
 
     workdir = Path(args.workdir) if getattr(args, "workdir", None) else None
@@ -735,8 +731,8 @@ def show_result(args: argparse.Namespace, result: Any, *, heading: str = "") -> 
 
 
 def cmd_world(args: argparse.Namespace) -> int:
-    # Imported on use: `coea --help` loads only coea.config and coea.errors (start-up time).
-    from dataclasses import fields
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
+    from coea.data.world import WorldSpec, write_world
 
     spec = WorldSpec(**{f.name: getattr(args, f.name) for f in fields(WorldSpec)})
     try:
