@@ -571,7 +571,7 @@ def _retry(args: argparse.Namespace, workdir: Path) -> None:
 
 def cmd_lookup(args: argparse.Namespace) -> int:
     # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
-    from loops.cycle import LOOKUP_FOUND, lookup
+    from loops.serving import LOOKUP_FOUND, lookup
 
     if args.user is not None and (args.csid is not None or args.recent is not None):
         raise ConfigError("lookup: --user and --csid/--recent are two different questions; give --user U, or "
@@ -586,7 +586,7 @@ def cmd_lookup(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
-    from loops.cycle import rollback
+    from loops.serving import rollback
 
     from loops.status import check_workdir
 

@@ -25,7 +25,7 @@ here it shares CoEA's round 0.
 The current key (storage/keys.py): the CSID from the promoted round's ``users.parquet`` (what ``coea lookup
 --user`` reads) and the canonical set of the categories of the user's last ``data.short_k`` clicks, recomputed
 from ``recent``. A user the promoted round does not know is served the key of the default CSID with no recent
-categories, as :func:`loops.cycle.lookup` does. **Fallback**: a key missing from the table (unknown user,
+categories, as :func:`loops.serving.lookup` does. **Fallback**: a key missing from the table (unknown user,
 ``unknown_key``) or an answer with fewer than ``slots`` categories (an empty C_align) is filled with the *base
 ranking* of the exploitation arm: the user's own clicked categories (most clicked first), then every user's most
 clicked ones (ties: the popularity prior) -- what the feed shows when exploration has nothing to add, so an arm
@@ -196,7 +196,7 @@ class CoeaArm:
         keys, status = [], []
         for u, r in zip(users, recent):
             csid = csid_of.get(str(u))
-            if csid is None:  # as loops.cycle.lookup: an unknown user gets the default CSID, no recent categories
+            if csid is None:  # as loops.serving.lookup: an unknown user gets the default CSID, no recent categories
                 keys.append(kv_key(DEFAULT_CSID, ()))
                 status.append("unknown_user")
             else:
