@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from coea.prompts import completion_text
 
 log = logging.getLogger("coea.backbones")
 
@@ -160,8 +161,6 @@ class VocabCheck:
 
 def vocab_check(tokenizer, names: Sequence[str]) -> VocabCheck:
     """Check that every name encodes to known, distinct token ids (and whether it decodes back)."""
-    from coea.prompts import completion_text
-
     unk = tokenizer.unk_token_id
     ids = [tuple(tokenizer(completion_text(n), add_special_tokens=False)["input_ids"]) for n in names]
     seen: dict[tuple[int, ...], int] = {}
@@ -232,8 +231,6 @@ def grow_word_tokenizer(tokenizer, names: Sequence[str], *, round_k: int,
 
 
 def _unknown_words(backend, vocab: dict[str, int], name: str) -> list[str]:
-    from coea.prompts import completion_text
-
     return [w for w, _ in backend.pre_tokenizer.pre_tokenize_str(completion_text(name)) if w not in vocab]
 
 

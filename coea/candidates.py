@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from coea.console import iterate
+from coea.prompts import completion_text
 
 if TYPE_CHECKING:
     from coea.config import NoveltyConfig
@@ -62,14 +63,7 @@ _DEAD_END_SCORE = -1.0e4
 
 
 def default_completion_format() -> Callable[[str], str]:
-    """The completion string SFT trains on for a category: ``coea.prompts.completion_text`` when present.
-
-    Falls back to ``" " + category`` (a leading space after the prompt) until the prompt module exists.
-    """
-    try:
-        from coea.prompts import completion_text  # type: ignore[attr-defined]
-    except ImportError:
-        return lambda category: " " + category
+    """The completion string SFT trains on for a category: ``coea.prompts.completion_text``."""
     return completion_text
 
 

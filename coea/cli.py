@@ -39,12 +39,22 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import fields
 from logging.handlers import MemoryHandler
 from pathlib import Path
 from typing import Any
 
+from coea import console as shared
 from coea.config import ConfigError, explain, load_config
-from coea.errors import EXIT_CODES, EXIT_OK, EXIT_REFUSED
+from coea.console import BANNER
+from coea.data.mtrec import MTREC, MTREC_CLICKS_PER_USER
+from coea.errors import (
+    EXIT_CODES, EXIT_DATA, EXIT_EXHAUSTED, EXIT_GAP, EXIT_INPUT, EXIT_LOCKED, EXIT_OK, EXIT_REFUSED,
+    AttemptsExhaustedError, LiveDataError, WorkdirError, exit_code_for, worst,
+)
+from coea.judge.arguments import DESCRIPTION as JUDGE_DESCRIPTION
+from coea.judge.arguments import add_arguments as add_judge_arguments
+from coea.wheelhouse import DEFAULT_PLATFORM, DEFAULT_PYTHON, DEFAULT_TORCH_INDEX, build_wheelhouse
 
 log = logging.getLogger("coea")
 _STDOUT = sys.stdout  # the command's result goes here; everything libraries print goes to the log (or stderr)
@@ -149,9 +159,7 @@ class _ConsoleHandler(logging.Handler):
             record.levelno >= logging.ERROR and record.name != "py.warnings")
 
     def emit(self, record: logging.LogRecord) -> None:
-        from rich.text import Text
-
-        from coea.console import BANNER
+        from rich.text import Text  # rich loads with the first log line, not for `coea --help`
 
         try:
             stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
@@ -234,9 +242,7 @@ class Session:
 
     # -- lifecycle
     def __enter__(self) -> Session:
-        from rich.console import Console
-
-        from coea import console as shared
+        from rich.console import Console  # rich loads with the session, not for `coea --help`
 
         self.out, self.err = sys.stdout, sys.stderr
         self.console = Console(file=self.err, highlight=False, soft_wrap=True)
@@ -263,8 +269,6 @@ class Session:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        from coea import console as shared
-
         for cap in self._captures:
             cap.close_partial()
         if exc is not None and not isinstance(exc, (SystemExit, KeyboardInterrupt, ConfigError)):
@@ -425,6 +429,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def _until(args: argparse.Namespace) -> int | None:
     """``--until`` as unix seconds (a configuration error, exit 2, when it is neither form)."""
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from coea.clock import parse_until
 
     try:
@@ -434,6 +439,7 @@ def _until(args: argparse.Namespace) -> int | None:
 
 
 def cmd_dsie(args: argparse.Namespace) -> int:
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from loops.cycle import run_dsie_stage
 
     result = run_dsie_stage(_orchestrator_cfg(args), Path(args.workdir), until=_until(args))
@@ -442,6 +448,7 @@ def cmd_dsie(args: argparse.Namespace) -> int:
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from loops.bootstrap import run_bootstrap
 
     result = run_bootstrap(_orchestrator_cfg(args), Path(args.workdir), until=_until(args))
@@ -450,6 +457,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 
 def cmd_cycle(args: argparse.Namespace) -> int:
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from loops.cycle import run_cycle
 
     cfg = _orchestrator_cfg(args)
@@ -467,6 +475,7 @@ def _operator_requests(args: argparse.Namespace, workdir: Path) -> None:
     """--skip-day / --reconsume: recorded in state.json under the lock, then the cycle runs as usual."""
     if not (getattr(args, "skip_day", None) or getattr(args, "reconsume", None)):
         return
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from coea.clock import request_reconsume, skip_day
     from loops.state import workdir_lock
 
@@ -484,8 +493,8 @@ def _operator_requests(args: argparse.Namespace, workdir: Path) -> None:
 
 def _gap_exit(cfg, workdir: Path, code: int) -> int:
     """``code``, or exit 8 when the live log's gap is older than cycle.max_gap_days (one line on stderr)."""
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from coea.clock import read_clock
-    from coea.errors import EXIT_GAP, worst
 
     view = (read_clock(workdir) or {}).get("log") if workdir.is_dir() else None
     if not view or not view.get("gap_day") or view["gap_age_days"] <= cfg.cycle.max_gap_days:
@@ -503,7 +512,7 @@ def _gap_exit(cfg, workdir: Path, code: int) -> int:
 
 def cmd_rounds(args: argparse.Namespace) -> int:
     """N cycles back to back; exits with the worst cycle's code and stops where going on makes no sense."""
-    from coea.errors import EXIT_DATA, EXIT_EXHAUSTED, EXIT_GAP, EXIT_INPUT, EXIT_LOCKED, exit_code_for, worst
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from loops.cycle import run_cycle
 
     cfg = _orchestrator_cfg(args)
@@ -546,6 +555,7 @@ def _retry(args: argparse.Namespace, workdir: Path) -> None:
     """--retry: reset the attempt count of the unfinished round; --fresh: also delete its finished stages."""
     if not (args.retry or args.fresh):
         return
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from loops.retention import discard_unfinished
     from loops.state import reset_attempts, workdir_lock
 
@@ -560,7 +570,8 @@ def _retry(args: argparse.Namespace, workdir: Path) -> None:
 
 
 def cmd_lookup(args: argparse.Namespace) -> int:
-    from loops.cycle import LOOKUP_FOUND, lookup
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
+    from loops.serving import LOOKUP_FOUND, lookup
 
     if args.user is not None and (args.csid is not None or args.recent is not None):
         raise ConfigError("lookup: --user and --csid/--recent are two different questions; give --user U, or "
@@ -574,7 +585,8 @@ def cmd_lookup(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from loops.cycle import rollback
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
+    from loops.serving import rollback
 
     from loops.status import check_workdir
 
@@ -585,6 +597,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from loops.status import format_status, workdir_status
 
     status = workdir_status(Path(args.workdir))
@@ -593,6 +606,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_groups(args: argparse.Namespace) -> int:
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from coea.groups_report import as_json, load_groups, render_table, write_html
 
     if args.html and Path(args.html).is_dir():
@@ -614,6 +628,7 @@ def cmd_groups(args: argparse.Namespace) -> int:
 
 
 def cmd_prompts(args: argparse.Namespace) -> int:
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from coea.prompts import render_sample
 
     emit(render_sample(_cfg(args)))
@@ -625,6 +640,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if importlib.util.find_spec("pyspark") is None:
         raise ConfigError("export needs PySpark and Java 17: pip install -e '.[spark]' (docs/spark.md)")
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from spark_jobs.export_kv import export
 
     _open_log(args)
@@ -633,6 +649,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from coea.evaluate import run_evaluate, write_train_view
 
     from coea.workdir import configure_threads
@@ -649,6 +666,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from coea.simulate.run import parse_list, simulate
     from coea.workdir import configure_threads
 
@@ -670,6 +688,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from coea.judge.command import run_command
 
     summary = run_command(args, open_log=lambda out: _SESSION.open_log(out) if _SESSION is not None else None)
@@ -678,8 +697,6 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 
 def cmd_wheelhouse(args: argparse.Namespace) -> int:
-    from coea.wheelhouse import build_wheelhouse
-
     extras = [e.strip() for e in (args.extras or "").split(",") if e.strip()]
     result = build_wheelhouse(Path(args.out), python=args.python, platform=args.platform,
                               torch_index=args.torch_index, extras=extras, dry_run=args.dry_run)
@@ -692,6 +709,7 @@ def cmd_wheelhouse(args: argparse.Namespace) -> int:
 
 def show_result(args: argparse.Namespace, result: Any, *, heading: str = "") -> None:
     """Print a command's result on stdout: JSON with ``--json``, else a short summary (coea/summary.py)."""
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from coea.summary import render, result_json
 
     workdir = Path(args.workdir) if getattr(args, "workdir", None) else None
@@ -713,8 +731,7 @@ def show_result(args: argparse.Namespace, result: Any, *, heading: str = "") -> 
 
 
 def cmd_world(args: argparse.Namespace) -> int:
-    from dataclasses import fields
-
+    # Imported on use, not at the top: keeps `coea --help` and the light commands fast (start-up time).
     from coea.data.world import WorldSpec, write_world
 
     spec = WorldSpec(**{f.name: getattr(args, f.name) for f in fields(WorldSpec)})
@@ -865,14 +882,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run from uncommitted code anyway and mark the results (refused otherwise)")
     p.set_defaults(fn=cmd_simulate)
 
-    from coea.judge.command import DESCRIPTION as JUDGE_DESCRIPTION, add_arguments as add_judge_arguments
-
     p = add("judge", "LLM-as-a-Judge serendipity of served or evaluated lists; calibrate against labels",
             description=JUDGE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_judge_arguments(p)
     p.set_defaults(fn=cmd_judge)
-
-    from coea.wheelhouse import DEFAULT_PLATFORM, DEFAULT_PYTHON, DEFAULT_TORCH_INDEX
 
     p = add("wheelhouse", "download every wheel coea needs into DIR for an air-gapped GPU host",
             description="Download, with pip, the wheels of coea's dependencies for the target Python "
@@ -890,8 +903,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extras", default="", metavar="A,B", help="coea extras to include, e.g. deepspeed,spark")
     p.add_argument("--dry-run", action="store_true", help="print the pip command lines without running them")
     p.set_defaults(fn=cmd_wheelhouse)
-
-    from coea.data.world import MTREC, MTREC_CLICKS_PER_USER
 
     p = add("world", "write an MTRec-shaped synthetic click log as day partitions", result=True,
             description="Write a synthetic click log of any size in the live-log layout (items.parquet, users.parquet, "
@@ -954,9 +965,6 @@ def _add_retry_args(p: argparse.ArgumentParser) -> None:
 
 def _failure_line(command: str, exc: BaseException) -> str:
     """One line for cron: the error, and where its full traceback is when the round wrote one."""
-    from coea.data.schema import LiveDataError
-    from coea.errors import AttemptsExhaustedError, WorkdirError
-
     text = str(exc).splitlines()[0] if str(exc) else ""
     if isinstance(exc, AttemptsExhaustedError):
         return f"coea: {command} stopped: {text}"
@@ -984,8 +992,6 @@ def main(argv: list[str] | None = None) -> int:
         print("coea: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # one line for cron; the traceback is in the round's failure log (and the debug log)
-        from coea.errors import exit_code_for
-
         log.debug("failure", exc_info=True)
         print(_failure_line(args.command, exc), file=sys.stderr)
         return exit_code_for(exc)

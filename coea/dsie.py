@@ -30,7 +30,7 @@ import torch
 from coea.config import Config
 from coea.console import banner
 from coea.data.schema import Interactions, Sequences
-from coea.encoder import UserEncoder, encode_users, load_encoder, save_encoder, train_encoder
+from coea.encoder import UserEncoder, encode_users, grow_item_embeddings, load_encoder, save_encoder, train_encoder
 from coea.groups import GroupPortrait, PortraitCache, build_portraits, category_counts
 from coea.workdir import read_json, setup_run, stage, stage_done, write_json, write_manifest
 from quantizer import RQVAE, CsidMap, build_csid_map, train_rqvae
@@ -310,8 +310,6 @@ def assign_csids(dsie_dir: str | Path | DsieArtifacts, seqs: Sequences, batch_si
 
 def _check_vocabulary(art: DsieArtifacts, seqs: Sequences) -> None:
     """The encoder's item rows must be a prefix of today's vocabulary; grow rows for the items added since."""
-    from coea.encoder import grow_item_embeddings
-
     trained = art.encoder.hparams["n_items"]
     saved = art.path / FILES["items"]
     if saved.exists():

@@ -40,6 +40,19 @@ EXIT_CODES = {
 SEVERITY = (EXIT_OK, EXIT_REFUSED, EXIT_FAILED, EXIT_GAP, EXIT_DATA, EXIT_INPUT, EXIT_LOCKED, EXIT_EXHAUSTED)
 
 
+class DataError(ValueError):
+    """A data file is missing or has the wrong format; the message is one line naming the file."""
+
+
+class LiveDataError(DataError):
+    """Live log data at risk (exit 7): a file unreadable or missing a required column, too many rows rejected,
+    or a consumed file changed. Nothing was consumed; the message is one line naming the file and the problem."""
+
+
+class LogGapError(RuntimeError):
+    """The live log has a gap older than ``cycle.max_gap_days`` (exit 8); the message names the missing day."""
+
+
 class LockHeldError(RuntimeError):
     """Another cycle holds the workdir lock (exit 3)."""
 
@@ -75,15 +88,11 @@ def exit_code_for(exc: BaseException) -> int:
         return EXIT_EXHAUSTED
     if isinstance(exc, WorkdirError):
         return EXIT_INPUT
-    try:
-        from coea.data.schema import DataError, LiveDataError, LogGapError
-    except ImportError:  # pragma: no cover
-        DataError = LiveDataError = LogGapError = ()  # type: ignore[assignment]  # noqa: N806
-    if LiveDataError and isinstance(exc, LiveDataError):
+    if isinstance(exc, LiveDataError):
         return EXIT_DATA
-    if LogGapError and isinstance(exc, LogGapError):
+    if isinstance(exc, LogGapError):
         return EXIT_GAP
-    if DataError and isinstance(exc, DataError):
+    if isinstance(exc, DataError):
         return EXIT_INPUT  # a missing data file or wrong format is a configuration problem
     if isinstance(exc, FileNotFoundError):
         return EXIT_INPUT

@@ -28,6 +28,7 @@ import numpy as np
 from coea.groups import GroupPortrait
 from coea.rounds import latest_dsie_dir, read_state
 from coea.workdir import read_json
+from quantizer import RQVAE
 from storage.keys import DEFAULT_CSID
 
 MAP_METHODS = ("pca", "tsne")
@@ -227,8 +228,6 @@ def _quantizer_space(dsie_dir: Path, u_long: np.ndarray) -> np.ndarray:
     if not rq.exists():
         return u_long
     import torch
-
-    from quantizer import RQVAE
 
     model = RQVAE.load(rq)
     with torch.no_grad():

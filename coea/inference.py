@@ -12,8 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from coea.backbones import load_causal_lm, load_relevance_model, load_tokenizer
+from coea.candidates import propose
 from coea.config import Config
+from coea.prompts import novelty_infer_prompt, relevance_prompt
+from coea.relevance import load_calibration, score
 from coea.rounds import base_model_path, novelty_adapter, relevance_model_dir, tokenizer_path
+from storage.keys import DEFAULT_CSID
 
 log = logging.getLogger("coea.inference")
 
@@ -41,9 +46,6 @@ def load_models(cfg: Config, workdir: Path, novelty_round: int, relevance_round:
     """
     from peft import PeftModel
 
-    from coea.backbones import load_causal_lm, load_relevance_model, load_tokenizer
-    from coea.relevance import load_calibration
-
     tok = load_tokenizer(tokenizer_path(workdir, backbone_round), cfg)
     base_path = base_model_path(cfg, workdir, backbone_round)
     base = load_causal_lm(base_path, cfg, pad_token_id=tok.pad_token_id)
@@ -63,8 +65,6 @@ class Key:
 
 
 def user_keys(seqs, csids: dict[str, str]) -> dict[str, Key]:
-    from storage.keys import DEFAULT_CSID
-
     return {u: Key(csids.get(u, DEFAULT_CSID), tuple(c)) for u, c in zip(seqs.user_ids, seqs.c_short)}
 
 
@@ -75,11 +75,6 @@ def propose_and_score(cfg: Config, models: Models, keys: list[Key], portraits: d
     Scores are ``models.calibration``'s probabilities (coea.relevance.score); C_align is ordered by score. With
     ``relevance.filter: false`` C_align is every candidate in the Novelty LLM's order (scores kept alongside).
     """
-    from coea.candidates import propose
-    from coea.prompts import novelty_infer_prompt, relevance_prompt
-    from coea.relevance import score
-    from storage.keys import DEFAULT_CSID
-
     def portrait(csid: str) -> str:
         return portraits.get(csid) or portraits.get(DEFAULT_CSID, "")
 

@@ -19,8 +19,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from coea.data.loaders import load_interactions
+from coea.data.sequences import build_sequences, click_categories_by_user
 from coea.judge_prompts import render_judge_sample
-from storage.keys import canonical_recent
+from storage.keys import canonical_recent, kv_key
 
 
 def completion_text(category: str) -> str:
@@ -80,10 +82,6 @@ def render_sample(cfg: Any) -> str:
     P_ft-nov example shows a real (C'_short(t) -> S_short(t)) step; the inference prompts use that user's C'_short
     at the end of the data.
     """
-    from coea.data.loaders import load_interactions
-    from coea.data.sequences import build_sequences, click_categories_by_user
-    from storage.keys import kv_key
-
     inter = load_interactions(cfg.data, cfg.synthetic, cfg.run.seed)
     seqs = build_sequences(inter, cfg.data)
     clicks = click_categories_by_user(inter)

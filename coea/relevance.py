@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from coea.console import iterate
+from coea.workdir import write_json
 log = logging.getLogger("coea.relevance")
 
 CALIBRATION_FILE = "calibration.json"
@@ -114,8 +115,6 @@ class Calibration:
         return 1.0 / (1.0 + np.exp(-z))
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
-        from coea.workdir import write_json
-
         write_json(path, {**asdict(self), **(extra or {})})
 
     @classmethod

@@ -39,15 +39,19 @@ from coea.clock import (
     recorded_round0_cutoff,
 )
 from coea.config import Config
+from coea.data.clean import write_rejects
 from coea.data.delivery import IDS_FILE, check_rejects, drop_consumed, save_ids
+from coea.data.live import clean_window, note_vocab_update, read_event_files, read_event_window, read_tables
 from coea.data.partitions import DAY, EVENTS_DIR, EVENTS_FILE, is_partitioned, scan_log, utc
 from coea.data.schema import DataError, Interactions, RejectReport, Sequences
 from coea.data.state import SequenceState
 from coea.data.vocab import Vocabulary
-from coea.round_read import (
-    FILES, STAGE, Batch, empty_registry, previous_ids, read_live, read_replay, start_of,
-)
+from coea.round_read import FILES, STAGE, Batch, empty_registry, previous_ids, read_live, read_replay, start_of
+from coea.rounds import cutoff, load_data, timeline
 from coea.workdir import read_json, round_dir, stage, stage_done, write_json, write_manifest
+from spark_jobs.build_sequences import build_sequences as spark_build
+from spark_jobs.session import get_spark
+from storage.keys import canonical_recent
 
 log = logging.getLogger("coea.data")
 
@@ -101,8 +105,6 @@ def load_round(cfg: Config, workdir: Path, k: int, *, until: int | None = None) 
 
     vocab = prev_vocab.copy()
     update = vocab.extend(batch.items, batch.users, k)
-    from coea.data.live import clean_window, note_vocab_update
-
     note_vocab_update(batch.rejects, update)
     ids = None
     if mode == "live":
@@ -138,8 +140,6 @@ def load_round(cfg: Config, workdir: Path, k: int, *, until: int | None = None) 
         log.info("%s", msg)
         return RoundData(k=k, mode=mode, start=batch.start, end=batch.end, status="nothing_new", message=msg)
     with stage(rp, STAGE) as tmp:
-        from coea.data.loaders import write_rejects
-
         window["rejects"] = write_rejects(batch.rejects, tmp / FILES["rejects"])
         spark_rows = None
         if cfg.data.engine == "spark":
@@ -188,8 +188,6 @@ def _previous(cfg: Config, workdir: Path, k: int, mode: str) -> tuple[SequenceSt
     if mode == "live":
         raise DataError(f"{d}: missing (the vocabularies, sequence state and consumed files of round {k - 1}); "
                         "the live clock cannot continue without them")
-    from coea.rounds import load_data
-
     full = load_data(cfg)
     vocab = Vocabulary.empty()
     vocab.extend(full.items, full.users, 0)
@@ -200,8 +198,6 @@ def _previous(cfg: Config, workdir: Path, k: int, mode: str) -> tuple[SequenceSt
 def _rebuild_state(cfg: Config, workdir: Path, k: int, mode: str, vocab: Vocabulary, registry: pd.DataFrame, *,
                    full: Interactions | None = None) -> SequenceState:
     """The state at the end of round k-1 from everything consumed so far, in one batch."""
-    from coea.rounds import cutoff, load_data, timeline
-
     state = SequenceState.empty(cfg.data)
     if mode == "replay":
         full = full if full is not None else load_data(cfg)
@@ -210,8 +206,6 @@ def _rebuild_state(cfg: Config, workdir: Path, k: int, mode: str, vocab: Vocabul
         start = start_of(workdir, k, c0, cfg, data_end)
         state.apply(full.events[full.events["timestamp"] < start], vocab, start)
         return state
-    from coea.data.live import clean_window, read_event_files, read_tables
-
     root = Path(cfg.data.path)
     c0 = recorded_round0_cutoff(workdir, "live")
     start = start_of(workdir, k, c0, cfg, None)
@@ -222,8 +216,6 @@ def _rebuild_state(cfg: Config, workdir: Path, k: int, mode: str, vocab: Vocabul
         files = [f for p in listing.partitions for f in p.files if f.path in set(registry["path"])]
         raw, _, _ = read_event_files(listing.events_dir, files)
     else:
-        from coea.data.live import read_event_window
-
         raw = read_event_window(root / EVENTS_FILE, None, start)
     inter = clean_window(raw, vocab, users, rejects, end=start)
     state.apply(inter.events, vocab, start)
@@ -238,8 +230,6 @@ def _read_back(cfg: Config, workdir: Path, k: int, mode: str) -> RoundData:
     state = SequenceState.load(d / FILES["state"])
     start, end = window["start"], window["end"]
     if mode == "replay":
-        from coea.rounds import load_data
-
         inter = load_data(cfg)
     else:
         counts = window.get("rejects", {})
@@ -269,9 +259,6 @@ def _spark_sequences(cfg: Config, tmp: Path, vocab: Vocabulary, users: pd.DataFr
                      registry: pd.DataFrame, batch: Batch) -> tuple[Sequences, pd.DataFrame, dict[str, Any]]:
     """``data.engine: spark``: the round's Sequences from ``spark_jobs.build_sequences`` over every file consumed
     so far (the registry), the vocabulary's items and the round's end; checked against the in-process state."""
-    from spark_jobs.build_sequences import build_sequences as spark_build
-    from spark_jobs.session import get_spark
-
     root = Path(cfg.data.path)
     if not is_partitioned(root):
         paths = [str(root / EVENTS_FILE)]
@@ -306,8 +293,6 @@ def _spark_sequences(cfg: Config, tmp: Path, vocab: Vocabulary, users: pd.DataFr
 def _assemble(rows: pd.DataFrame, like: Sequences, vocab: Vocabulary) -> Sequences:
     """Sequences with ``like``'s users, features and cut-off and the (user_id, long_items as item ids,
     short_categories) of ``rows``; users without a row get empty lists."""
-    from storage.keys import canonical_recent
-
     by_user = {u: (list(a), list(s)) for u, a, s in zip(rows["user_id"], rows["long_items"],
                                                          rows["short_categories"])}
     long_items, short = [], []

@@ -21,8 +21,10 @@ from coea.clock import (
 )
 from coea.config import Config
 from coea.data.delivery import changed_files, load_ids, quarantine, registry_rows, selects
+from coea.data.live import count_before, event_days, read_event_files, read_event_window, read_tables
 from coea.data.partitions import DAY, EVENTS_DIR, EVENTS_FILE, day_start, is_partitioned, scan_log, utc
 from coea.data.schema import DataError, Interactions, LiveDataError, RejectReport
+from coea.rounds import cutoff, load_data, timeline
 from coea.workdir import read_json, round_dir
 
 log = logging.getLogger("coea.data")
@@ -62,8 +64,6 @@ class Batch:
 
 
 def read_replay(cfg: Config, workdir: Path, k: int, until: int | None, registry: pd.DataFrame) -> Batch:
-    from coea.rounds import cutoff, load_data, timeline
-
     full = load_data(cfg)
     data_end = timeline(full)[1] if len(full.events) else 0
     c0 = fix_round0_cutoff(workdir, "replay", cutoff(cfg, full, 0) if len(full.events) else 0)
@@ -87,8 +87,6 @@ def read_replay(cfg: Config, workdir: Path, k: int, until: int | None, registry:
 
 
 def read_live(cfg: Config, workdir: Path, k: int, until: int | None, registry: pd.DataFrame) -> Batch:
-    from coea.data.live import count_before, event_days, read_event_files, read_event_window, read_tables
-
     root = Path(cfg.data.path)
     rejects = RejectReport(max_rows_per_reason=cfg.data.max_reject_rows)
     items, users = read_tables(root, rejects)

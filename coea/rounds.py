@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from coea.config import Config
+from coea.data.loaders import load_interactions
 from coea.workdir import read_json, round_dir, stage_done, write_json
 
 log = logging.getLogger("coea.rounds")
@@ -75,8 +76,6 @@ def is_validation_user(user_id: str) -> bool:
 
 def load_data(cfg: Config):
     """Load and clean the configured data set (rejects are counted, never fatal)."""
-    from coea.data.loaders import load_interactions
-
     return load_interactions(cfg.data, cfg.synthetic, cfg.run.seed)
 
 

@@ -1,6 +1,6 @@
 """Work-directory layout, restartable stages, manifests and run plumbing shared by every stage.
 
-Layout (docs/design.md)::
+Layout (docs/architecture.md, The work directory)::
 
     WORKDIR/
       state.json          promoted round, history of rounds, config fingerprint
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from coea.console import progress as shared_progress
 
 log = logging.getLogger("coea")
 
@@ -223,6 +224,4 @@ def configure_threads(n: int) -> int:
 def progress(**kwargs: Any):
     """A progress handle on the shared display (coea/console.py): a rich bar with an ETA on a terminal, one
     plain line every ``coea.console.PLAIN_EVERY_S`` seconds elsewhere (cron, CI). ``add_task`` / ``advance``."""
-    from coea.console import progress as shared_progress
-
     return shared_progress(**kwargs)

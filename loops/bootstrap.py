@@ -30,12 +30,28 @@ from typing import Any
 
 import numpy as np
 
+from coea.backbones import (
+    build_embedded_backbone, grow_embeddings, grow_word_tokenizer, is_word_level, load_causal_lm, load_tokenizer,
+    read_growth, save_tokenizer, vocab_check,
+)
+from coea.candidates import rank_categories
 from coea.config import Config
 from coea.console import banner
+from coea.data.sequences import click_categories_by_user, exposures_by_user
+from coea.dsie import load_dsie, run_dsie
+from coea.inference import load_models
+from coea.prompts import completion_text, novelty_infer_prompt, novelty_train_example, recent_at
+from coea.round_data import load_round
+from coea.rounds import backbone_round, base_model_path, is_validation_user, tokenizer_path
 from coea.workdir import (
     log_finished_stages, read_json, round_dir, setup_run, stage, stage_done, write_json, write_manifest,
 )
 from loops.launch import trains_in_workers
+from loops.relevance_update import replay_buffer, report_model, write_replay
+from loops.reward import finish_calibration, relevance_pairs, train_reward
+from loops.sft import train_sft
+from loops.workers import launch_reward, launch_sft
+from storage.keys import canonical_recent
 
 log = logging.getLogger("coea.bootstrap")
 
@@ -60,8 +76,6 @@ def sft_examples(cfg: Config, clicks: dict[str, list[tuple[int, str]]], long_cat
     C'_short(t) (coea.prompts.recent_at) is the user state the inference prompt renders; with ``data.short_k: 2``
     it is the paper's S_short(t-2:t-1).
     """
-    from coea.prompts import novelty_train_example, recent_at
-
     out = []
     for u in users:
         cats = [c for _, c in clicks.get(u, [])]
@@ -81,11 +95,6 @@ def _cap(rows: list, n: int, seed: int) -> list:
 
 
 def run_bootstrap(cfg: Config, workdir: Path, *, until: int | None = None) -> BootstrapResult:
-    from coea.data.sequences import click_categories_by_user, exposures_by_user
-    from coea.dsie import load_dsie, run_dsie
-    from coea.round_data import load_round
-    from coea.rounds import is_validation_user
-
     workdir = Path(workdir)
     setup_run(cfg)
     rp = round_dir(workdir, 0)
@@ -113,8 +122,6 @@ def run_bootstrap(cfg: Config, workdir: Path, *, until: int | None = None) -> Bo
     val_users = [u for u in seqs.user_ids if is_validation_user(u)]
     examples = _cap(sft_examples(cfg, clicks, long_cats, portrait_of, train_users), cfg.novelty.max_train_examples,
                     cfg.run.seed)
-    from loops.reward import relevance_pairs
-
     pairs = _cap(relevance_pairs(cfg, clicks, exposures, portrait_of, inter.categories, train_users,
                                  seed=cfg.run.seed), cfg.relevance.max_train_pairs, cfg.run.seed)
     val_pairs = _cap(relevance_pairs(cfg, clicks, exposures, portrait_of, inter.categories, val_users,
@@ -129,9 +136,6 @@ def run_bootstrap(cfg: Config, workdir: Path, *, until: int | None = None) -> Bo
             _build_backbone(cfg, tmp, inter.categories, portraits, examples, pairs)
             write_manifest(tmp, cfg)
     times["backbone_s"] = round(time.perf_counter() - t, 2)
-    from coea.backbones import load_tokenizer
-    from coea.rounds import base_model_path, tokenizer_path
-
     tok = load_tokenizer(tokenizer_path(workdir), cfg)
     base = base_model_path(cfg, workdir)
 
@@ -148,10 +152,6 @@ def run_bootstrap(cfg: Config, workdir: Path, *, until: int | None = None) -> Bo
         with stage(rp, "relevance") as tmp:
             rew = _reward(cfg, base, tok, tokenizer_path(workdir), pairs, tmp, epochs=cfg.relevance.epochs,
                           eval_pairs=val_pairs)
-            from loops.reward import finish_calibration
-
-            from loops.relevance_update import replay_buffer, report_model, write_replay
-
             source = finish_calibration(tmp, None, None)
             # Held-out pairs beside the trivial scorers (popularity from the training users' round-0 clicks), the
             # figures later rounds are compared with (docs/cycle.md, "The Relevance update").
@@ -189,8 +189,6 @@ def run_bootstrap(cfg: Config, workdir: Path, *, until: int | None = None) -> Bo
 def _build_backbone(cfg: Config, tmp: Path, categories: list[str], portraits: dict[str, str],
                     examples: list[dict[str, str]], pairs: list[dict[str, str]]) -> None:
     """Embedded: tokenizer + model, pretrained (full weights, loss on every token) on the round-0 corpus."""
-    from coea.backbones import build_embedded_backbone, load_tokenizer
-
     if cfg.backbone.name != "embedded":
         tok = load_tokenizer(cfg.backbone.name, cfg)
         tok.save_pretrained(tmp / "tokenizer")
@@ -218,8 +216,6 @@ def _record_vocab(stage_dir: Path, tok, categories: list[str], k: int, **extra: 
     """``backbone/vocab.json``: how the stage's tokenizer encodes the round's catalogue (coea.backbones.vocab_check)."""
     import dataclasses
 
-    from coea.backbones import vocab_check
-
     check = vocab_check(tok, categories)
     if not check.faithful:
         log.warning("backbone: round %d: %d category names map to the unknown token (%s), %d share token ids with "
@@ -243,12 +239,6 @@ def grow_backbone(cfg: Config, workdir: Path, k: int, categories: list[str]) -> 
     the embedding rows; a full-weights Relevance model is grown on load). A Hugging Face tokenizer is never grown:
     its names are checked, and a name it cannot encode is reported and left as it is.
     """
-    from coea.backbones import (
-        grow_embeddings, grow_word_tokenizer, is_word_level, load_causal_lm, load_tokenizer, read_growth,
-        save_tokenizer, vocab_check,
-    )
-    from coea.rounds import backbone_round, base_model_path, tokenizer_path
-
     rp = round_dir(workdir, k)
     if stage_done(rp, "backbone"):
         return read_json(rp / "backbone" / "vocab.json")["metrics"]
@@ -295,11 +285,7 @@ def _sft(cfg: Config, base: str | Path, tok, tok_dir: Path, examples: list[dict[
          **options: Any):
     """:func:`loops.sft.train_sft` here, or on ``cycle.num_processes`` workers (which reload ``tok_dir``)."""
     if trains_in_workers(cfg):
-        from loops.workers import launch_sft
-
         return launch_sft(cfg, base, tok_dir, examples, out_dir, **options)
-    from loops.sft import train_sft
-
     return train_sft(cfg, base, tok, examples, out_dir, **options)
 
 
@@ -307,11 +293,7 @@ def _reward(cfg: Config, base: str | Path, tok, tok_dir: Path, pairs: list[dict[
             epochs: float, eval_pairs: list[dict[str, str]]):
     """:func:`loops.reward.train_reward` here, or on ``cycle.num_processes`` workers (which reload ``tok_dir``)."""
     if trains_in_workers(cfg):
-        from loops.workers import launch_reward
-
         return launch_reward(cfg, base, tok_dir, pairs, out_dir, epochs=epochs, eval_pairs=eval_pairs)
-    from loops.reward import train_reward
-
     return train_reward(cfg, base, tok, pairs, out_dir, epochs=epochs, eval_pairs=eval_pairs)
 
 
@@ -323,9 +305,6 @@ def novelty_cases(cfg: Config, inter, seqs, users: list[str], c0: int,
     canonical set of the previous ``data.short_k`` clicks), taken at every position of the held-out users' click
     history (they never trained), so there are enough cases to compare with the baseline.
     """
-    from coea.data.sequences import click_categories_by_user
-    from storage.keys import canonical_recent
-
     clicks = click_categories_by_user(inter)
     category_of = inter.item_category  # a property that builds the dict: once, not per item
     item_cat = {j + 1: category_of.get(i) for j, i in enumerate(seqs.item_vocab)}
@@ -348,10 +327,6 @@ def novelty_cases(cfg: Config, inter, seqs, users: list[str], c0: int,
 def _report(cfg: Config, workdir: Path, inter, seqs, csid_of: dict[str, str], portraits: dict[str, str], c0: int,
             val_users: list[str]) -> dict[str, Any]:
     """Novelty hit@5 vs popularity on validation users' next novel click; Relevance accuracy; keys vs users."""
-    from coea.candidates import rank_categories
-    from coea.prompts import completion_text, novelty_infer_prompt
-    from coea.inference import load_models
-
     rp = round_dir(workdir, 0)
     before = inter.events[(inter.events["timestamp"] < c0) & (inter.events["event"] == "click")]
     popularity = before["item_id"].map(inter.item_category).value_counts().index.tolist()

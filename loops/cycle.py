@@ -9,7 +9,7 @@
                 -> DPO + alpha * KL, policy and reference = the promoted round's Novelty LLM (Eq. 16-17)
     relevance   the promoted round's Relevance LLM updated on the new clicks of D_k (Eq. 12-14)
     validation  held-out users: state at the previous cut-off, round-k models, truth = their clicks in D_k
-    promote     guardrail on validation C-H@1, then KV pointer + ``current`` link + state.json
+    promote     guardrail on validation C-H@1, then KV pointer + ``current`` link + state.json (loops/serving.py)
     retention   keep ``cycle.keep_rounds`` finished rounds (and what later rounds need), expire the rest whole
 
 Every model of round k starts from the *promoted* round ("the base", recorded as ``base`` in state.json and
@@ -37,22 +37,37 @@ import pandas as pd
 
 from coea.config import Config
 from coea.console import banner, plural
-from coea.workdir import (
-    fault_point, log_finished_stages, read_json, round_dir, setup_run, stage, stage_done, write_json, write_manifest,
-)
-from coea.inference import Key, Models, load_models, propose_and_score, user_keys
 from coea.data.partitions import utc
+from coea.data.sequences import click_categories_by_user
+from coea.dsie import assign_csids, load_dsie, run_dsie
+from coea.inference import Key, Models, load_models, propose_and_score, user_keys
+from coea.metrics import evaluate_users, long_tail_categories
 from coea.round_data import RoundData, load_round, metrics_of
 from coea.rounds import (
     base_model_path, is_validation_user, latest_dsie_dir, novelty_adapter, previous_csids, relevance_model_dir,
     tokenizer_path,
 )
+from coea.workdir import (
+    fault_point, log_finished_stages, read_json, round_dir, setup_run, stage, stage_done, write_json,
+    write_manifest,
+)
+from loops.bootstrap import grow_backbone, run_bootstrap
+from loops.dpo import run_dpo
+from loops.guardrail import hits_at_1, judge, paired_stats
 from loops.launch import scores_in_workers, trains_in_workers
+from loops.pairs import preference_dataset
+from loops.pco import dk_records, preference_pairs, sample_records
 from loops.relevance_update import stage_relevance
+from loops.retention import apply_retention, discard_unfinished
+from loops.serving import promote, write_users_table
 from loops.state import (
-    FINISHED, check_attempts, last_finished_round, promote_link, read_state, record_round, round_attempt,
+    FINISHED, check_attempts, last_finished_round, read_state, record_round, round_attempt, round_entry,
     workdir_lock,
 )
+from loops.track import track_round
+from loops.workers import launch_candidates, launch_dpo
+from storage.keys import kv_key
+from storage.kv import KVStore, encode_value
 
 log = logging.getLogger("coea.cycle")
 
@@ -78,8 +93,6 @@ class CycleResult:
 
 def run_dsie_stage(cfg: Config, workdir: Path, *, until: int | None = None) -> dict[str, Any]:
     """``coea dsie``: DSIE on the round-0 share of the timeline into ``rounds/000/dsie``; returns its report."""
-    from coea.dsie import run_dsie
-
     setup_run(cfg)
     rp = round_dir(workdir, 0)
     if stage_done(rp, "dsie"):
@@ -113,8 +126,6 @@ def stage_candidates(cfg: Config, workdir: Path, k: int, base: int, keys: list[K
             banner("candidates", plural(len(keys), "key"), f"Novelty top-{cfg.novelty.num_candidates} from round "
                    f"{base}'s model, Relevance scores from round {rel}'s")
             if scores_in_workers(cfg):
-                from loops.workers import launch_candidates
-
                 rows = launch_candidates(cfg, workdir, base, rel, keys, portraits, categories, tmp)
             else:
                 rows = propose_and_score(cfg, load_models(cfg, workdir, base, rel, device), keys, portraits,
@@ -132,9 +143,6 @@ def stage_candidates(cfg: Config, workdir: Path, k: int, base: int, keys: list[K
 
 def stage_kv(workdir: Path, k: int, table: pd.DataFrame) -> dict[str, Any]:
     """Stage and verify the round's KV table (storage/ owns the bytes; see docs/storage.md)."""
-    from storage.keys import kv_key
-    from storage.kv import KVStore, encode_value
-
     store = KVStore(workdir)
     if k in store.list_rounds():
         return store.manifest(k)
@@ -160,9 +168,6 @@ def sample_pairs(cfg: Config, workdir: Path, k: int, base: int, data: RoundData,
     rows, which round k's models scored; the others are proposed and scored here with the same models. Returns the
     pairs and the ``pco/*`` sample metrics.
     """
-    from coea.data.sequences import click_categories_by_user
-    from loops.pco import dk_records, preference_pairs, sample_records
-
     inter = data.inter
     clicks = click_categories_by_user(inter, end=data.end)
     users = sorted(u for u in set(clicks) | set(data.history) if not is_validation_user(u))
@@ -175,8 +180,6 @@ def sample_pairs(cfg: Config, workdir: Path, k: int, base: int, data: RoundData,
     if missing:
         keys = [Key(c, r) for c, r in missing]
         if scores_in_workers(cfg):
-            from loops.workers import launch_candidates
-
             rows = launch_candidates(cfg, workdir, base, k, keys, portraits, inter.categories,
                                      round_dir(workdir, k) / "pco-keys")
         else:
@@ -220,9 +223,6 @@ def stage_pco(cfg: Config, workdir: Path, k: int, pairs: list[dict[str, str]], b
     ``pco.epochs: 0`` trains nothing: the stage holds a copy of the base's adapter (a frozen Novelty LLM).
     ``sample`` (the ``pco/*`` figures of Eq. 15's sample, :func:`sample_pairs`) is kept in metrics.json.
     """
-    from loops.dpo import run_dpo
-    from loops.pairs import preference_dataset
-
     rp = round_dir(workdir, k)
     if stage_done(rp, "pco"):
         return read_json(rp / "pco" / "metrics.json")
@@ -240,8 +240,6 @@ def stage_pco(cfg: Config, workdir: Path, k: int, pairs: list[dict[str, str]], b
             return _carry_adapter(cfg, tmp, previous, base, {"n_pairs": 0, "skipped": 1},
                                   {"skipped": why, "sample": sample or {}}, pairs=0, reference=str(anchor or previous))
         if trains_in_workers(cfg):
-            from loops.workers import launch_dpo
-
             result = launch_dpo(cfg, base_model_path(cfg, workdir), previous, anchor, tokenizer_path(workdir),
                                 tmp / "pairs.json", tmp, seed=cfg.run.seed + k)
         else:
@@ -274,9 +272,6 @@ def validation_metrics(cfg: Config, models: Models, inter, seqs_prev, csids_prev
     ``None``: the clicks in ``inter``). With ``base_models`` (the promoted round's) the same users' lists from
     those models too, and the paired C-H@1 figures the guardrail judges (``guardrail/*``, loops/guardrail.py).
     """
-    from coea.data.sequences import click_categories_by_user
-    from coea.metrics import evaluate_users, long_tail_categories
-
     clicks = click_categories_by_user(inter, start=start, end=end)
     if hist is None:
         hist = {u: {c for _, c in cl} for u, cl in click_categories_by_user(inter, end=start).items()}
@@ -314,8 +309,6 @@ def validation_metrics(cfg: Config, models: Models, inter, seqs_prev, csids_prev
     metrics = {f"val/{k}": float(v) for k, v in metrics.items()}
     metrics["val/users"] = len(rows)
     if base_models is not None:
-        from loops.guardrail import hits_at_1, paired_stats
-
         new_hits, base_hits = hits_at_1(recs, truth), hits_at_1(lists(base_models), truth)
         metrics.update(paired_stats(new_hits, base_hits))
         metrics["guardrail/hits"] = {"users": [seqs_prev.user_ids[i] for i in rows], "new": new_hits,
@@ -357,8 +350,6 @@ def run_cycle(cfg: Config, workdir: Path, *, until: int | None = None) -> CycleR
             clock = now
 
         if not any(r["round"] == 0 and r["status"] in FINISHED for r in read_state(workdir)["rounds"]):
-            from loops.bootstrap import run_bootstrap
-
             with round_attempt(workdir, 0, max_attempts=cfg.cycle.max_attempts, context=_context(cfg)):
                 boot = run_bootstrap(cfg, workdir, until=until)
             record_round(workdir, 0, "bootstrapped", metrics=_flat_metrics(boot), fingerprint=cfg.fingerprint())
@@ -389,9 +380,6 @@ def _restart_if_base_changed(workdir: Path, k: int, base: int) -> None:
     Its candidates and KV table were scored by the old base's models; mixing them with DPO and Relevance updates
     from the new base would build round k on two different rounds.
     """
-    from loops.retention import discard_unfinished
-    from loops.state import round_entry
-
     entry = round_entry(read_state(workdir), k)
     if entry is None or entry["status"] in FINISHED or entry.get("base") in (None, base):
         return
@@ -409,15 +397,11 @@ def _context(cfg: Config, **window: int | None) -> dict[str, Any]:
 
 
 def _kv_staged(workdir: Path, k: int) -> bool:
-    from storage.kv import KVStore
-
     return k in KVStore(workdir).list_rounds()
 
 
 def _retain(cfg: Config, workdir: Path) -> None:
     """Retention after a finished round; a failure here never fails the round (it is already recorded)."""
-    from loops.retention import apply_retention
-
     try:
         apply_retention(workdir, cfg.cycle.keep_rounds)
     except Exception as exc:  # noqa: BLE001 - the next finished round retries the expiry
@@ -426,8 +410,6 @@ def _retain(cfg: Config, workdir: Path) -> None:
 
 def _run_round(cfg: Config, workdir: Path, k: int, base: int, data: RoundData, device: str,
                timings: dict[str, float], lap) -> CycleResult:
-    from coea.dsie import assign_csids, load_dsie, run_dsie
-
     rp = round_dir(workdir, k)
     inter, seqs, seqs_prev, start, end = data.inter, data.seqs, data.seqs_prev, data.start, data.end
     every = cfg.cycle.dsie_refresh_every
@@ -447,8 +429,6 @@ def _run_round(cfg: Config, workdir: Path, k: int, base: int, data: RoundData, d
     keys = sorted({(kk.csid, kk.recent) for kk in keys_by_user.values()})
     write_users_table(rp, keys_by_user, list(inter.categories),
                       history=_history_at_end(data) if cfg.novelty.exclude == "history" else None)
-    from loops.bootstrap import grow_backbone
-
     vocab = grow_backbone(cfg, workdir, k, inter.categories)  # new category names become tokens, then candidates
     # The Relevance LLM learns first, so that this round's scores (C_align and Eq. 15's pairs) are its own.
     rel = stage_relevance(cfg, workdir, k, base, inter, seqs_prev, csids_prev, portraits, start, end,
@@ -505,8 +485,6 @@ def guardrail(cfg: Config, workdir: Path, metrics: dict[str, Any]) -> tuple[bool
     changed is significant at ``cycle.guardrail_alpha``. Without paired figures: the unpaired rule against the promoted round's
     recorded C-H@1. Fewer than ``cycle.guardrail_min_users`` validation users: promoted with a warning.
     """
-    from loops.guardrail import judge
-
     state = read_state(workdir)
     promoted = [r for r in state["rounds"] if r["round"] == state["promoted_round"]]
     old = promoted[0]["metrics"].get("val/C-H@1") if promoted else None
@@ -514,186 +492,12 @@ def guardrail(cfg: Config, workdir: Path, metrics: dict[str, Any]) -> tuple[bool
                  alpha=cfg.cycle.guardrail_alpha, min_users=cfg.cycle.guardrail_min_users)
 
 
-def promote(workdir: Path, k: int) -> None:
-    """KV pointer first (what serving reads), then the ``current`` link (state.json follows in the caller).
-
-    Old rounds expire afterwards, whole, in :func:`loops.retention.apply_retention`.
-    """
-    from storage.kv import KVStore
-
-    store = KVStore(workdir)
-    fault_point("promote:before_kv")
-    store.promote(k)
-    fault_point("promote:before_link")
-    promote_link(workdir, k)
-
-
-def rollback(workdir: Path, to: int) -> int | None:
-    """Serve round ``to`` again (KV version, ``current`` link, state.json); returns the round served before.
-
-    Only what :func:`loops.retention.rollback_offers` lists: a kept round that was promoted once. The next cycle
-    then starts its models from round ``to``. Raises :class:`coea.errors.WorkdirError` (exit 2) otherwise.
-    """
-    from coea.errors import WorkdirError
-    from loops.retention import rollback_offers
-    from loops.state import write_state
-    from storage.kv import KVStore
-
-    with workdir_lock(workdir):
-        state = read_state(workdir)
-        before = state["promoted_round"]
-        if to == before:
-            raise WorkdirError(f"round {to} is already the promoted round")
-        offers = rollback_offers(workdir)
-        if to not in offers:
-            entry = next((r for r in state["rounds"] if r["round"] == to), None)
-            why = ("it does not exist" if entry is None else "it was expired by retention (cycle.keep_rounds)"
-                   if entry.get("expired") else "round 0 has no KV table" if to == 0 else
-                   f"it was never promoted (status {entry['status']})" if entry["status"] != "promoted" else
-                   "its files are not all on disk")
-            raise WorkdirError(f"cannot roll back to round {to}: {why}; rounds on offer: "
-                               f"{', '.join(map(str, offers)) or 'none'}")
-        KVStore(workdir).rollback(to)
-        promote_link(workdir, to)
-        state = read_state(workdir)
-        state["promoted_round"] = to
-        state.setdefault("rollbacks", []).append({"from": before, "to": to,
-                                                  "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        write_state(workdir, state)
-    log.warning("rollback: round %d is served again (was round %s); the next cycle starts from it", to, before)
-    return before
-
-
-LOOKUP_FOUND = ("found", "empty")  # statuses of a key that is in the promoted table; the others are unknown_*
-
-
-def lookup(workdir: Path, *, user: str | None = None, csid: str | None = None,
-           recent: list[str] | None = None) -> dict[str, Any]:
-    """What serving returns for a user or a (CSID, recent categories) pair, and whether the promoted round knows it.
-
-    Returns:
-        ``{"round", "status", "csid", "recent", "categories", "fallback"}`` (plus ``"user"`` for a user lookup
-        and ``"unknown"``, the unknown names, for ``unknown_category``). ``categories`` is what serving returns
-        (``[{"category", "score"}]``, C_align order; for a user of a round run with ``novelty.exclude: history``,
-        without the categories the user clicked); ``status`` says what that answer means:
-
-        - ``found``: the key is in the promoted KV table and has aligned categories.
-        - ``empty``: the key is in the table and its C_align is empty -- a real answer: no candidate scored above
-          ``relevance.tau_align``.
-        - ``unknown_user``: the user is not in the promoted round's users table; ``categories`` is what serving
-          falls back to for such a user (the default CSID with no recent categories; ``fallback`` is true).
-        - ``unknown_csid``: not a group of the promoted round (nor ``default``).
-        - ``unknown_category``: a recent category is not in the promoted round's catalogue (``unknown`` lists them).
-        - ``unknown_key``: CSID and categories are known, but no user had that combination at the round's cut-off,
-          so the table has no entry and serving gets nothing.
-
-        ``coea lookup`` exits 0 for found / empty and 6 for every unknown_* status (README, Commands).
-    """
-    from storage.keys import DEFAULT_CSID, canonical_recent
-    from storage.kv import KVReader
-
-    current = Path(workdir) / "current"
-    answer: dict[str, Any] = {}
-    status = None
-    clicked: set[str] = set()
-    if user is not None:
-        answer["user"] = str(user)
-        known = _user_state(workdir, user)
-        csid, recent, clicked = known if known is not None else (DEFAULT_CSID, [], set())
-        status = None if known is not None else "unknown_user"
-    assert csid is not None
-    recent = list(canonical_recent(recent or []))
-    if status is None and user is None:
-        if csid not in _known_csids(current):
-            status = "unknown_csid"
-        else:
-            catalogue = _catalogue(current)
-            unknown = [c for c in recent if catalogue is not None and c not in catalogue]
-            if unknown:
-                status, answer["unknown"] = "unknown_category", unknown
-    with KVReader(workdir) as reader:
-        value = reader.get_value(csid, recent)
-        categories = [] if value is None else value.as_list()
-        if clicked:  # novelty.exclude: history: the user's clicked categories leave the key's list
-            categories = [e for e in categories if e["category"] not in clicked]
-        if status is None:
-            status = "unknown_key" if value is None else ("found" if categories else "empty")
-        return {"round": reader.round, "status": status, **answer, "csid": csid, "recent": recent,
-                "fallback": csid == DEFAULT_CSID, "categories": categories}
-
-
 def _history_at_end(data: RoundData) -> dict[str, set[str]]:
     """Every category each user clicked before the round's end: the carried state's plus the window's clicks."""
-    from coea.data.sequences import click_categories_by_user
-
     out = {u: set(cs) for u, cs in data.hist_categories.items()}
     for u, cl in click_categories_by_user(data.inter, start=data.start, end=data.end).items():
         out.setdefault(u, set()).update(c for _, c in cl)
     return out
-
-
-def write_users_table(rp: Path, keys_by_user: dict[str, Key], categories: list[str] | None = None,
-                      history: dict[str, set[str]] | None = None) -> None:
-    """``rounds/NNN/users.parquet``: user_id, csid, recent (C'_short) -- what ``coea lookup --user`` reads.
-
-    With ``history`` (``novelty.exclude: history``) also each user's clicked categories, which ``coea lookup
-    --user`` then leaves out of the key's list.
-
-    With ``categories`` also ``rounds/NNN/categories.json``, the round's catalogue, which ``coea lookup`` uses to
-    tell a made-up category from a real one.
-    """
-    table = pd.DataFrame({"user_id": list(keys_by_user), "csid": [k.csid for k in keys_by_user.values()],
-                          "recent": [list(k.recent) for k in keys_by_user.values()]})
-    if history is not None:
-        table["history"] = [sorted(history.get(u, ())) for u in keys_by_user]
-    tmp = rp / ".users.parquet.tmp"
-    table.to_parquet(tmp, index=False)
-    tmp.replace(rp / "users.parquet")
-    if categories is not None:
-        write_json(rp / "categories.json", sorted(categories))
-
-
-def _user_state(workdir: Path, user: str) -> tuple[str, list[str], set[str]] | None:
-    """A user's CSID, C'_short and clicked categories (empty unless ``novelty.exclude: history`` wrote them) at the
-    promoted round; None for a user the round does not know."""
-    path = Path(workdir) / "current" / "users.parquet"
-    if path.exists():
-        users = pd.read_parquet(path)
-        hit = users[users["user_id"] == str(user)]
-        if len(hit):
-            row = hit.iloc[0]
-            history = set(row["history"]) if "history" in hit.columns else set()
-            return str(row["csid"]), list(row["recent"]), history
-    return None
-
-
-def _known_csids(current: Path) -> set[str]:
-    """Groups of the promoted round: its users' CSIDs, the DSIE groups it used, and the default CSID."""
-    import json
-
-    from storage.keys import DEFAULT_CSID
-
-    known = {DEFAULT_CSID}
-    if (current / "users.parquet").exists():
-        known |= set(pd.read_parquet(current / "users.parquet", columns=["csid"])["csid"].astype(str))
-    try:
-        k = int(current.resolve().name)
-        groups = latest_dsie_dir(current.parent, k) / "groups.jsonl"
-        known |= {json.loads(line)["csid"] for line in groups.read_text().splitlines() if line.strip()}
-    except (ValueError, FileNotFoundError, KeyError):
-        pass
-    return known
-
-
-def _catalogue(current: Path) -> set[str] | None:
-    """The promoted round's categories (``categories.json``; older rounds: every name in its candidates table)."""
-    if (current / "categories.json").exists():
-        return set(read_json(current / "categories.json"))
-    path = current / "candidates" / "candidates.parquet"
-    if not path.exists():
-        return None
-    table = pd.read_parquet(path, columns=["recent", "candidates"])
-    return {c for col in ("recent", "candidates") for cats in table[col] for c in cats}
 
 
 def _prefixed(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
@@ -709,6 +513,4 @@ def _flat_metrics(result: Any) -> dict[str, Any]:
 
 def track(cfg: Config, workdir: Path, k: int, metrics: dict[str, Any], *, base: int | None = None) -> None:
     """W&B (or local) run for this cycle, plus the across-rounds plot in ``rounds/NNN/metrics.png`` (loops/track.py)."""
-    from loops.track import track_round
-
     track_round(cfg, workdir, k, metrics, base=base)

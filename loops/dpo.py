@@ -40,12 +40,12 @@ import torch.nn.functional as F
 from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
-from coea.config import LoraConfig as CoeaLoraConfig
-from coea.config import PcoConfig
+from coea.config import LoraConfig as CoeaLoraConfig, PcoConfig
 from coea.console import plural
 from coea.workdir import library_versions, write_json
-from loops.trainer_log import reporting
 from loops.dpo_fast import ReferenceCache, additive_mask, lm_head_inputs, pack_pairs, pair_keys
+from loops.launch import shard_bounds
+from loops.trainer_log import reporting
 
 log = logging.getLogger("coea.dpo")
 
@@ -476,8 +476,6 @@ class DPOKLTrainer(DPOTrainer):
         packed forward per pair per round, whatever the number of processes, instead of one per pair per step.
         """
         from torch.utils.data import DataLoader
-
-        from loops.launch import shard_bounds
 
         state = self.accelerator.state
         rank, world = state.process_index, state.num_processes

@@ -25,10 +25,16 @@ from typing import Any
 
 import numpy as np
 
+from coea.backbones import load_relevance_model, load_tokenizer
 from coea.config import Config
+from coea.data.sequences import click_categories_by_user, exposures_by_user
+from coea.relevance import CALIBRATION_FILE, heldout_report, load_calibration, pair_logits
 from coea.rounds import base_model_path, is_validation_user, relevance_model_dir, tokenizer_path
 from coea.workdir import read_json, round_dir, stage, stage_done, write_json, write_manifest
 from loops.launch import trains_in_workers
+from loops.reward import finish_calibration, relevance_pairs, train_reward
+from loops.workers import launch_reward
+from storage.keys import DEFAULT_CSID
 
 log = logging.getLogger("coea.relevance_update")
 
@@ -77,10 +83,6 @@ def stage_relevance(cfg: Config, workdir: Path, k: int, base: int, inter, seqs_p
     ``known`` (every category a user clicked before ``start``) and ``popularity`` (clicks per category before
     ``start``) feed the new-to-user split and the popularity scorer.
     """
-    from coea.data.sequences import click_categories_by_user, exposures_by_user
-    from loops.reward import finish_calibration, relevance_pairs
-    from storage.keys import DEFAULT_CSID
-
     rp = round_dir(workdir, k)
     if stage_done(rp, "relevance"):
         return read_json(rp / "relevance" / "metrics.json")
@@ -137,9 +139,6 @@ def _judge(cfg: Config, workdir: Path, trained: Path, promoted: Path, val_pairs:
 
     No held-out pairs: nothing to judge on, the trained model is kept and ``judged`` = 0 says so.
     """
-    from coea.backbones import load_tokenizer
-    from coea.relevance import CALIBRATION_FILE
-
     if not val_pairs:
         log.warning("relevance: no held-out pairs in this window; the updated model is kept unjudged")
         return {"judged": 0, "kept_promoted": 0}
@@ -173,9 +172,6 @@ def report_model(cfg: Config, model_dir: Path, calibration_of: Path, tokenizer, 
     """:func:`coea.relevance.heldout_report` of the Relevance LLM in ``model_dir`` with ``calibration_of``'s
     calibration (a model directory; its ``../calibration.json``) on ``pairs``; the new-to-user figures on
     ``new_pairs`` (relevance_pairs ``new_only``) when given."""
-    from coea.backbones import load_relevance_model
-    from coea.relevance import heldout_report, load_calibration, pair_logits
-
     model = load_relevance_model(cfg, model_dir, base_model=base_model, tokenizer=tokenizer).eval()
     batch = cfg.relevance.per_device_batch_size * 4
     chosen, rejected = pair_logits(model, tokenizer, pairs, batch_size=batch)
@@ -192,13 +188,8 @@ def _update_relevance(cfg: Config, workdir: Path, previous: Path, pairs: list[di
     """
     base_model = base_model_path(cfg, workdir)
     if trains_in_workers(cfg):
-        from loops.workers import launch_reward
-
         return launch_reward(cfg, previous, tokenizer_path(workdir), pairs, out_dir,
                              epochs=cfg.relevance.update_epochs, eval_pairs=eval_pairs, base_model=base_model)
-    from coea.backbones import load_tokenizer
-    from loops.reward import train_reward
-
     tok = load_tokenizer(tokenizer_path(workdir), cfg)
     return train_reward(cfg, previous, tok, pairs, out_dir, epochs=cfg.relevance.update_epochs,
                         eval_pairs=eval_pairs, base_model=base_model)

@@ -34,9 +34,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coea.rounds import read_state, write_state
+from coea.errors import WorkdirError
+from coea.rounds import backbone_round, read_state, write_state
 from coea.workdir import round_dir, stage_done
 from loops.state import FINISHED, UNFINISHED
+from storage.kv import KVStore, read_pointer
 
 log = logging.getLogger("coea.retention")
 
@@ -77,8 +79,6 @@ def newest_dsie_round(workdir: Path, k: int) -> int | None:
 
 def plan_retention(workdir: Path, keep_rounds: int) -> RetentionPlan:
     """What :func:`apply_retention` would keep and delete now (see the module docstring for the rules)."""
-    from storage.kv import read_pointer
-
     workdir = Path(workdir)
     if keep_rounds < 1:
         raise ValueError(f"keep_rounds must be >= 1, got {keep_rounds}")
@@ -104,8 +104,6 @@ def plan_retention(workdir: Path, keep_rounds: int) -> RetentionPlan:
     if dsie is not None:
         plan.add(dsie, "newest DSIE (later rounds reuse it)")
     if 0 in on_disk:
-        from coea.rounds import backbone_round
-
         plan.add(backbone_round(workdir), "newest backbone (tokenizer + base model every round loads)")
     for r in on_disk:
         if status.get(r) in UNFINISHED or (r not in status and r > last):
@@ -123,8 +121,6 @@ def apply_retention(workdir: Path, keep_rounds: int) -> RetentionPlan:
     Each KV version goes first (never the served one), then the round directory, renamed aside before it is
     removed so that it disappears at once. Call it with the workdir lock held.
     """
-    from storage.kv import KVStore
-
     workdir = Path(workdir)
     _remove_trash(workdir)
     plan = plan_retention(workdir, keep_rounds)
@@ -155,8 +151,6 @@ def apply_retention(workdir: Path, keep_rounds: int) -> RetentionPlan:
 
 def rollback_offers(workdir: Path) -> list[int]:
     """Rounds ``coea rollback --to`` accepts now (module docstring)."""
-    from storage.kv import KVStore
-
     workdir = Path(workdir)
     state = read_state(workdir)
     was_promoted = {r["round"] for r in state["rounds"] if r["status"] == "promoted"}
@@ -221,9 +215,6 @@ def discard_unfinished(workdir: Path, k: int) -> bool:
     If a crash left the KV pointer on round ``k`` (between the pointer swap and state.json), the promoted round
     of state.json is served again first. Returns whether anything was deleted.
     """
-    from coea.errors import WorkdirError
-    from storage.kv import KVStore, read_pointer
-
     workdir = Path(workdir)
     state = read_state(workdir)
     entry = next((r for r in state["rounds"] if r["round"] == k), None)

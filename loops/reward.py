@@ -21,7 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from coea.backbones import fit_to_tokenizer, is_adapter_dir, load_relevance_model, load_reward_model, lora_config
 from coea.console import plural
+from coea.prompts import click_sequence_text, recent_at, relevance_prompt
+from coea.relevance import CALIBRATION_FILE, Calibration, calibrate, load_calibration, pair_logits
+from loops.pairs import preference_dataset
 from loops.trainer_log import reporting, round_of
 
 log = logging.getLogger("coea.reward")
@@ -59,8 +63,6 @@ def relevance_pairs(cfg: Any, clicks: dict[str, list[tuple[int, str]]], exposure
     ``new_only`` (held-out probes of what the Relevance filter judges): only clicks on a category new to the user
     give pairs, and their negatives are categories also new to the user that they did not click that day.
     """
-    from coea.prompts import click_sequence_text, recent_at, relevance_prompt
-
     rng = np.random.default_rng(seed)
     short_k = cfg.data.short_k
     out = []
@@ -135,9 +137,6 @@ def train_reward(cfg: Any, init_model: str | Path, tokenizer, pairs: list[dict[s
     import torch
     from trl import RewardConfig, RewardTrainer
 
-    from coea.backbones import fit_to_tokenizer, is_adapter_dir, load_relevance_model, load_reward_model, lora_config
-    from loops.pairs import preference_dataset
-
     r = cfg.relevance
     from_base = not is_adapter_dir(init_model) and (base_model is None or Path(base_model) == Path(init_model))
     base = init_model if base_model is None else base_model
@@ -196,8 +195,6 @@ def evaluate_relevance(cfg: Any, model, tokenizer, eval_pairs: list[dict[str, st
     held-out examples) or when ``relevance.calibration: none`` (the identity); otherwise writes nothing and the
     caller keeps the previous round's (:func:`finish_calibration`). The returned metrics say ``fitted``.
     """
-    from coea.relevance import CALIBRATION_FILE, Calibration, calibrate, pair_logits
-
     if not eval_pairs:
         metrics: dict[str, Any] = {"fitted": cfg.relevance.calibration == "none"}
         if cfg.relevance.calibration == "none":
@@ -222,8 +219,6 @@ def finish_calibration(out_dir: Path, previous_model_dir: Path | None, previous_
 
     Returns its ``source``.
     """
-    from coea.relevance import CALIBRATION_FILE, Calibration, load_calibration
-
     path = Path(out_dir) / CALIBRATION_FILE
     if path.exists():
         return Calibration.load(path).source

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coea.backbones import load_causal_lm, lora_config
 from coea.console import plural
 from loops.trainer_log import loss_line, reporting
 
@@ -42,8 +43,6 @@ def train_sft(cfg: Any, base_model: str | Path, tokenizer, examples: list[dict[s
     """
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
-
-    from coea.backbones import load_causal_lm, lora_config
 
     n = cfg.novelty
     args = SFTConfig(**_common_args(cfg, out_dir, epochs=n.sft_epochs if epochs is None else epochs,

@@ -30,6 +30,8 @@ from coea.rounds import latest_dsie_dir, novelty_adapter, read_state, relevance_
 from coea.tracking import PLOT_METRICS, TableData, Tracker, artifact_name, make_tracker, plot_rounds, workdir_group
 from coea.workdir import read_json, round_dir
 from loops.trainer_log import HISTORY_FILE
+from storage.keys import DEFAULT_CSID, kv_key
+from storage.kv import KVStore
 
 log = logging.getLogger("coea.tracking")
 
@@ -65,8 +67,6 @@ def kv_sample(cfg: Config, workdir: Path, k: int, rows: int) -> TableData | None
     """A uniform sample of round k's KV entries as read from the candidates table the KV was built from."""
     import pandas as pd
 
-    from storage.keys import DEFAULT_CSID, kv_key
-
     path = round_dir(workdir, k) / "candidates" / "candidates.parquet"
     if rows <= 0 or not path.is_file():
         return None
@@ -97,8 +97,6 @@ def kv_sample(cfg: Config, workdir: Path, k: int, rows: int) -> TableData | None
 
 def log_artifacts(tracker: Tracker, cfg: Config, workdir: Path, k: int, base: int, promoted: bool) -> None:
     """Candidates and KV of round k; round k's models when promoted (round 0's too in round 1's run)."""
-    from storage.kv import KVStore
-
     group = cfg.tracking.group or workdir_group(workdir, cfg.run.name)
     adapter, relevance = artifact_name("novelty-adapter", group), artifact_name("relevance-model", group)
     candidates, kv = artifact_name("candidates", group), artifact_name("kv-table", group)

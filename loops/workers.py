@@ -28,9 +28,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from coea.backbones import load_tokenizer
 from coea.config import Config, load_config
+from coea.inference import Key, load_models, propose_and_score
 from coea.workdir import read_json, setup_run, write_json
-from loops.launch import ERROR_MARK, run_worker, shard_bounds, world, worker_dir
+from loops.dpo import DpoResult, run_dpo
+from loops.launch import ERROR_MARK, run_worker, shard_bounds, worker_dir, world
+from loops.pairs import preference_dataset
+from loops.reward import RewardResult, train_reward
+from loops.sft import SftResult, train_sft
 
 log = logging.getLogger("coea.workers")
 
@@ -121,8 +127,6 @@ def launch_sft(cfg: Config, base_model: str | Path, tokenizer_dir: str | Path, e
 
     ``options`` are train_sft's keywords (full_weights, completion_only, epochs, lr).
     """
-    from loops.sft import SftResult
-
     wdir = worker_dir(out_dir)
     write_json(wdir / "examples.json", examples)
     spec = {"config": _save_config(cfg, wdir), "base_model": str(base_model), "tokenizer": str(tokenizer_dir),
@@ -136,8 +140,6 @@ def launch_reward(cfg: Config, init_model: str | Path, tokenizer_dir: str | Path
                   out_dir: Path, *, epochs: float, eval_pairs: list[dict[str, str]] | None = None,
                   base_model: str | Path | None = None):
     """:func:`loops.reward.train_reward` on ``cycle.num_processes`` workers; returns its ``RewardResult``."""
-    from loops.reward import RewardResult
-
     wdir = worker_dir(out_dir)
     write_json(wdir / "pairs.json", pairs)
     write_json(wdir / "eval_pairs.json", eval_pairs or [])
@@ -156,8 +158,6 @@ def launch_dpo(cfg: Config, base_model: str | Path, previous_adapter: Path | Non
 
     ``pairs_file`` is the stage's ``pairs.json`` (records with prompt / chosen / rejected).
     """
-    from loops.dpo import DpoResult
-
     wdir = worker_dir(out_dir)
     spec = {"config": _save_config(cfg, wdir), "base_model": str(base_model),
             "previous_adapter": str(previous_adapter) if previous_adapter else None,
@@ -172,8 +172,6 @@ def launch_dpo(cfg: Config, base_model: str | Path, previous_adapter: Path | Non
 
 def _candidates(cfg: Config, spec: dict[str, Any]) -> dict[str, Any]:
     import torch
-
-    from coea.inference import Key, load_models, propose_and_score
 
     w = world()
     keys = [Key(r["csid"], tuple(r["recent"])) for r in read_rows(Path(spec["keys"]))]
@@ -193,9 +191,6 @@ def _candidates(cfg: Config, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sft(cfg: Config, spec: dict[str, Any]) -> dict[str, Any]:
-    from coea.backbones import load_tokenizer
-    from loops.sft import train_sft
-
     tok = load_tokenizer(spec["tokenizer"], cfg)
     res = train_sft(cfg, spec["base_model"], tok, read_json(spec["examples"]), Path(spec["out_dir"]),
                     **spec["options"])
@@ -203,9 +198,6 @@ def _sft(cfg: Config, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _reward(cfg: Config, spec: dict[str, Any]) -> dict[str, Any]:
-    from coea.backbones import load_tokenizer
-    from loops.reward import train_reward
-
     tok = load_tokenizer(spec["tokenizer"], cfg)
     res = train_reward(cfg, spec["init_model"], tok, read_json(spec["pairs"]), Path(spec["out_dir"]),
                        epochs=spec["epochs"], eval_pairs=read_json(spec["eval_pairs"]),
@@ -215,9 +207,6 @@ def _reward(cfg: Config, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _dpo(cfg: Config, spec: dict[str, Any]) -> dict[str, Any]:
-    from loops.dpo import run_dpo
-    from loops.pairs import preference_dataset
-
     def path(name: str) -> Path | None:
         return Path(spec[name]) if spec[name] else None
 

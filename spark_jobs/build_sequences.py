@@ -15,7 +15,7 @@ one machine; ``tests/spark_jobs/test_build_sequences.py`` builds both on one fix
 - ``short_hash`` is ``storage.keys.short_hash`` itself, called in a pandas UDF, so the key bytes are the
   in-process ones by construction; ``key = UTF-8(csid + "|" + short_hash)`` as in ``storage.keys.kv_key``.
 
-Raw rows are cleaned exactly like ``coea.data.loaders.clean_interactions`` (:func:`clean_events`): malformed,
+Raw rows are cleaned exactly like ``coea.data.clean.clean_interactions`` (:func:`clean_events`): malformed,
 bad-kind, unknown-item and duplicate events and bad item rows are dropped and counted by the same reason names,
 never fatal. Every user with a valid event (at any time, as in-process) gets a row; a user without a click
 before the cut-off has empty lists and the hash of the empty set. Users that only appear in a users table have
@@ -45,7 +45,8 @@ from typing import Any
 import pandas as pd
 
 from coea.data.schema import EVENT_KINDS
-from storage.keys import DEFAULT_CSID
+from spark_jobs.session import get_spark
+from storage.keys import DEFAULT_CSID, short_hash as _short_hash
 
 log = logging.getLogger("coea.spark")
 
@@ -171,8 +172,6 @@ def short_hash_udf() -> Any:
 
     @pandas_udf("string")
     def short_hash(c_short: pd.Series) -> pd.Series:
-        from storage.keys import short_hash as _short_hash
-
         return c_short.map(lambda cats: _short_hash(list(cats) if cats is not None else []))
 
     return short_hash
@@ -205,7 +204,7 @@ def keys_frame(seqs_with_keys: Any) -> Any:
 
 
 def clean_events(spark: Any, events_path: str | list[str], items_path: str) -> tuple[Any, Any, dict[str, int], int]:
-    """Read raw events and items and clean them like ``coea.data.loaders.clean_interactions``.
+    """Read raw events and items and clean them like ``coea.data.clean.clean_interactions``.
 
     Rules (docs/data.md, "Cleaning"), checked in this order, each dropped row counted under its reason:
     ids are stripped strings (integers and integer-valued floats in decimal form); ``malformed_row`` = no
@@ -372,8 +371,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cutoff", type=int, default=None, help="use events with timestamp < cutoff (unix s)")
     p.add_argument("--user-csid", default=None, help="Parquet (user_id, csid); adds keys")
     args = p.parse_args(argv)
-
-    from spark_jobs.session import get_spark
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     spark = get_spark("coea-build-sequences")

@@ -48,15 +48,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from spark_jobs.session import get_spark
 from storage.keys import csid_to_str
-from storage.kv import (
-    KVStore,
-    NoCurrentVersionError,
-    SstRange,
-    TableDigest,
-    read_pointer,
-    write_sst_file,
-)
+from storage.kv import KVStore, NoCurrentVersionError, SstRange, TableDigest, read_pointer, write_sst_file
 
 log = logging.getLogger("coea.spark")
 
@@ -100,8 +94,6 @@ def export(workdir: Path, out: Path, *, spark: Any = None, range_partitions: int
     manifest = store.manifest(kv_round)
     dsie_round, dsie_dir = find_dsie(workdir, kv_round)
     if spark is None:
-        from spark_jobs.session import get_spark
-
         spark = get_spark("coea-export")
 
     out.mkdir(parents=True, exist_ok=True)

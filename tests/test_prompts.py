@@ -72,7 +72,7 @@ def test_one_user_state_renders_one_prompt_in_training_and_inference(tiny_cfg, t
     """Relevance: the pair relevance_pairs trains on for a click and the text propose_and_score scores for the same
     user state (sequences at a cut-off just before the click, as the cycle builds them) are one string. Novelty: the
     SFT prompt and the inference / DPO prompt render the same recent line for that state."""
-    import coea.relevance
+    import coea.inference
     from coea.backbones import build_embedded_backbone, load_causal_lm, load_reward_model, load_tokenizer
     from coea.data.loaders import load_interactions
     from coea.data.sequences import build_sequences, click_categories_by_user
@@ -106,13 +106,13 @@ def test_one_user_state_renders_one_prompt_in_training_and_inference(tiny_cfg, t
     models = Models(novelty=get_peft_model(load_causal_lm(model_dir, cfg), lora_config(cfg.lora, "CAUSAL_LM")),
                     relevance=load_reward_model(model_dir, cfg, pad_token_id=tok.pad_token_id), tokenizer=tok)
     scored: list[str] = []
-    real_score = coea.relevance.score
+    real_score = coea.inference.score
 
     def spy(model, tokenizer, texts, *args, **kwargs):
         scored.extend(texts)
         return real_score(model, tokenizer, texts, *args, **kwargs)
 
-    monkeypatch.setattr(coea.relevance, "score", spy)
+    monkeypatch.setattr(coea.inference, "score", spy)  # the name inference calls
     cfg_all = load_config(None, [f"novelty.num_candidates={len(inter.categories)}", "novelty.exclude_recent=false",
                                  f"data.short_k={cfg.data.short_k}"])
     users = sorted(first)

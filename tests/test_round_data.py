@@ -13,10 +13,8 @@ import pytest
 
 from coea.clock import ClockError, parse_until
 from coea.config import SyntheticConfig, load_config
-from coea.data.loaders import _complete_users
-from coea.data.partitions import (
-    DAY, EPOCH, day_start, write_day, write_interactions, write_table,
-)
+from coea.data.clean import _complete_users
+from coea.data.partitions import DAY, EPOCH, day_start, write_day, write_interactions, write_table
 from coea.data.schema import Interactions
 from coea.data.sequences import build_sequences
 from coea.data.synthetic import generate_world

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from coea.data.loaders import SOURCE, note
+from coea.data.clean import SOURCE, note
 from coea.data.partitions import LogFile
 from coea.data.schema import LiveDataError, RejectReport
 

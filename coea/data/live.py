@@ -8,7 +8,7 @@ The clock (coea/clock.py) decides *which span* a round covers; this module reads
   columns, is reported and never consumed: the round fails (exit 7) or, with ``data.on_unreadable:
   quarantine``, moves it aside (coea/data/delivery.py).
 - one ``events.parquet``: :func:`read_event_window` pushes the timestamp filter down to pyarrow.
-- :func:`clean_window` is :func:`coea.data.loaders.clean_interactions` with the vocabulary's items as the
+- :func:`clean_window` is :func:`coea.data.clean.clean_interactions` with the vocabulary's items as the
   catalogue (events on items that left items.parquet are still accepted) plus the live rule
   ``future_timestamp``: in a file a round consumes, an event at or after its watermark is rejected.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from coea.data.loaders import (
+from coea.data.clean import (
     LINE, SOURCE, _clean_items, _clean_users, _complete_users, clean_interactions, note, to_seconds,
 )
 from coea.data.parquet import ITEMS_FILE, REQUIRED, USERS_FILE, read_table

@@ -21,9 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from coea.data.loaders import (
-    LINE, RAW, SOURCE, clean_interactions, read_delimited, require_file,
-)
+from coea.data.clean import LINE, RAW, SOURCE, clean_interactions, read_delimited, require_file
 from coea.data.schema import UNKNOWN_FEATURE, DataError, Interactions, RejectReport
 
 ENCODING = "latin-1"

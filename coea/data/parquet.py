@@ -9,7 +9,7 @@ Columns (coea/data/schema.py, docs/data.md)::
     users.parquet   user_id, then one column per sparse feature (values read as strings)
 
 Ids may be strings or integers (read as their decimal form). Bad rows are cleaned like every source's
-(:func:`coea.data.loaders.clean_interactions`); a missing file or a missing required column is a
+(:func:`coea.data.clean.clean_interactions`); a missing file or a missing required column is a
 :class:`~coea.data.schema.DataError`.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from coea.data.loaders import LINE, SOURCE, clean_interactions, require_file
+from coea.data.clean import LINE, SOURCE, clean_interactions, require_file
 from coea.data.partitions import is_partitioned, read_parquet_columns, scan_log
 from coea.data.schema import EVENT_COLUMNS, DataError, Interactions, RejectReport
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from coea.errors import DataError, LiveDataError, LogGapError  # noqa: F401  (defined with the exit codes; re-exported)
+
 EVENT_COLUMNS = ("user_id", "item_id", "timestamp", "event", "rating")
 ITEM_COLUMNS = ("item_id", "category", "title")
 EVENT_KINDS = ("click", "exposure")
@@ -36,19 +38,6 @@ KEPT_REASONS = (
     "out_of_order_timestamp",  # timestamp earlier than the previous line of the same user: kept, events are sorted
     "category_changed",        # items row whose category differs from the item's vocabulary category: first kept
 )
-
-
-class DataError(ValueError):
-    """A data file is missing or has the wrong format; the message is one line naming the file."""
-
-
-class LiveDataError(DataError):
-    """Live log data at risk (exit 7): a file unreadable or missing a required column, too many rows rejected,
-    or a consumed file changed. Nothing was consumed; the message is one line naming the file and the problem."""
-
-
-class LogGapError(RuntimeError):
-    """The live log has a gap older than ``cycle.max_gap_days`` (exit 8); the message names the missing day."""
 
 
 @dataclass

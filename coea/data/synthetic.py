@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from coea.config import SyntheticConfig
-from coea.data.loaders import clean_interactions
+from coea.data.clean import clean_interactions
 from coea.data.schema import Interactions
 
 DAY = 86_400

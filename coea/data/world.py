@@ -43,12 +43,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from coea.data.mtrec import MTREC, MTREC_CLICKS_PER_USER
 from coea.data.partitions import EVENTS_DIR, PARTITION_KEY, SUCCESS, day_start
 from coea.data.synthetic import CLICK_PROB, EXPOSURE_WEIGHT, FEATURE_AGREEMENT, category_names
 
 DAY = 86_400
-MTREC = {"users": 1_450_381, "items": 27_953, "clicks": 330_722_395, "days": 25, "categories": 594}
-MTREC_CLICKS_PER_USER = MTREC["clicks"] / MTREC["users"]  # 228.0
 #: clicked-category weight of each kind: exposure weight x click probability (the exposure step integrated out)
 CLICK_WEIGHT = {"core": EXPOSURE_WEIGHT["core"] * CLICK_PROB["core"],
                 "latent": EXPOSURE_WEIGHT["latent"] * CLICK_PROB["latent"],

@@ -19,7 +19,14 @@ from coea.config import Config
 from coea.evaluate.report import frontier_area
 from coea.evaluate.split import Phase, Split, assert_unseen, workdir_config
 from coea.exploration import budget_list, by_score, own_list, popular_ranking, random_ranking, ucb_ranking
+from coea.exploration.bandits import (
+    category_tree, fit_neural_linear, hucb_ranking, logged_feedback, nlb_ranking, phucb_ranking,
+)
 from coea.exploration.knn import knn_ranking
+from coea.exploration.llm import (
+    dual_ranking, dual_scores, kerec_graph, kerec_ranking, keys_for, load_round, novelty_logprobs, novelty_ranking,
+    promoted_round,
+)
 from coea.metrics import kept_candidates, per_user
 
 DUAL = ("coea", "wo_long", "wo_short", "wo_kl", "google_v1")  # propose + score with a Relevance filter
@@ -54,8 +61,6 @@ def variant_workdir(cfg: Config, workdir: Path, seed: int, variant: str) -> Path
     Layouts: a benchmark root ``W/seed<S>/<variant>``; or a single CoEA workdir W (used for every seed) with
     variants at ``eval.variants_dir/<variant>`` or, by default, its siblings ``W-<variant>``.
     """
-    from coea.exploration.llm import promoted_round
-
     workdir = Path(workdir)
     candidates = [workdir / f"seed{seed}" / variant]
     if variant == "coea":
@@ -123,8 +128,6 @@ class Methods:
         if method == "ucb":
             return {_j(c=c): ucb_ranking(n, p.clicks, p.shows, p.categories, c) for c in grid(ev.ucb_c)}
         if method in ("hucb", "phucb"):
-            from coea.exploration.bandits import hucb_ranking, phucb_ranking
-
             cluster = self._tree(phase)
             if method == "hucb":
                 return {_j(c=c): hucb_ranking(n, p.clicks, p.shows, p.categories, cluster, c) for c in grid(ev.hucb_c)}
@@ -132,8 +135,6 @@ class Methods:
                                                    cluster, c, m)
                     for c in grid(ev.phucb_c) for m in grid(ev.phucb_prior)}
         if method == "nlb":
-            from coea.exploration.bandits import nlb_ranking
-
             model = self._neural_linear(phase)
             return {_j(alpha=a): nlb_ranking(model, p.user_clicks, p.user_shows, p.categories, a)
                     for a in grid(ev.nlb_alpha)}
@@ -174,8 +175,6 @@ class Methods:
 
     # -- bandit helpers
     def _tree(self, phase: str) -> np.ndarray:
-        from coea.exploration.bandits import category_tree, logged_feedback
-
         if phase not in self._cluster:
             p = self.phases[phase]
             logged = logged_feedback(p.state.events, p.categories, self.inter.item_category)
@@ -184,8 +183,6 @@ class Methods:
         return self._cluster[phase]
 
     def _neural_linear(self, phase: str):
-        from coea.exploration.bandits import fit_neural_linear, logged_feedback
-
         if phase not in self._nlb:
             p, ev = self.phases[phase], self.cfg.eval
             logged = logged_feedback(p.state.events, p.categories, self.inter.item_category)
@@ -196,8 +193,6 @@ class Methods:
     # -- LLM helpers
     def _source(self, method: str) -> tuple[Path, int]:
         """(workdir, round) whose models serve ``method`` for this seed; FileNotFoundError when absent."""
-        from coea.exploration.llm import promoted_round
-
         variant = {"google_v1": self.cfg.eval.short_term_variant, "google_v2": self.cfg.eval.short_term_variant,
                    "llm_kerec": self.cfg.eval.short_term_variant, "wo_rllm": "coea"}.get(method, method)
         wd = variant_workdir(self.cfg, self.workdir, self.seed, variant)
@@ -208,8 +203,6 @@ class Methods:
         return wd, int(k)
 
     def _load(self, method: str, phase: str, relevance: bool):
-        from coea.exploration.llm import load_round
-
         wd, k = self._source(method)
         check = assert_unseen(self.inter, self.split, phase, wd, k, self.leak_cache)
         self.sources.setdefault(method, {"workdir": str(wd), "round": k, "checks": {}})["checks"][phase] = check
@@ -219,8 +212,6 @@ class Methods:
         return self._llm[key]
 
     def _dual(self, method: str, phase: str) -> dict[str, list[list[str]]]:
-        from coea.exploration.llm import dual_scores, keys_for
-
         p = self.phases[phase]
         llm = self._load(method, phase, relevance=True)
         keys, unique = keys_for(llm, p.state, p.users)
@@ -234,8 +225,6 @@ class Methods:
 
     def dual_lists(self, method: str, phase: str, tau: float) -> list[list[str]]:
         """Each user's ranking by a dual method at ``tau`` (its scores computed once per phase)."""
-        from coea.exploration.llm import dual_ranking
-
         ds, rows, _ = self._duals[(method, phase)]
         return [dual_ranking(ds, i, self.phases[phase].categories, tau) for i in rows]
 
@@ -251,8 +240,6 @@ class Methods:
         return next(t for (m, _), (_, _, t) in self._duals.items() if m == method)
 
     def _novelty_only(self, method: str, phase: str) -> dict[str, list[list[str]]]:
-        from coea.exploration.llm import keys_for, novelty_logprobs, novelty_ranking
-
         p = self.phases[phase]
         llm = self._load(method, phase, relevance=False)
         keys, unique = keys_for(llm, p.state, p.users)
@@ -261,8 +248,6 @@ class Methods:
         return {"{}": [novelty_ranking(lp, row[(k.csid, k.recent)], k.recent, p.categories) for k in keys]}
 
     def _kerec(self, phase: str) -> dict[str, list[list[str]]]:
-        from coea.exploration.llm import kerec_graph, kerec_ranking
-
         p = self.phases[phase]
         llm = self._load("llm_kerec", phase, relevance=False)
         graph = kerec_graph(llm, p.categories, self.cfg.eval.kerec_edges)

@@ -27,32 +27,21 @@ from typing import Any
 import numpy as np
 
 from coea.config import Config
-from coea.evaluate.methods import (
-    DUAL,
-    GRIDS,
-    KNOWN,
-    POINTS,
-    Methods,
-    csv_list,
-    lists_metrics,
-    evaluate_method,
-    ks_of,
-    seeds_of,
-)
+from coea.data.loaders import load_interactions
+from coea.data.sequences import build_sequences
 from coea.evaluate.markdown import plot_frontiers, results_markdown
+from coea.evaluate.methods import (
+    DUAL, GRIDS, KNOWN, POINTS, Methods, csv_list, evaluate_method, ks_of, lists_metrics, seeds_of,
+)
 from coea.evaluate.report import compute_results, table_lists
 from coea.evaluate.split import (
-    TEST,
-    TRAIN,
-    VALID,
-    Phase,
-    Split,
-    assert_unseen,
-    build_phase,
-    make_split,
-    subset,
-    workdir_config,
+    TEST, TRAIN, VALID, Phase, Split, assert_unseen, build_phase, make_split, subset, workdir_config,
 )
+from coea.exploitation import MODELS, ItemData, fit_model, rank_with
+from coea.exploration import own_list, parse_slots
+from coea.exploration.llm import dual_ranking, dual_scores, keys_for, load_round
+from coea.rounds import read_state
+from coea.workdir import progress, resolve_device, write_json
 
 log = logging.getLogger("coea.evaluate")
 
@@ -62,9 +51,6 @@ log = logging.getLogger("coea.evaluate")
 def item_data(cfg: Config, inter, split: Split):
     """The item models' data (coea/exploitation.py ItemData): train = train-part clicks, valid_target = each
     user's first valid click, test = train + valid clicks (the test phase's input)."""
-    from coea.data.sequences import build_sequences
-    from coea.exploitation import ItemData
-
     data_cfg = cfg.data if cfg.eval.item_sequences == "long" else dataclasses.replace(cfg.data, tau=1)
     train = build_sequences(subset(inter, split.part == TRAIN), data_cfg)
     test = build_sequences(subset(inter, split.part < TEST), data_cfg)
@@ -102,10 +88,6 @@ def run_evaluate(cfg: Config, workdir: Path, out: Path) -> dict[str, Any]:
         A summary: users, seeds, the split, Table 2 (method -> metric -> {mean, std}), skipped rows, timings.
     """
     import torch
-
-    from coea.data.loaders import load_interactions
-    from coea.exploitation import MODELS, fit_model, rank_with
-    from coea.workdir import progress, resolve_device
 
     t0 = time.perf_counter()
     out, workdir = Path(out), Path(workdir)
@@ -224,8 +206,6 @@ def run_evaluate(cfg: Config, workdir: Path, out: Path) -> dict[str, Any]:
                 "skipped": skipped, "sources": sources, "fits": fits, "eval_config": dataclasses.asdict(ev),
                 "kept": {m: v for m, v in kept.items() if m in groups}}
         if ev.policy == "slots":
-            from coea.exploration import parse_slots
-
             meta["slots"] = parse_slots(ev.slots, length)
         results = compute_results(rankings, test.rows(), meta)
         _write(out, test, rankings, results, meta)
@@ -245,8 +225,6 @@ class _Cache:
     def __init__(self, root: Path, cfg: Config, workdir: Path):
         import hashlib
 
-        from coea.rounds import read_state
-
         self.root = root
         states = sorted(str(p) + ":" + json.dumps(read_state(p.parent).get("promoted_round"))
                         for p in Path(workdir).glob("**/state.json"))
@@ -262,15 +240,11 @@ class _Cache:
         return got if got.get("fingerprint") == self.fingerprint else None
 
     def put(self, method: str, seed: int, value: dict) -> None:
-        from coea.workdir import write_json
-
         (self.root / f"seed{seed}").mkdir(parents=True, exist_ok=True)
         write_json(self.root / f"seed{seed}" / f"{method}.json", {**value, "fingerprint": self.fingerprint})
 
 
 def _write(out: Path, test: Phase, rankings: dict, results: dict, meta: dict) -> None:
-    from coea.workdir import write_json
-
     with open(out / "ground_truth.jsonl", "w") as f:
         f.writelines(json.dumps({"user": u, "pref": sorted(p), "hist": sorted(h), "recent": sorted(r),
                                  "clicked": sorted(c)}) + "\n"
@@ -298,9 +272,6 @@ def evaluate_round(cfg: Config, inter, split: Split, phase: Phase, workdir: Path
     """Round ``k``'s Novelty + Relevance LLMs of a CoEA workdir on one phase, as CoEA's Table-2 row ranks them
     (the workdir's own ``relevance.tau_align``, each user's own list): the means over the phase's users of every
     metric at ``eval.ks`` (benchmarks/figure4.py tracks these over rounds). Refuses leaky models (LeakError)."""
-    from coea.exploration import own_list
-    from coea.exploration.llm import dual_ranking, dual_scores, keys_for, load_round
-
     check = assert_unseen(inter, split, phase.name, workdir, k, leak_cache)
     llm = load_round(workdir_config(workdir, k), workdir, k, device)
     keys, unique = keys_for(llm, phase.state, phase.users)

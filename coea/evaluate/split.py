@@ -26,8 +26,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from coea.config import Config, ConfigError
+from coea.config import Config, ConfigError, load_config
+from coea.data.loaders import load_interactions
+from coea.data.parquet import write_parquet
+from coea.data.sequences import build_sequences
 from coea.metrics import long_tail_categories
+from coea.rounds import cutoff, round_cutoff
+from coea.workdir import write_json
 
 log = logging.getLogger("coea.evaluate")
 
@@ -166,8 +171,6 @@ class Phase:
 
 def build_phase(cfg: Config, inter, split: Split, name: str, max_users: int = 0) -> Phase:
     """State, truth and category counts of phase ``name`` ("valid" or "test")."""
-    from coea.data.sequences import build_sequences
-
     p = PHASES[name]
     state = subset(inter, split.part < p)
     truth_events = inter.events[(split.part == p) & (inter.events["event"] == "click").to_numpy()]
@@ -230,10 +233,6 @@ def write_train_view(cfg: Config, out: str | Path) -> dict[str, Any]:
     Train CoEA on it (``--set data.source=parquet --set data.path=OUT``) to get a workdir whose models never saw a
     valid or test event; ``OUT/split.json`` records the split and its fingerprint.
     """
-    from coea.data.loaders import load_interactions
-    from coea.data.parquet import write_parquet
-    from coea.workdir import write_json
-
     inter = load_interactions(cfg.data, cfg.synthetic, cfg.run.seed)
     split = make_split(cfg, inter)
     out = Path(out)
@@ -257,8 +256,6 @@ def workdir_config(workdir: Path, k: int | None = None) -> Config:
     import tempfile
 
     import yaml
-
-    from coea.config import load_config
 
     workdir = Path(workdir)
     path = workdir / "rounds" / f"{k:03d}" / "data" / "config.yaml" if k is not None else None
@@ -287,9 +284,6 @@ def assert_unseen(inter, split: Split, phase: str, workdir: Path, k: int, cache:
     Returns:
         ``{"workdir", "round", "cutoff", "seen_events", "held_out_seen": 0}``.
     """
-    from coea.data.loaders import load_interactions
-    from coea.rounds import cutoff, round_cutoff
-
     wcfg = workdir_config(workdir, k)
     key = (wcfg.data.source, wcfg.data.path, json.dumps(dataclasses.asdict(wcfg.synthetic), sort_keys=True),
            wcfg.run.seed if wcfg.data.source == "synthetic" else 0)

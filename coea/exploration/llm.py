@@ -33,6 +33,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from coea.backbones import load_causal_lm, load_tokenizer
+from coea.candidates import category_logprobs
+from coea.data.sequences import build_sequences
+from coea.dsie import assign_csids, load_dsie
+from coea.exploration.bandits import _rank
+from coea.inference import Key, Models, load_models, propose_and_score, user_keys
+from coea.prompts import novelty_infer_prompt, relevance_prompt
+from coea.relevance import score
+from coea.rounds import base_model_path, latest_dsie_dir, novelty_adapter, read_state, tokenizer_path
+from storage.keys import DEFAULT_CSID
 
 log = logging.getLogger("coea.evaluate")
 
@@ -52,8 +62,6 @@ class LlmRound:
 
 
 def promoted_round(workdir: Path) -> int | None:
-    from coea.rounds import read_state
-
     if not (Path(workdir) / "state.json").exists():
         return None
     return read_state(Path(workdir))["promoted_round"]
@@ -61,19 +69,11 @@ def promoted_round(workdir: Path) -> int | None:
 
 def load_round(cfg, workdir: Path, k: int, device: str, *, relevance: bool = True) -> LlmRound:
     """Round ``k``'s Novelty LLM (and Relevance LLM) of a workdir, as the cycle loads them."""
-    from coea.dsie import load_dsie
-    from coea.rounds import latest_dsie_dir
-
     if relevance:
-        from coea.inference import load_models
-
         m = load_models(cfg, workdir, k, k, device)
         novelty, rel, tok, cal = m.novelty, m.relevance, m.tokenizer, m.calibration
     else:
         from peft import PeftModel
-
-        from coea.backbones import load_causal_lm, load_tokenizer
-        from coea.rounds import base_model_path, novelty_adapter, tokenizer_path
 
         tok = load_tokenizer(tokenizer_path(workdir), cfg)
         base = load_causal_lm(base_model_path(cfg, workdir), cfg, pad_token_id=tok.pad_token_id)
@@ -88,12 +88,6 @@ def keys_for(llm: LlmRound, state, users: Sequence[str]):
     """Each user's key (CSID, canonical C'_short) in ``state``, as serving computes it with this workdir's DSIE and
     data settings (tau, short_k). Returns ``(keys, unique)``: one :class:`coea.inference.Key` per user and the
     sorted unique keys."""
-    from coea.data.sequences import build_sequences
-    from coea.dsie import assign_csids, load_dsie
-    from coea.inference import Key, user_keys
-    from coea.rounds import latest_dsie_dir
-    from storage.keys import DEFAULT_CSID
-
     seqs = build_sequences(state, llm.cfg.data)
     csids = assign_csids(load_dsie(latest_dsie_dir(llm.workdir, llm.round)), seqs)
     by_user = user_keys(seqs, csids)
@@ -103,8 +97,6 @@ def keys_for(llm: LlmRound, state, users: Sequence[str]):
 
 
 def _portrait(llm: LlmRound, csid: str) -> str:
-    from storage.keys import DEFAULT_CSID
-
     return llm.portraits.get(csid) or llm.portraits.get(DEFAULT_CSID, "")
 
 
@@ -121,10 +113,6 @@ def dual_scores(llm: LlmRound, keys: Sequence, categories: Sequence[str]) -> Dua
     """``propose_and_score`` for every key (the cycle's candidates stage) plus the Relevance score of every
     category, which orders the categories that are not candidates. Every score is the round's calibrated
     probability (``llm.calibration``, exactly what the cycle serves and tau_align applies to)."""
-    from coea.inference import propose_and_score
-    from coea.prompts import relevance_prompt
-    from coea.relevance import score
-
     rows = propose_and_score(llm.cfg, _models(llm), list(keys), llm.portraits, list(categories))
     texts = [relevance_prompt(llm.cfg.prompts, _portrait(llm, k.csid), k.recent, c) for k in keys for c in categories]
     flat = score(llm.relevance, llm.tokenizer, texts, batch_size=max(128, llm.cfg.novelty.inference_batch_size),
@@ -134,8 +122,6 @@ def dual_scores(llm: LlmRound, keys: Sequence, categories: Sequence[str]) -> Dua
 
 
 def _models(llm: LlmRound):
-    from coea.inference import Models
-
     return Models(novelty=llm.novelty, relevance=llm.relevance, tokenizer=llm.tokenizer, calibration=llm.calibration)
 
 
@@ -151,9 +137,6 @@ def dual_ranking(ds: DualScores, i: int, categories: Sequence[str], tau: float) 
 
 def novelty_logprobs(llm: LlmRound, keys: Sequence, categories: Sequence[str], *, portrait: bool) -> np.ndarray:
     """(K, C) Novelty log-probability of every category for each key's inference prompt (portrait or empty)."""
-    from coea.candidates import category_logprobs
-    from coea.prompts import novelty_infer_prompt
-
     prompts = [novelty_infer_prompt(llm.cfg.prompts, _portrait(llm, k.csid) if portrait else "", k.recent)
                for k in keys]
     lp = category_logprobs(llm.novelty, llm.tokenizer, prompts, list(categories),
@@ -171,9 +154,6 @@ def novelty_ranking(logprobs: np.ndarray, i: int, recent: Sequence[str], categor
 def kerec_graph(llm: LlmRound, categories: Sequence[str], edges: int) -> np.ndarray:
     """(C, C) complementary graph W: W[a, b] = P(b | recent = {a}) from the Novelty LLM over b != a, the top
     ``edges`` per row kept and renormalised to sum 1."""
-    from coea.inference import Key
-    from storage.keys import DEFAULT_CSID
-
     lp = novelty_logprobs(llm, [Key(DEFAULT_CSID, (c,)) for c in categories], categories, portrait=False)
     np.fill_diagonal(lp, -np.inf)
     p = np.exp(lp - lp.max(1, keepdims=True))
@@ -188,8 +168,6 @@ def kerec_graph(llm: LlmRound, categories: Sequence[str], edges: int) -> np.ndar
 def kerec_ranking(graph: np.ndarray, user_clicks: Sequence[Counter], categories: Sequence[str],
                   beta: float) -> list[list[str]]:
     """Per user: (1 - beta) f_u + beta f_u W, f_u = the user's click share per category; ties by name."""
-    from coea.exploration.bandits import _rank
-
     f = np.array([[u.get(c, 0) for c in categories] for u in user_clicks], float).reshape(-1, len(categories))
     f /= np.maximum(f.sum(1, keepdims=True), 1.0)
     return _rank((1.0 - beta) * f + beta * f @ graph, categories)

@@ -24,7 +24,7 @@ import pandas as pd
 from coea.data.sequences import click_categories_by_user
 from coea.evaluate.split import workdir_config
 from coea.rounds import load_data, read_state, round_cutoff
-from loops.cycle import lookup
+from loops.serving import lookup
 
 
 @dataclass

@@ -25,7 +25,7 @@ here it shares CoEA's round 0.
 The current key (storage/keys.py): the CSID from the promoted round's ``users.parquet`` (what ``coea lookup
 --user`` reads) and the canonical set of the categories of the user's last ``data.short_k`` clicks, recomputed
 from ``recent``. A user the promoted round does not know is served the key of the default CSID with no recent
-categories, as :func:`loops.cycle.lookup` does. **Fallback**: a key missing from the table (unknown user,
+categories, as :func:`loops.serving.lookup` does. **Fallback**: a key missing from the table (unknown user,
 ``unknown_key``) or an answer with fewer than ``slots`` categories (an empty C_align) is filled with the *base
 ranking* of the exploitation arm: the user's own clicked categories (most clicked first), then every user's most
 clicked ones (ties: the popularity prior) -- what the feed shows when exploration has nothing to add, so an arm
@@ -55,6 +55,11 @@ import pandas as pd
 
 from coea.config import Config
 from coea.data.partitions import DAY, EPOCH, EVENTS_DIR, PARTITION_KEY, SUCCESS, day_of, scan_log
+from coea.workdir import write_json
+from loops.cycle import run_cycle
+from loops.state import FINISHED, read_state
+from storage.keys import DEFAULT_CSID, canonical_recent, kv_key
+from storage.kv import KVReader, decode_value
 
 log = logging.getLogger("coea.simulate")
 
@@ -107,9 +112,6 @@ def bootstrap_round0(cfg: Config, log_dir: Path, out_dir: Path, *, until: int) -
     Raises:
         ValueError: ``until`` is not a day boundary or the warm-up has fewer than 2 days before it.
     """
-    from loops.cycle import run_cycle
-    from loops.state import FINISHED, read_state
-
     out_dir = Path(out_dir)
     if until % DAY:
         raise ValueError(f"bootstrap_round0: until must be a day boundary (unix seconds); got {until}")
@@ -123,8 +125,6 @@ def bootstrap_round0(cfg: Config, log_dir: Path, out_dir: Path, *, until: int) -
     c = arm_config(cfg, "coea", log_dir)
     t0 = time.perf_counter()
     res = run_cycle(c, out_dir, until=until - DAY)  # bootstraps round 0, then finds nothing new before until - 1d
-    from coea.workdir import write_json
-
     write_json(out_dir / ROUND0_FILE, {"log_dir": str(Path(log_dir).resolve()), "until": int(until),
                                        "round0_cutoff": int(until - DAY), "status": res.status,
                                        "wall_time_s": round(time.perf_counter() - t0, 2)})
@@ -169,9 +169,6 @@ class CoeaArm:
     def start(self) -> None:
         """Copy the shared round 0 (unless the arm's workdir exists) and run the arm's round 1 on the warm-up's
         last day, with this variant's settings. Idempotent: a resumed simulation finds both done."""
-        from loops.cycle import run_cycle
-        from loops.state import read_state
-
         meta = json.loads((self.round0_dir / ROUND0_FILE).read_text())
         if not (self.workdir / "state.json").exists():
             tmp = self.arm_dir / ".workdir.tmp"
@@ -193,16 +190,13 @@ class CoeaArm:
 
     def fill(self, day: int, users: list[str], recent: list[list[str]], slots: int) -> list[list[str]]:
         """``slots`` categories per user: the promoted KV value on the user's current key, then the fallback."""
-        from storage.keys import DEFAULT_CSID, canonical_recent, kv_key
-        from storage.kv import KVReader, decode_value
-
         csid_of = self._csids()
         self.count_clicks(recent)
         k = self.cfg.data.short_k
         keys, status = [], []
         for u, r in zip(users, recent):
             csid = csid_of.get(str(u))
-            if csid is None:  # as loops.cycle.lookup: an unknown user gets the default CSID, no recent categories
+            if csid is None:  # as loops.serving.lookup: an unknown user gets the default CSID, no recent categories
                 keys.append(kv_key(DEFAULT_CSID, ()))
                 status.append("unknown_user")
             else:
@@ -254,8 +248,6 @@ class CoeaArm:
 
     def observe(self, day: int, log_dir: Path, events: pd.DataFrame) -> None:
         """Run day ``day``'s cycle on ``log_dir`` (the arm's log, holding that day's complete partition)."""
-        from loops.cycle import run_cycle
-
         self._use_log(Path(log_dir))
         part = Path(log_dir) / EVENTS_DIR / f"{PARTITION_KEY}={(EPOCH + pd.Timedelta(days=int(day))).isoformat()}"
         if not (part / SUCCESS).exists():
@@ -274,8 +266,6 @@ class CoeaArm:
         self._record(day, res, time.perf_counter() - t0)
 
     def _promoted(self) -> int | None:
-        from loops.state import read_state
-
         return read_state(self.workdir)["promoted_round"]
 
     def _use_log(self, log_dir: Path) -> None:

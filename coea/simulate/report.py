@@ -20,7 +20,8 @@ import pandas as pd
 
 from coea.config import Config
 from coea.simulate import provenance
-from coea.simulate.run import DAYS_FILE, DaysLog
+from coea.simulate.days import DAYS_FILE, DaysLog
+from coea.tracking import make_tracker, workdir_group
 
 log = logging.getLogger("coea.simulate")
 
@@ -408,8 +409,6 @@ def plot_kl(df: pd.DataFrame, path: Path) -> Path | None:
 def log_runs(cfg: Config, df: pd.DataFrame, arms: Sequence[str], out_dir: Path, s: dict) -> list[str]:
     """One offline W&B run per arm (coea.tracking): the per-day means over seeds, the final-day summary."""
     import dataclasses
-
-    from coea.tracking import make_tracker, workdir_group
 
     # one W&B group for the whole simulation (the arms' runs side by side)
     tcfg = dataclasses.replace(cfg.tracking, group=cfg.tracking.group or workdir_group(out_dir, cfg.run.name))

@@ -56,14 +56,16 @@ from coea.console import banner, progress
 from coea.data.partitions import (
     EPOCH, EVENTS_DIR, ITEMS_FILE, PARTITION_KEY, SUCCESS, USERS_FILE, write_day, write_table,
 )
+from coea.simulate.coea_arm import bootstrap_round0, make_coea_arm
+from coea.simulate.days import DAYS_FILE, DaysLog, jsonable
 from coea.simulate.metrics import ArmMetrics
 from coea.simulate.policies import NON_LLM_ARMS, Policy, make_policy
 from coea.simulate.provenance import check_provenance, record
+from coea.simulate.report import write_report
 from coea.simulate.world import World, WorldState, day_date, day_end
 
 log = logging.getLogger("coea.simulate")
 REPO = Path(__file__).resolve().parents[2]
-DAYS_FILE = "days.jsonl"
 
 
 @dataclass
@@ -124,56 +126,6 @@ def _write_partition(log_dir: Path, date, events: pd.DataFrame) -> None:
     write_day(log_dir, date, events, name=name)
 
 
-def _jsonable(v):
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating, float)):
-        return None if not np.isfinite(v) else float(v)
-    return v
-
-
-class DaysLog:
-    """``days.jsonl``: appended after every (seed, arm, day); on resume de-duplicated and trimmed."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def rows(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        out = []
-        for line in self.path.read_text().splitlines():
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a kill: dropped, its day is redone
-                continue
-        return out
-
-    def clean(self, done: dict[tuple[int, str, int], int]) -> None:
-        """Keep the last row per (seed, arm, train seed, day), only for days a run finished (``done``: last day
-        index per (seed, arm, train seed))."""
-        keep: dict[tuple, dict] = {}
-        for r in self.rows():
-            t = r.get("train_seed", 0)
-            key = (r["seed"], r["arm"], t, r["day"])
-            if r["day"] <= done.get((r["seed"], r["arm"], t), -1):
-                keep[key] = r
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w") as f:
-            for key in sorted(keep):
-                f.write(json.dumps(keep[key]) + "\n")
-        os.replace(tmp, self.path)
-
-    def append(self, row: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-
 # ------------------------------------------------------------------------------------------------ warm-up
 
 
@@ -218,7 +170,7 @@ def run_warmup(world: World, seed_dir: Path) -> Warmup:
         "warmup_discovery_rate": float(state.discovered.mean()) if state.discovered.size else None,
         "mate_share": world.mate_share(),
         "ground_truth": world.ground_truth().to_dict(orient="records"),
-    }, default=_jsonable))
+    }, default=jsonable))
     _atomic_pickle(done, {"state": state.state_dict(), "metrics": metrics.state_dict(), "recent": recent,
                           "events": events})
     return Warmup(log_dir, state, metrics.state_dict(), recent, events)
@@ -423,8 +375,6 @@ def _policy_factory(name: str, cfg: Config, world: World, seed_dir: Path, round0
                                                    item_knn_k=cfg.sim.item_knn_k,
                                                    linucb_alpha=cfg.sim.linucb_alpha,
                                                    relation=world.relation if name == "kg_neighbour" else None)
-    from coea.simulate.coea_arm import make_coea_arm  # the LLM arms (sim-coea); only when one runs
-
     def factory(arm_dir: Path, warmup):
         arm_dir.mkdir(parents=True, exist_ok=True)
         return make_coea_arm(name, coea_cfg, arm_dir, world.catalogue, round0)
@@ -510,8 +460,6 @@ def simulate(cfg: Config, out_dir: str | Path, *, seeds: list[int] | None = None
     result.complete = all(v >= sim.days for v in result.days_done.values())
     result.wall_s = time.perf_counter() - t_start
     if report:
-        from coea.simulate.report import write_report
-
         write_report(cfg, out, arms=arms, seeds=seeds, allow_dirty=allow_dirty)
     return result
 
@@ -567,8 +515,6 @@ def _round0(coea_cfg: Config, warm: Warmup, seed_dir: Path, until: int, train_se
     """Round 0 of the LLM arms, bootstrapped once per seed on the warm-up log (reused when done, also by arms whose
     sim.coea_set differs: each arm runs its own round 1 with its own settings; delete ``seed<S>/round0*`` to
     bootstrap again after changing what round 0 trains with)."""
-    from coea.simulate.coea_arm import bootstrap_round0
-
     name = run_dir_name("round0", train_seed)
     marker = seed_dir / f"{name}.done"
     out = seed_dir / name

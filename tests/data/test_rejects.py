@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from coea.data.loaders import clean_interactions, write_rejects
+from coea.data.clean import clean_interactions, write_rejects
 from coea.data.movielens import GENRES_100K, load_movielens_100k
 from coea.data.parquet import load_parquet
 from coea.data.schema import KEPT_REASONS, REJECT_REASONS

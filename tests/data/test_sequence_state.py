@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from coea.config import DataConfig
-from coea.data.loaders import _complete_users, clean_interactions
+from coea.data.clean import _complete_users, clean_interactions
 from coea.data.schema import Interactions
 from coea.data.sequences import build_sequences
 from coea.data.state import SequenceState

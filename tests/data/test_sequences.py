@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from coea.config import DataConfig
-from coea.data.loaders import clean_interactions
+from coea.data.clean import clean_interactions
 from coea.data.movielens import load_movielens_100k
 from coea.data.sequences import build_sequences, click_categories_by_user, exposures_by_user
 from storage.keys import canonical_recent, kv_key

@@ -42,24 +42,20 @@ def test_bootstrap_writes_every_stage_and_the_report(round0):
 
 
 def test_rerun_skips_finished_stages_and_redoes_a_missing_one(round0, tiny_cfg, monkeypatch):
-    import coea.backbones
-    import coea.dsie
-    import loops.reward
-    import loops.sft
+    import loops.bootstrap
 
     workdir, first = round0
     rp = workdir / "rounds" / "000"
-    for mod, name in [(coea.dsie, "run_dsie"), (coea.backbones, "build_embedded_backbone"),
-                      (loops.sft, "train_sft"), (loops.reward, "train_reward")]:
-        monkeypatch.setattr(mod, name, _refuse)
+    for name in ["run_dsie", "build_embedded_backbone", "train_sft", "train_reward"]:
+        monkeypatch.setattr(loops.bootstrap, name, _refuse)  # where bootstrap looks them up
     again = run_bootstrap(tiny_cfg, workdir)
     assert again.report == first.report
 
     shutil.rmtree(rp / "relevance")
     (rp / "report.json").unlink()
     monkeypatch.undo()
-    monkeypatch.setattr(loops.sft, "train_sft", _refuse)
-    monkeypatch.setattr(coea.dsie, "run_dsie", _refuse)
+    monkeypatch.setattr(loops.bootstrap, "train_sft", _refuse)
+    monkeypatch.setattr(loops.bootstrap, "run_dsie", _refuse)
     redone = run_bootstrap(tiny_cfg, workdir)
     assert (rp / "relevance" / "model" / "adapter_config.json").exists()
     assert redone.novelty_hit_at_5 == first.novelty_hit_at_5  # the novelty stage was kept

@@ -14,7 +14,8 @@ import pytest
 
 from coea.errors import LockHeldError
 from coea.rounds import cutoff, is_validation_user
-from loops.cycle import guardrail, lookup, rollback, run_cycle
+from loops.cycle import guardrail, run_cycle
+from loops.serving import lookup, rollback
 from loops.state import read_state, workdir_lock
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from coea.cli import EXIT_UNKNOWN, main
-from loops.cycle import lookup, write_users_table
+from loops.serving import lookup, write_users_table
 from coea.inference import Key
 from loops.state import promote_link
 from storage.keys import kv_key

@@ -47,6 +47,7 @@ def history(cfg, tmp_path_factory):
     import copy
 
     import loops.cycle as cycle
+    import loops.serving as serving
 
     workdir = tmp_path_factory.mktemp("ops")
     calls: dict[int, list[tuple[int, int]]] = {}
@@ -76,7 +77,7 @@ def history(cfg, tmp_path_factory):
         snap[4] = cycle.run_cycle(anchored, workdir)
         snap["after_4"] = {"on_disk": rounds_on_disk(workdir), "kv": KVStore(workdir).list_rounds(),
                            **_files(workdir, 4)}
-        snap["rollback"] = cycle.rollback(workdir, 3)
+        snap["rollback"] = serving.rollback(workdir, 3)
         current[0] = 5
         snap[5] = cycle.run_cycle(cfg, workdir)
     return workdir, snap

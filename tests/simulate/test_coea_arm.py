@@ -22,7 +22,7 @@ import pytest
 from coea.data.partitions import DAY, EPOCH, write_day, write_interactions
 from coea.data.synthetic import generate_world
 from coea.simulate.coea_arm import VARIANTS, arm_config, bootstrap_round0, make_coea_arm
-from loops.cycle import lookup
+from loops.serving import lookup
 from loops.state import read_state
 from storage.keys import canonical_recent
 from storage.kv import KVReader
