@@ -44,8 +44,7 @@ from coea.inference import Key, Models, load_models, propose_and_score, user_key
 from coea.metrics import evaluate_users, long_tail_categories
 from coea.round_data import RoundData, load_round, metrics_of
 from coea.rounds import (
-    base_model_path, is_validation_user, latest_dsie_dir, novelty_adapter, previous_csids, relevance_model_dir,
-    tokenizer_path,
+    base_model_path, is_validation_user, latest_dsie_dir, novelty_adapter, previous_csids, tokenizer_path,
 )
 from coea.workdir import (
     fault_point, log_finished_stages, read_json, round_dir, setup_run, stage, stage_done, write_json,
